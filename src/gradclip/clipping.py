@@ -1,0 +1,264 @@
+"""Gradient clipping: none, classic norm clipping, adaptive gradient clipping (AGC) and value clipping.
+
+Each method works at two granularities:
+
+* ``batch``: clip the mini-batch MEAN gradient g = mean_i g_i (what training code usually does).
+* ``sample``: clip every example's gradient g_i first, then average, as in the update rule of
+  Ramaswamy (2023), theta <- theta - a(n) * grad l(theta, x, y) / c(theta, x, y).
+
+The two are different algorithms with different fixed points: batch clipping rescales a
+zero-mean-gradient point by a positive number, so its rest points are those of plain SGD;
+per-sample clipping has rest points where mean_i g_i / c_i = 0 (eq. 22 of the paper).
+
+Semantics follow the reference implementations (see ../shared/REFERENCES.md):
+
+* ``norm``: torch.nn.utils.clip_grad_norm_: every gradient is multiplied by
+  min(1, tau / (||g|| + eps)) with one norm over all parameters. torch hard-codes eps = 1e-6;
+  here it is a setting and eps = 0 gives the paper's c = max(1, ||g|| / tau) exactly.
+* ``agc``: timm.utils.agc.adaptive_clip_grad (Brock et al. 2021, "High-performance large-scale
+  image recognition without normalization"): for each output unit i of a weight (dim 0 of a
+  PyTorch Linear/Conv/RNN weight; a tensor of ndim <= 1 is one unit) with max_i =
+  lambda * max(||W_i||, eps), the unit's gradient is scaled by max_i / max(||G_i||, 1e-6) where
+  ||G_i|| > max_i. Parameters are exempted by name (fnmatch patterns), not by position.
+* ``value``: torch.nn.utils.clip_grad_value_ (element-wise clamp). A baseline only: it changes
+  the gradient's direction and is not one of the paper's methods.
+
+Every call returns a :class:`ClipStats`. The clipping factor ``c`` is reported per example at
+``sample`` granularity and as one number at ``batch`` granularity. For ``norm`` it is the exact
+factor 1 / min(1, tau / (||g|| + eps)); for ``agc`` and ``value``, which have no single factor,
+it is the effective factor ||g|| / ||g_clipped|| (1 where the gradient is zero).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from gradclip.checks import ConfigError, require_choice, require_number
+
+METHODS = ("none", "norm", "agc", "value")
+GRANULARITIES = ("batch", "sample")
+
+# timm's floor on a unit's gradient norm before dividing by it.
+_AGC_MIN_GRAD_NORM = 1e-6
+
+
+@dataclass
+class ClipStats:
+    """What one clipping call did. Tensors stay on the gradients' device (no host sync).
+
+    grad_norm:          ||mean_i g_i||, the norm of the mini-batch gradient before clipping.
+    clipped_grad_norm:  ||update direction|| after clipping (mean of clipped g_i for ``sample``).
+    factor:             c >= 1; shape [B] for ``sample``, [] for ``batch``.
+    clip_fraction:      fraction clipped: of examples (norm, sample), of units (agc), of
+                        elements (value); 0 or 1 for norm at batch granularity.
+    sample_grad_norm:   ||g_i|| per example, shape [B]; None at ``batch`` granularity.
+    """
+
+    grad_norm: Tensor
+    clipped_grad_norm: Tensor
+    factor: Tensor
+    clip_fraction: Tensor
+    sample_grad_norm: Tensor | None = None
+
+    @property
+    def clipped(self) -> bool:
+        """Whether anything was clipped (forces a host sync)."""
+        return bool(self.clip_fraction > 0)
+
+
+def total_norm(tensors: Sequence[Tensor]) -> Tensor:
+    """The 2-norm of all tensors together, as one vector."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(list(tensors))))
+
+
+def per_sample_norms(tensors: Sequence[Tensor]) -> Tensor:
+    """Per-example 2-norm over all tensors of shape [B, ...] together: shape [B]."""
+    squares = [t.reshape(t.shape[0], -1).pow(2).sum(1) for t in tensors]
+    return torch.stack(squares).sum(0).sqrt()
+
+
+def unit_norms(tensor: Tensor, batched: bool = False) -> Tensor:
+    """Norm of each output unit, keepdim so that it broadcasts against ``tensor``.
+
+    A unit is a slice along dim 0 (PyTorch weights are output-first); a tensor of ndim <= 1 (a
+    bias, a gain) is a single unit, as in timm's ``unitwise_norm``. With ``batched`` the leading
+    dim is the example index and is kept.
+    """
+    lead = 1 if batched else 0
+    if tensor.ndim - lead <= 1:
+        dims = tuple(range(lead, tensor.ndim))
+    else:
+        dims = tuple(range(lead + 1, tensor.ndim))
+    if not dims:  # a scalar parameter
+        return tensor.abs()
+    return torch.linalg.vector_norm(tensor, dim=dims, keepdim=True)
+
+
+def _effective_factor(before: Tensor, after: Tensor) -> Tensor:
+    """||g|| / ||g_clipped||, defined as 1 where nothing is left to divide."""
+    return torch.where(after > 0, before / after.clamp_min(torch.finfo(after.dtype).tiny), 1.0)
+
+
+class Clipper:
+    """One clipping method with its settings, bound to a model's named parameters.
+
+    ``clip_batch_`` clips mean gradients in place; ``clip_samples`` clips per-example gradients
+    (leading dim B) and returns their mean. Parameters are passed in the order of ``names``.
+    """
+
+    def __init__(
+        self,
+        method: str = "none",
+        *,
+        threshold: float = 1.0,
+        eps: float = 1e-6,
+        clip_factor: float = 0.01,
+        agc_eps: float = 1e-3,
+        exclude: Sequence[str] = (),
+        names: Sequence[str] = (),
+    ) -> None:
+        if method not in METHODS:
+            raise ConfigError(f"clip.method={method!r} is not one of: {', '.join(METHODS)}")
+        self.method = method
+        self.threshold = float(threshold)
+        self.eps = float(eps)
+        self.clip_factor = float(clip_factor)
+        self.agc_eps = float(agc_eps)
+        self.names = list(names)
+        self.exclude = list(exclude) if method == "agc" else []
+        self.excluded = [n for n in self.names if any(fnmatch.fnmatchcase(n, p) for p in self.exclude)]
+        unmatched = [p for p in self.exclude if not any(fnmatch.fnmatchcase(n, p) for n in self.names)]
+        if self.names and unmatched:
+            raise ConfigError(
+                f"clip.exclude pattern(s) {unmatched} match no parameter; the model's parameters are: "
+                + ", ".join(self.names)
+            )
+        self._clipped_mask = [n not in self.excluded for n in self.names]
+
+    # -- batch granularity ---------------------------------------------------------------------
+
+    def clip_batch_(self, grads: list[Tensor], params: list[Tensor]) -> ClipStats:
+        """Clip the mini-batch gradients ``grads`` in place."""
+        before = total_norm(grads)
+        zero = torch.zeros((), device=before.device)
+        if self.method == "none":
+            return ClipStats(before, before, torch.ones_like(before), zero)
+        if self.method == "norm":
+            scale = (self.threshold / (before + self.eps)).clamp(max=1.0)
+            torch._foreach_mul_(grads, scale)
+            return ClipStats(before, before * scale, 1.0 / scale, (scale < 1).float())
+        if self.method == "value":
+            n_clipped = sum((g.abs() > self.threshold).sum() for g in grads)
+            for g in grads:
+                g.clamp_(-self.threshold, self.threshold)
+            after = total_norm(grads)
+            return ClipStats(before, after, _effective_factor(before, after), n_clipped / _numel(grads))
+        clipped, fraction = self._agc_clip(grads, params, batched=False)
+        torch._foreach_copy_(grads, clipped)
+        after = total_norm(grads)
+        return ClipStats(before, after, _effective_factor(before, after), fraction)
+
+    # -- sample granularity --------------------------------------------------------------------
+
+    def clip_samples(self, grads: list[Tensor], params: list[Tensor]) -> tuple[list[Tensor], ClipStats]:
+        """Clip every example's gradient (tensors of shape [B, ...]) and return the mean."""
+        batch = grads[0].shape[0]
+        sample_norms = per_sample_norms(grads)
+        if self.method in ("none", "norm"):
+            if self.method == "none":
+                scale = torch.ones_like(sample_norms)
+            else:
+                scale = (self.threshold / (sample_norms + self.eps)).clamp(max=1.0)
+            # One factor per example: the clipped mean is a weighted sum, with no clipped copy.
+            mean = [torch.tensordot(scale, g, dims=1) / batch for g in grads]
+            factor, fraction = 1.0 / scale, (scale < 1).float().mean()
+        else:
+            if self.method == "value":
+                clipped = [g.clamp(-self.threshold, self.threshold) for g in grads]
+                fraction = sum((g.abs() > self.threshold).sum() for g in grads) / _numel(grads)
+            else:
+                clipped, fraction = self._agc_clip(grads, params, batched=True)
+            mean = [c.mean(0) for c in clipped]
+            factor = _effective_factor(sample_norms, per_sample_norms(clipped))
+        before = total_norm([g.mean(0) for g in grads])
+        return mean, ClipStats(before, total_norm(mean), factor, fraction, sample_norms)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _agc_clip(
+        self, grads: list[Tensor], params: list[Tensor], batched: bool
+    ) -> tuple[list[Tensor], Tensor]:
+        """AGC-clipped copies of ``grads`` and the fraction of (example, unit) pairs clipped."""
+        clipped, clipped_units, units = [], 0, 0
+        mask = self._clipped_mask or [True] * len(grads)  # no names given: clip every tensor
+        for g, p, active in zip(grads, params, mask, strict=True):
+            if not active:
+                clipped.append(g)
+                continue
+            scale = self._agc_scale(unit_norms(g, batched=batched), unit_norms(p.detach()))
+            clipped.append(g * scale)
+            clipped_units = clipped_units + (scale < 1).sum()
+            units += scale.numel()
+        return clipped, torch.as_tensor(clipped_units / max(units, 1), dtype=torch.float32)
+
+    def _agc_scale(self, grad_norm: Tensor, weight_norm: Tensor) -> Tensor:
+        """timm's rule: scale max_norm / max(||G_i||, 1e-6) where ||G_i|| > max_norm, else 1."""
+        max_norm = weight_norm.clamp(min=self.agc_eps) * self.clip_factor
+        scale = max_norm / grad_norm.clamp(min=_AGC_MIN_GRAD_NORM)
+        return torch.where(grad_norm > max_norm, scale, torch.ones_like(scale))
+
+    def agc_unit_bound(self, param: Tensor) -> Tensor:
+        """lambda * max(||W_i||, eps) per unit: the most a unit's clipped gradient can have."""
+        return unit_norms(param.detach()).clamp(min=self.agc_eps) * self.clip_factor
+
+    def describe(self) -> str:
+        """A short human-readable name, e.g. 'norm(tau=1)' or 'agc(lambda=0.01)'."""
+        return {
+            "none": "none",
+            "norm": f"norm(tau={self.threshold:g})",
+            "agc": f"agc(lambda={self.clip_factor:g}, eps={self.agc_eps:g})",
+            "value": f"value(v={self.threshold:g})",
+        }[self.method]
+
+
+def _numel(tensors: Sequence[Tensor]) -> int:
+    return sum(t.numel() for t in tensors)
+
+
+def validate_clip_config(cfg: Mapping) -> None:
+    """Check a ``clip`` config before any work; raise ConfigError naming the key."""
+    require_choice(cfg, "clip", "method", METHODS)
+    require_choice(cfg, "clip", "granularity", GRANULARITIES)
+    method = cfg["method"]
+    if method in ("norm", "value"):
+        require_number(cfg, "clip", "threshold", lambda v: v > 0, "> 0")
+    if method == "norm":
+        require_number(cfg, "clip", "eps", lambda v: v >= 0, ">= 0 (0 gives the paper's exact factor)")
+    if method == "agc":
+        require_number(cfg, "clip", "clip_factor", lambda v: v > 0, "> 0")
+        require_number(cfg, "clip", "eps", lambda v: v >= 0, ">= 0")
+        exclude = cfg.get("exclude", [])
+        if isinstance(exclude, str) or not all(isinstance(p, str) for p in exclude):
+            raise ConfigError(
+                f"clip.exclude={exclude!r} must be a list of parameter names or patterns, "
+                "e.g. [head.weight] (NFNets) or [head.weight, head.bias] (timm)"
+            )
+
+
+def make_clipper(cfg: Mapping, names: Sequence[str]) -> Clipper:
+    """Build a Clipper from a validated ``clip`` config and the model's parameter names."""
+    validate_clip_config(cfg)
+    method = cfg["method"]
+    kwargs: dict = {"names": names}
+    if method in ("norm", "value"):
+        kwargs["threshold"] = cfg["threshold"]
+    if method == "norm":
+        kwargs["eps"] = cfg["eps"]
+    if method == "agc":
+        kwargs.update(clip_factor=cfg["clip_factor"], agc_eps=cfg["eps"], exclude=list(cfg.get("exclude", [])))
+    return Clipper(method, **kwargs)
