@@ -1,0 +1,41 @@
+# gradclip: `make help` lists the targets. The first target that needs Python creates .venv and
+# installs the pinned dependencies (requirements.lock) and the package; it reinstalls when
+# pyproject.toml or requirements.lock change.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast bench lock clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the pinned dependencies and gradclip
+	@echo "ready: source $(VENV)/bin/activate"
+
+test: $(STAMP) ## Run the whole test suite (CPU, a few minutes)
+	$(PY) -m pytest
+
+test-fast: $(STAMP) ## Run the tests that are not marked slow
+	$(PY) -m pytest -m "not slow"
+
+bench: $(STAMP) ## Steps/s of the runner against a minimal hand-written loop
+	$(PY) scripts/bench_runner.py
+
+lock: $(STAMP) ## Rewrite requirements.lock from the installed environment
+	{ echo "# Exact versions of every package, as installed and tested on Python 3.11 (x86_64, Linux)."; \
+	  echo "# Regenerate: make lock. Ranges live in pyproject.toml."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^gradclip'; } > requirements.lock
+
+clean: ## Remove run records and caches (keeps .venv, results/ and paper_figures/)
+	rm -rf runs outputs multirun .pytest_cache
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,144 @@
+"""Weights & Biases mirror of a run's local record.
+
+The local record (gradclip.records) is the source of truth; W&B mirrors the same rows so runs
+can be browsed on a dashboard. W&B is offline by default (no account, no network): runs land
+in ``<run dir>/wandb/offline-run-*`` and ``wandb sync <run dir>/wandb/offline-run-*`` uploads
+them later. Set ``WANDB_MODE=online`` (after ``wandb login``) to log live.
+
+Any W&B failure is reported once as a warning and turns the mirror off: it never stops a run
+or loses its local record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOGGERS = ("none", "wandb")
+
+
+class NullTracker:
+    """``logger=none``: keeps only the local record."""
+
+    run_path: str | None = None
+
+    def log(self, row: Mapping) -> None:
+        pass
+
+    def finish(self, summary: Mapping, exit_code: int = 0) -> None:
+        pass
+
+
+class WandbTracker:
+    """One W&B run per job, finished in ``finish`` (call it from a ``finally``), so jobs that
+    share a worker process (joblib's loky reuses them) never merge into one run."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        config: Mapping,
+        *,
+        project: str,
+        entity: str | None,
+        mode: str,
+        name: str,
+        group: str,
+        tags: Sequence[str],
+        job_type: str,
+    ) -> None:
+        self.run = None
+        self.run_path = None
+        try:
+            import wandb
+
+            # Hydra and W&B's default process start can hang together (W&B's documented cure).
+            os.environ.setdefault("WANDB_START_METHOD", "thread")
+            self.run = wandb.init(
+                project=project,
+                entity=entity,
+                mode=mode,
+                dir=str(run_dir),
+                name=name,
+                group=group,
+                tags=list(tags),
+                job_type=job_type,
+                config=dict(config),
+                reinit="create_new",
+                settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+            )
+            self.run_path = self.run.path if mode == "online" else str(Path(self.run.dir).parent)
+        except Exception as error:  # noqa: BLE001 - W&B must never take the run down
+            self._disable("init", error)
+
+    def log(self, row: Mapping) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.log(dict(row), step=int(row["step"]))
+        except Exception as error:  # noqa: BLE001
+            self._disable("log", error)
+
+    def finish(self, summary: Mapping, exit_code: int = 0) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.summary.update(dict(summary))
+            self.run.finish(exit_code=exit_code)
+        except Exception as error:  # noqa: BLE001
+            self._disable("finish", error)
+        self.run = None
+
+    def _disable(self, what: str, error: Exception) -> None:
+        log.warning("W&B %s failed (%s: %s); the local record is unaffected, W&B is off for this run.",
+                    what, type(error).__name__, error)
+        if self.run is not None:
+            try:
+                self.run.finish(exit_code=1)
+            except Exception:  # noqa: BLE001
+                pass
+        self.run = None
+
+
+def run_name(cfg: Mapping) -> str:
+    """A name a dashboard sorts by: method-threshold-granularity-model-schedule-a0-seed."""
+    clip = cfg["clip"]
+    setting = {"norm": f"tau{clip.get('threshold')}", "agc": f"lam{clip.get('clip_factor')}",
+               "value": f"v{clip.get('threshold')}"}.get(clip["method"], "")
+    parts = [clip["method"] + setting, clip["granularity"], cfg["model"]["name"], cfg["data"]["name"],
+             cfg["schedule"]["name"], f"a{cfg['schedule']['a0']}", f"s{cfg['seed']}"]
+    return "-".join(parts)
+
+
+def run_tags(cfg: Mapping) -> list[str]:
+    """Tags for filtering: each is ``key:value`` for the axes a sweep varies."""
+    clip = cfg["clip"]
+    tags = [f"method:{clip['method']}", f"granularity:{clip['granularity']}",
+            f"model:{cfg['model']['name']}", f"data:{cfg['data']['name']}",
+            f"schedule:{cfg['schedule']['name']}", f"seed:{cfg['seed']}"]
+    if clip["method"] in ("norm", "value"):
+        tags.append(f"threshold:{clip['threshold']}")
+    if clip["method"] == "agc":
+        tags.append(f"clip_factor:{clip['clip_factor']}")
+    return tags + list(cfg["logger"].get("tags") or [])
+
+
+def make_tracker(logger_cfg: Mapping, run_dir: Path, config: Mapping):
+    """A WandbTracker for ``logger=wandb``, a NullTracker for ``logger=none``."""
+    if logger_cfg["name"] == "none":
+        return NullTracker()
+    mode = os.environ.get("WANDB_MODE") or logger_cfg.get("mode") or "offline"
+    return WandbTracker(
+        run_dir,
+        config,
+        project=logger_cfg["project"],
+        entity=logger_cfg.get("entity"),
+        mode=mode,
+        name=run_name(config),
+        group=logger_cfg.get("group") or config["name"],
+        tags=run_tags(config),
+        job_type=config["clip"]["method"],
+    )

@@ -1,0 +1,226 @@
+"""The runner on real configs: records, determinism, divergence, bounds, idempotence, bad input."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from gradclip.checks import ConfigError
+from gradclip.data import Dataset
+from gradclip.records import load_runs
+from gradclip.train import train
+
+
+def read_rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_writes_its_record(make_cfg, tmp_path):
+    summary = train(make_cfg("clip=norm", "clip.granularity=sample"), tmp_path)
+    assert summary["status"] == "completed" and summary["diverged_step"] is None
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config["clip"] == {"method": "norm", "granularity": "sample", "threshold": 1.0, "eps": 1e-6}
+    assert config["data"]["root"].startswith("/")  # resolved, not an interpolation
+    rows = read_rows(tmp_path)
+    train_steps = [r["step"] for r in rows if "train/loss" in r]
+    eval_steps = [r["step"] for r in rows if "eval/H_norm" in r]
+    assert train_steps == [5, 10, 15, 20, 25, 30]
+    assert eval_steps == [0, 10, 20, 30]
+    last = rows[-1]
+    for key in ("eval/H_norm", "eval/mean_grad_norm", "eval/scaled_loss", "eval/train_loss",
+                "eval/train_acc", "eval/test_loss", "eval/test_acc", "eval/param_norm"):
+        assert key in last
+    first_train = next(r for r in rows if "train/loss" in r)
+    for key in ("train/scaled_loss", "train/grad_norm", "train/clipped_grad_norm", "train/clip_fraction",
+                "train/clip_factor_mean", "train/clip_factor_max", "train/lr", "train/sum_lr",
+                "train/sum_lr_sq", "train/param_norm", "train/max_step_ratio", "train/sample_grad_norm_max"):
+        assert key in first_train
+    # a(n) = 0.1 / (n + 1)^0.75 and its running sums, as logged at step 5 (updates n = 0..4)
+    a = [0.1 / (n + 1) ** 0.75 for n in range(5)]
+    assert first_train["train/lr"] == pytest.approx(a[-1])
+    assert first_train["train/sum_lr"] == pytest.approx(sum(a))
+    assert first_train["train/sum_lr_sq"] == pytest.approx(sum(x * x for x in a))
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["status"] == "completed" and saved["steps_completed"] == 30
+    assert saved["final"]["eval/H_norm"] == last["eval/H_norm"]
+    for key in ("python", "torch", "torchvision", "hydra", "wandb"):
+        assert saved["versions"][key]
+    assert set(saved["git"]) == {"commit", "dirty"} and saved["device"] == "cpu" and saved["seed"] == 0
+    assert saved["wall_time_s"] > 0
+
+
+@pytest.mark.parametrize("granularity", ["batch", "sample"])
+def test_same_seed_same_metrics(make_cfg, tmp_path, granularity):
+    cfg = make_cfg("clip=agc", f"clip.granularity={granularity}", "seed=3")
+    train(cfg, tmp_path / "a")
+    train(cfg, tmp_path / "b")
+    assert read_rows(tmp_path / "a") == read_rows(tmp_path / "b")
+    other = make_cfg("clip=agc", f"clip.granularity={granularity}", "seed=4")
+    train(other, tmp_path / "c")
+    assert read_rows(tmp_path / "a") != read_rows(tmp_path / "c")
+
+
+def test_a_run_built_to_diverge_does_and_is_a_result(make_cfg, tmp_path):
+    cfg = make_cfg("clip=none", "model=deep_tanh", "schedule=constant", "schedule.a0=50.0", "steps=200")
+    summary = train(cfg, tmp_path)
+    assert summary["status"] == "diverged"
+    assert 1 <= summary["diverged_step"] <= 200 and summary["diverged_reason"]
+    rows = read_rows(tmp_path)
+    assert rows[-1]["step"] == summary["diverged_step"]  # the diverging step is logged
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_the_same_run_clipped_stays_stable(make_cfg, tmp_path):
+    cfg = make_cfg("clip=norm", "clip.threshold=0.1", "model=deep_tanh", "schedule=constant",
+                   "schedule.a0=50.0", "steps=200", "eval_every=0")
+    summary = train(cfg, tmp_path)
+    assert summary["status"] == "completed"
+    # ||theta|| can grow by at most sum a(n) tau = 200 * 50 * 0.1 from its start
+    assert summary["max_param_norm"] <= read_rows(tmp_path)[0]["eval/param_norm"] + 200 * 50 * 0.1
+
+
+def test_norm_clipping_bounds_every_increment(make_cfg, tmp_path):
+    for granularity in ("batch", "sample"):
+        cfg = make_cfg("clip=norm", "clip.threshold=0.05", "clip.eps=0", f"clip.granularity={granularity}",
+                       "schedule=constant", "schedule.a0=0.5", "log_every=1")
+        summary = train(cfg, tmp_path / granularity)
+        ratios = [r["train/max_step_ratio"] for r in read_rows(tmp_path / granularity) if "train/loss" in r]
+        assert max(ratios) <= 0.05 * (1 + 1e-5)
+        if granularity == "batch":  # the bound is reached: every mean gradient is clipped to tau
+            assert min(ratios) > 0.05 * (1 - 1e-5)
+        else:  # a mean of clipped examples pointing different ways is shorter than tau
+            assert 0 < max(ratios) < 0.05
+        assert summary["max_step_ratio"] == pytest.approx(max(ratios))
+
+
+@pytest.mark.parametrize("granularity", ["batch", "sample"])
+def test_agc_bounds_every_unit_increment(make_cfg, tmp_path, granularity):
+    cfg = make_cfg("clip=agc", "clip.clip_factor=0.001", f"clip.granularity={granularity}",
+                   "schedule=constant", "schedule.a0=0.5")
+    summary = train(cfg, tmp_path)
+    # The realised float32 step W - a g is rounded to ~6e-8 |W| per element, and with lambda =
+    # 1e-3 the step is ~5e-4 |W|: the measured ratio can exceed 1 by ~1e-4 from rounding alone.
+    assert summary["max_unit_step_ratio"] <= 1 + 1e-3
+    if granularity == "batch":  # with lambda this small, some unit is clipped to its bound
+        assert summary["max_unit_step_ratio"] > 1 - 1e-3
+
+
+def test_finished_record_is_not_run_again(make_cfg, tmp_path):
+    cfg = make_cfg("clip=none")
+    first = train(cfg, tmp_path)
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    second = train(cfg, tmp_path)
+    assert second == first
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+    rerun = train(make_cfg("clip=none", "rerun=true"), tmp_path)
+    assert rerun["started_at"] >= first["started_at"] and rerun["status"] == "completed"
+
+
+def test_a_failed_run_is_recorded(make_cfg, tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr("gradclip.train.evaluate", boom)
+    with pytest.raises(RuntimeError):
+        train(make_cfg(), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "simulated" in summary["error"]
+    assert train(make_cfg(), tmp_path / "sweep-job", reraise=False)["status"] == "failed"
+
+
+def test_wandb_failure_keeps_the_local_record(make_cfg, tmp_path, monkeypatch):
+    import wandb
+
+    def broken_init(*args, **kwargs):
+        raise ConnectionError("wandb service unreachable (simulated)")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    summary = train(make_cfg("logger=wandb"), tmp_path)
+    assert summary["status"] == "completed" and summary["wandb"] is None
+    assert len(read_rows(tmp_path)) > 5
+
+
+def test_wandb_offline_mirrors_the_run(make_cfg, tmp_path):
+    summary = train(make_cfg("logger=wandb", "logger.mode=offline"), tmp_path)
+    offline = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and summary["wandb"] == str(offline[0].parent)
+
+
+def test_records_load_into_frames(make_cfg, tmp_path):
+    for seed in (0, 1):
+        train(make_cfg("clip=norm", f"seed={seed}"), tmp_path / f"seed{seed}")
+    runs, metrics = load_runs(tmp_path)
+    assert sorted(runs["seed"]) == [0, 1]
+    assert set(runs["summary.status"]) == {"completed"}
+    assert {"clip.method", "clip.threshold", "schedule.a0", "model.name", "summary.max_param_norm"} <= set(runs.columns)
+    assert list(metrics.columns) == ["run_id", "step", "metric", "value"]
+    h = metrics[metrics.metric == "eval/H_norm"]
+    assert len(h) == 2 * 4 and set(h.run_id) == set(runs.run_id)
+
+
+def test_evaluation_h_is_the_huber_mean_field_on_the_location_problem(make_cfg, tmp_path):
+    """At theta = 0: H = mean_i clip(theta - y_i, -tau, tau) exactly, mean grad = -mean(y)."""
+    cfg = make_cfg("model=linear", "data=location", "data.noise.dist=lognormal", "clip=norm",
+                   "clip.threshold=0.5", "clip.eps=0", "steps=1", "eval_every=0")
+    train(cfg, tmp_path)
+    first = read_rows(tmp_path)[0]
+    from gradclip.data import load_dataset
+
+    y = load_dataset(cfg.data).y_train.double().squeeze(1)
+    assert first["step"] == 0
+    assert first["eval/H_norm"] == pytest.approx(abs(torch.clamp(-y, -0.5, 0.5).mean().item()), rel=1e-5)
+    assert first["eval/mean_grad_norm"] == pytest.approx(abs(y.mean().item()), rel=1e-5)
+    assert first["eval/train_loss"] == pytest.approx(0.5 * (y**2).mean().item(), rel=1e-5)
+
+
+# -- bad input: one clear error before any work, naming the key ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["clip=norm", "clip.threshold=0"], r"clip.threshold=0 .* > 0"),
+        (["clip=norm", "clip.threshold=-1"], r"clip.threshold=-1 .* > 0"),
+        (["clip=agc", "clip.clip_factor=0"], r"clip.clip_factor=0 .* > 0"),
+        (["clip=agc", "clip.clip_factor=-0.01"], r"clip.clip_factor=-0.01 .* > 0"),
+        (["clip=agc", "clip.eps=-1e-3"], r"clip.eps=-0.001 .* >= 0"),
+        (["clip=agc", "clip.exclude=[fc.weight]"], r"clip.exclude .*fc.weight.* match no parameter"),
+        (["clip.method=clamp"], r"clip.method='clamp' is not one of: none, norm, agc, value"),
+        (["clip.granularity=example"], r"clip.granularity='example' is not one of: batch, sample"),
+        (["schedule=robbins_monro", "schedule.power=-0.5"], r"schedule.power=-0.5 .* >= 0"),
+        (["schedule.name=linear"], r"schedule.name='linear' is not one of"),
+        (["steps=0"], r"steps=0 .* integer >= 1"),
+        (["steps=-5"], r"steps=-5 .* integer >= 1"),
+        (["batch_size=0"], r"batch_size=0 .* integer >= 1"),
+        (["batch_size=5000"], r"batch_size=5000 is larger than the 4000 training examples of data=mnist1d"),
+        (["model.name=transformer"], r"model.name='transformer' is not one of: mlp, cnn1d, rnn"),
+        (["data.name=imagenet"], r"data.name='imagenet' is not one of: mnist1d, digits"),
+        (["device=tpu"], r"device='tpu' is not one of: auto, cpu, cuda"),
+        (["logger.name=tensorboard"], r"logger.name='tensorboard' is not one of: none, wandb"),
+        (["divergence.max_norm=0"], r"divergence.max_norm=0 .* > 0"),
+    ],
+)
+def test_bad_input_fails_before_any_work(make_cfg, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        train(make_cfg(*overrides), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_input_loses_nothing_already_written(make_cfg, tmp_path):
+    train(make_cfg("clip=norm"), tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError):
+        train(make_cfg("clip=norm", "clip.threshold=-1", "rerun=true"), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_sample_granularity_with_a_model_torch_func_cannot_handle(make_cfg, tmp_path, monkeypatch):
+    """resnet18 with BatchNorm: the error names the layer and the way out, before training."""
+    images = Dataset("fake_images", "classification", torch.rand(8, 3, 32, 32), torch.randint(10, (8,)),
+                     torch.rand(4, 3, 32, 32), torch.randint(10, (4,)), 10)
+    monkeypatch.setattr("gradclip.train.load_dataset", lambda cfg: images)
+    cfg = make_cfg("model=resnet18", "model.norm=batch", "clip.granularity=sample", "batch_size=4")
+    with pytest.raises(ConfigError, match=r"clip.granularity=sample .*BatchNorm.* clip.granularity=batch"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
