@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -47,7 +46,6 @@ GRANULARITIES = ("batch", "sample")
 _AGC_MIN_GRAD_NORM = 1e-6
 
 
-@dataclass
 class ClipStats:
     """What one clipping call did. Tensors stay on the gradients' device (no host sync).
 
@@ -57,13 +55,23 @@ class ClipStats:
     clip_fraction:      fraction clipped: of examples (norm, sample), of units (agc), of
                         elements (value); 0 or 1 for norm at batch granularity.
     sample_grad_norm:   ||g_i|| per example, shape [B]; None at ``batch`` granularity.
+
+    Each value may be given as a zero-argument function: it is then computed on first access
+    and kept, so a training loop that logs every k steps pays for a statistic only then.
     """
 
-    grad_norm: Tensor
-    clipped_grad_norm: Tensor
-    factor: Tensor
-    clip_fraction: Tensor
-    sample_grad_norm: Tensor | None = None
+    FIELDS = ("grad_norm", "clipped_grad_norm", "factor", "clip_fraction", "sample_grad_norm")
+
+    def __init__(self, grad_norm, clipped_grad_norm, factor, clip_fraction, sample_grad_norm=None) -> None:
+        self._values = dict(zip(self.FIELDS, (grad_norm, clipped_grad_norm, factor, clip_fraction, sample_grad_norm)))
+
+    def __getattr__(self, name: str):
+        if name not in ClipStats.FIELDS:
+            raise AttributeError(name)
+        value = self._values[name]
+        if callable(value):
+            value = self._values[name] = value()
+        return value
 
     @property
     def clipped(self) -> bool:
@@ -151,7 +159,7 @@ class Clipper:
         if self.method == "norm":
             scale = (self.threshold / (before + self.eps)).clamp(max=1.0)
             torch._foreach_mul_(grads, scale)
-            return ClipStats(before, before * scale, 1.0 / scale, (scale < 1).float())
+            return ClipStats(before, lambda: before * scale, lambda: 1.0 / scale, lambda: (scale < 1).float())
         if self.method == "value":
             n_clipped = sum((g.abs() > self.threshold).sum() for g in grads)
             for g in grads:
@@ -176,7 +184,7 @@ class Clipper:
                 scale = (self.threshold / (sample_norms + self.eps)).clamp(max=1.0)
             # One factor per example: the clipped mean is a weighted sum, with no clipped copy.
             mean = [torch.tensordot(scale, g, dims=1) / batch for g in grads]
-            factor, fraction = 1.0 / scale, (scale < 1).float().mean()
+            factor, fraction = (lambda: 1.0 / scale), (lambda: (scale < 1).float().mean())
         else:
             if self.method == "value":
                 clipped = [g.clamp(-self.threshold, self.threshold) for g in grads]
@@ -185,8 +193,8 @@ class Clipper:
                 clipped, fraction = self._agc_clip(grads, params, batched=True)
             mean = [c.mean(0) for c in clipped]
             factor = _effective_factor(sample_norms, per_sample_norms(clipped))
-        before = total_norm([g.mean(0) for g in grads])
-        return mean, ClipStats(before, total_norm(mean), factor, fraction, sample_norms)
+        before = lambda: total_norm([g.mean(0) for g in grads])  # noqa: E731 - a pass over all gradients
+        return mean, ClipStats(before, lambda: total_norm(mean), factor, fraction, sample_norms)
 
     # -- helpers -------------------------------------------------------------------------------
 

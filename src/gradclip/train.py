@@ -15,6 +15,7 @@ The loop never imports plotting: figures are built later from the records.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import platform
@@ -200,12 +201,16 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
                            torch.Generator().manual_seed(cfg.seed), device)
     agc_units = [(k, p) for k, (n, p) in enumerate(zip(names, params)) if clipper.method == "agc"
                  and n not in clipper.excluded]
-    previous = [p.detach().clone() for p in params]
-    # Run-wide and since-last-row maxima stay on the device: one host sync per step, not five.
-    zero = torch.zeros((), device=device)
-    max_step_ratio = row_step_ratio = max_unit_ratio = row_unit_ratio = zero
-    max_param_norm = total_norm(params).detach()
+    theta = flatten_parameters_(params)  # one vector: ||theta|| and theta(n+1) - theta(n) in one op each
+    previous = theta.clone()
+    offsets = [0, *itertools.accumulate(p.numel() for p in params)]
+    # Maxima of ||theta(n+1) - theta(n)|| / a(n) (and AGC's unit-wise ratio) since the last row.
+    row_step_ratio = max_step_ratio = row_unit_ratio = max_unit_ratio = 0.0
+    max_param_norm = theta.norm().item()
     sum_a = sum_a2 = 0.0
+    # Plain Python copies: reading a DictConfig in the hot loop costs more than the checks.
+    steps, log_every, eval_every = int(cfg.steps), int(cfg.log_every), int(cfg.eval_every)
+    max_norm = float(cfg.divergence.max_norm)
 
     def eval_row(step: int) -> None:
         if per_sample is None:
@@ -220,7 +225,7 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
     eval_row(0)
     start = time.perf_counter()
     status, diverged_step, reason, step = "completed", None, None, 0
-    bar = tqdm(range(1, cfg.steps + 1), disable=not show_bar, desc=clipper.describe(), leave=False)
+    bar = tqdm(range(1, steps + 1), disable=not show_bar, desc=clipper.describe(), leave=False)
     for step in bar:
         lr = schedule(step - 1)
         sum_a += lr
@@ -233,74 +238,106 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
             for p, g in zip(params, mean):
                 p.grad = g
             loss = losses.mean()
-            scaled_loss = (losses / stats.factor).mean()
         else:
-            optimizer.zero_grad(set_to_none=False)
+            optimizer.zero_grad()
             loss = loss_fn(model(x), y).mean()
             loss.backward()
             stats = clipper.clip_batch_([p.grad for p in params], params)
-            loss = loss.detach()
-            scaled_loss = loss / stats.factor
+            loss = losses = loss.detach()
         for group in optimizer.param_groups:
             group["lr"] = lr
-        torch._foreach_copy_(previous, [p.detach() for p in params])
+        previous.copy_(theta)
         optimizer.step()
 
         with torch.no_grad():
-            delta = torch._foreach_sub([p.detach() for p in params], previous)
-            step_ratio = total_norm(delta) / lr
-            row_step_ratio = torch.maximum(row_step_ratio, step_ratio)
+            delta = theta - previous
+            # Finite iff every gradient is: the per-example norms are at hand, ||mean g|| is not.
+            grad_probe = stats.sample_grad_norm.max() if sample_granularity else stats.grad_norm
+            watched = [loss, grad_probe, theta.norm(), delta.norm()]
             if agc_units:  # unit-wise: ||dW_i|| / (a(n) lambda max(||W_i||, eps)), W_i before the step
-                unit_ratio = torch.stack([(unit_norms(delta[k]) / (lr * clipper.agc_unit_bound(previous[k]))).max()
-                                          for k, _ in agc_units]).max()
-                row_unit_ratio = torch.maximum(row_unit_ratio, unit_ratio)
-            param_norm = total_norm(params)
-            max_param_norm = torch.maximum(max_param_norm, param_norm)
-            healthy = torch.isfinite(loss) & torch.isfinite(stats.grad_norm) & (param_norm <= cfg.divergence.max_norm)
-        diverged = not bool(healthy)  # the step's one host sync
-        if diverged:
+                watched.append(torch.stack([
+                    (unit_norms(_view(delta, offsets, k, p)) / clipper.agc_unit_bound(_view(previous, offsets, k, p))).max()
+                    for k, p in agc_units]).max() / lr)
+            watched = torch.stack(watched).tolist()  # the step's one host sync
+        loss_value, grad_probe, param_norm, step_norm = watched[:4]
+        row_step_ratio = max(row_step_ratio, step_norm / lr)
+        if agc_units:
+            row_unit_ratio = max(row_unit_ratio, watched[4])
+        max_param_norm = max(max_param_norm, param_norm if math.isfinite(param_norm) else math.inf)
+        reason = _divergence(loss_value, grad_probe, param_norm, max_norm)
+        if reason:
             status, diverged_step = "diverged", step
-            reason = ("non-finite loss" if not math.isfinite(loss.item()) else
-                      "non-finite gradient" if not math.isfinite(stats.grad_norm.item()) else
-                      "non-finite weights" if not math.isfinite(param_norm.item()) else
-                      f"||theta|| > divergence.max_norm={cfg.divergence.max_norm:g}")
 
-        if diverged or step % cfg.log_every == 0 or step == cfg.steps:
-            row = {"step": step, "train/loss": loss.item(), "train/scaled_loss": scaled_loss.item(),
+        if reason or step % log_every == 0 or step == steps:
+            row = {"step": step, "train/loss": loss_value,
+                   "train/scaled_loss": (losses / stats.factor).mean().item(),
                    "train/grad_norm": stats.grad_norm.item(), "train/clipped_grad_norm": stats.clipped_grad_norm.item(),
                    "train/clip_fraction": stats.clip_fraction.item(),
                    "train/clip_factor_mean": stats.factor.mean().item(), "train/clip_factor_max": stats.factor.max().item(),
                    "train/lr": lr, "train/sum_lr": sum_a, "train/sum_lr_sq": sum_a2,
-                   "train/param_norm": param_norm.item(), "train/max_step_ratio": row_step_ratio.item()}
+                   "train/param_norm": param_norm, "train/max_step_ratio": row_step_ratio}
             if stats.sample_grad_norm is not None:
                 row["train/sample_grad_norm_mean"] = stats.sample_grad_norm.mean().item()
                 row["train/sample_grad_norm_max"] = stats.sample_grad_norm.max().item()
             if agc_units:
-                row["train/max_unit_step_ratio"] = row_unit_ratio.item()
+                row["train/max_unit_step_ratio"] = row_unit_ratio
             recorder.log(row)
             tracker.log(row)
-            bar.set_postfix(loss=f"{row['train/loss']:.4g}", refresh=False)
-            max_step_ratio = torch.maximum(max_step_ratio, row_step_ratio)
-            max_unit_ratio = torch.maximum(max_unit_ratio, row_unit_ratio)
-            row_step_ratio = row_unit_ratio = zero
-        if diverged:
+            bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
+            max_step_ratio = max(max_step_ratio, row_step_ratio)
+            max_unit_ratio = max(max_unit_ratio, row_unit_ratio)
+            row_step_ratio = row_unit_ratio = 0.0
+        if reason:
             log.info("diverged at step %d: %s", step, reason)
             break
-        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+        if eval_every and step % eval_every == 0 and step != steps:
             eval_row(step)
     bar.close()
     wall = time.perf_counter() - start
     if status == "completed":
-        eval_row(cfg.steps)
+        eval_row(steps)
 
     results = {"status": status, "diverged_step": diverged_step, "diverged_reason": reason,
                "steps_completed": step if status == "completed" else step - 1,
-               "max_param_norm": max_param_norm.item(), "max_step_ratio": max_step_ratio.item(),
+               "max_param_norm": max_param_norm, "max_step_ratio": max_step_ratio,
                "sum_lr": sum_a, "sum_lr_sq": sum_a2, "wall_time_s": wall,
                "steps_per_s": step / wall if wall > 0 else None, "final": dict(recorder.last_values)}
     if agc_units:
-        results["max_unit_step_ratio"] = max_unit_ratio.item()
+        results["max_unit_step_ratio"] = max_unit_ratio
     return results
+
+
+def flatten_parameters_(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """Move the parameters into one contiguous vector, each parameter becoming a view of it.
+
+    The optimizer's in-place updates then change the vector, so ||theta|| and the increment
+    theta(n+1) - theta(n) cost one operation each instead of one per tensor.
+    """
+    with torch.no_grad():
+        flat = torch.cat([p.detach().reshape(-1) for p in params])
+        start = 0
+        for p in params:
+            p.data = flat[start : start + p.numel()].view_as(p)
+            start += p.numel()
+    return flat
+
+
+def _view(flat: torch.Tensor, offsets: list[int], k: int, like: torch.Tensor) -> torch.Tensor:
+    """Parameter k's slice of a flat vector, in its shape."""
+    return flat[offsets[k] : offsets[k + 1]].view_as(like)
+
+
+def _divergence(loss: float, grad_norm: float, param_norm: float, max_norm: float) -> str | None:
+    """Why this step counts as diverged, or None."""
+    if not math.isfinite(loss):
+        return "non-finite loss"
+    if not math.isfinite(grad_norm):
+        return "non-finite gradient"
+    if not math.isfinite(param_norm):
+        return "non-finite weights"
+    if param_norm > max_norm:
+        return f"||theta|| = {param_norm:.3g} > divergence.max_norm = {max_norm:g}"
+    return None
 
 
 # -- Hydra entry point ----------------------------------------------------------------------------
@@ -324,8 +361,9 @@ def _job(cfg: DictConfig) -> None:
         # A crash in one job of a sweep is recorded as `failed` and the sweep goes on.
         summary = train(cfg, Path(hydra_cfg.runtime.output_dir), reraise=not multirun)
     except ConfigError as error:
-        log.error("bad input: %s", error)
-        raise
+        # One clear line, no traceback: the input is wrong, not the code.
+        print(f"gradclip: bad input: {error}", file=sys.stderr)
+        sys.exit(2)
     log.info("%s: %s after %s steps -> %s", summary["status"], summary.get("clipper"),
              summary.get("steps_completed"), hydra_cfg.runtime.output_dir)
 

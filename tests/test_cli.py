@@ -1,0 +1,74 @@
+"""The command line a user types: single runs, exit codes, and a real joblib sweep."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gradclip.records import load_runs
+
+FAST = ["steps=20", "batch_size=16", "log_every=5", "eval_every=0", "progress=false"]
+
+
+def gradclip_train(*args, cwd):
+    env = dict(os.environ, WANDB_MODE="offline", HYDRA_FULL_ERROR="0")
+    return subprocess.run([sys.executable, "-m", "gradclip.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def summaries(root):
+    return {p.parent.name: json.loads(p.read_text()) for p in root.rglob("summary.json")}
+
+
+def test_single_run_and_a_diverged_run_exit_zero(tmp_path):
+    ok = gradclip_train(*FAST, "logger=none", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    bad = gradclip_train(*FAST, "logger=none", "name=blowup", "clip=none", "model=deep_tanh",
+                         "schedule=constant", "schedule.a0=50", "steps=200", cwd=tmp_path)
+    assert bad.returncode == 0, bad.stderr
+    runs = {s["status"]: s for s in summaries(tmp_path / "runs" / "single").values()}
+    assert set(runs) == {"completed", "diverged"}
+    assert runs["diverged"]["diverged_step"] >= 1
+
+
+def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path):
+    result = gradclip_train(*FAST, "logger=none", "clip=agc", "clip.clip_factor=-1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "gradclip: bad input: clip.clip_factor=-1 is not allowed: must be > 0")
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.rglob("summary.json"))
+
+
+def test_unknown_config_group_option_lists_the_allowed_ones(tmp_path):
+    result = gradclip_train("clip=clamp", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Could not find 'clip/clamp'" in result.stderr
+    for option in ("agc", "none", "norm", "value"):
+        assert option in result.stderr
+
+
+@pytest.mark.slow
+def test_joblib_sweep_with_wandb_offline_loads_back_and_resumes(tmp_path):
+    sweep = ["-m", *FAST, "name=sweeptest", "logger=wandb", "clip=none,norm", "seed=0,1",
+             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    first = gradclip_train(*sweep, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    root = tmp_path / "runs" / "sweeptest"
+    assert (root / "multirun.yaml").is_file()
+    runs, metrics = load_runs(root)
+    assert len(runs) == 4 and set(runs["summary.status"]) == {"completed"}
+    assert sorted(zip(runs["clip.method"], runs["seed"])) == [("none", 0), ("none", 1), ("norm", 0), ("norm", 1)]
+    assert set(metrics.run_id) == set(runs.run_id)
+    assert len(list(root.glob("*/wandb/offline-run-*/run-*.wandb"))) == 4  # one W&B run per job
+    # Jobs are named by their overrides, so a relaunch finds every finished record.
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("summary.json")}
+    os.remove(next(iter(stamps)))  # as if that job had been interrupted
+    second = gradclip_train(*sweep, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    after = {p: p.stat().st_mtime_ns for p in root.rglob("summary.json")}
+    assert set(after) == set(stamps)
+    rerun = [p for p in after if after[p] != stamps.get(p)]
+    assert rerun == [next(iter(stamps))]  # only the missing job ran again
