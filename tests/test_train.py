@@ -34,7 +34,8 @@ def test_a_run_writes_its_record(make_cfg, tmp_path):
     first_train = next(r for r in rows if "train/loss" in r)
     for key in ("train/scaled_loss", "train/grad_norm", "train/clipped_grad_norm", "train/clip_fraction",
                 "train/clip_factor_mean", "train/clip_factor_max", "train/lr", "train/sum_lr",
-                "train/sum_lr_sq", "train/param_norm", "train/max_step_ratio", "train/sample_grad_norm_max"):
+                "train/sum_lr_sq", "train/param_norm", "train/dist_from_init", "train/max_step_ratio",
+                "train/sample_grad_norm_max"):
         assert key in first_train
     # a(n) = 0.1 / (n + 1)^0.75 and its running sums, as logged at step 5 (updates n = 0..4)
     a = [0.1 / (n + 1) ** 0.75 for n in range(5)]
@@ -77,7 +78,8 @@ def test_the_same_run_clipped_stays_stable(make_cfg, tmp_path):
     summary = train(cfg, tmp_path)
     assert summary["status"] == "completed"
     # ||theta|| can grow by at most sum a(n) tau = 200 * 50 * 0.1 from its start
-    assert summary["max_param_norm"] <= read_rows(tmp_path)[0]["eval/param_norm"] + 200 * 50 * 0.1
+    assert summary["max_param_norm"] <= summary["initial_param_norm"] + 200 * 50 * 0.1
+    assert not [r for r in read_rows(tmp_path) if "eval/H_norm" in r]  # eval_every=0: no evaluation
 
 
 def test_norm_clipping_bounds_every_increment(make_cfg, tmp_path):
@@ -85,7 +87,10 @@ def test_norm_clipping_bounds_every_increment(make_cfg, tmp_path):
         cfg = make_cfg("clip=norm", "clip.threshold=0.05", "clip.eps=0", f"clip.granularity={granularity}",
                        "schedule=constant", "schedule.a0=0.5", "log_every=1")
         summary = train(cfg, tmp_path / granularity)
-        ratios = [r["train/max_step_ratio"] for r in read_rows(tmp_path / granularity) if "train/loss" in r]
+        rows = [r for r in read_rows(tmp_path / granularity) if "train/loss" in r]
+        ratios = [r["train/max_step_ratio"] for r in rows]
+        # and so the iterates stay within tau * sum a(n) of the start
+        assert all(r["train/dist_from_init"] <= 0.05 * r["train/sum_lr"] * (1 + 1e-5) for r in rows)
         assert max(ratios) <= 0.05 * (1 + 1e-5)
         if granularity == "batch":  # the bound is reached: every mean gradient is clipped to tau
             assert min(ratios) > 0.05 * (1 - 1e-5)
@@ -162,7 +167,7 @@ def test_records_load_into_frames(make_cfg, tmp_path):
 def test_evaluation_h_is_the_huber_mean_field_on_the_location_problem(make_cfg, tmp_path):
     """At theta = 0: H = mean_i clip(theta - y_i, -tau, tau) exactly, mean grad = -mean(y)."""
     cfg = make_cfg("model=linear", "data=location", "data.noise.dist=lognormal", "clip=norm",
-                   "clip.threshold=0.5", "clip.eps=0", "steps=1", "eval_every=0")
+                   "clip.threshold=0.5", "clip.eps=0", "steps=1", "eval_every=1")
     train(cfg, tmp_path)
     first = read_rows(tmp_path)[0]
     from gradclip.data import load_dataset

@@ -202,7 +202,7 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
     agc_units = [(k, p) for k, (n, p) in enumerate(zip(names, params)) if clipper.method == "agc"
                  and n not in clipper.excluded]
     theta = flatten_parameters_(params)  # one vector: ||theta|| and theta(n+1) - theta(n) in one op each
-    previous = theta.clone()
+    previous, initial = theta.clone(), theta.clone()
     offsets = [0, *itertools.accumulate(p.numel() for p in params)]
     # Maxima of ||theta(n+1) - theta(n)|| / a(n) (and AGC's unit-wise ratio) since the last row.
     row_step_ratio = max_step_ratio = row_unit_ratio = max_unit_ratio = 0.0
@@ -213,7 +213,7 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
     max_norm = float(cfg.divergence.max_norm)
 
     def eval_row(step: int) -> None:
-        if per_sample is None:
+        if per_sample is None or not eval_every:
             return
         metrics = evaluate(model, per_sample, clipper, data, loss_fn, cfg.eval_chunk)
         row = {"step": step} | {f"eval/{k}": v for k, v in metrics.items()}
@@ -275,7 +275,8 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
                    "train/clip_fraction": stats.clip_fraction.item(),
                    "train/clip_factor_mean": stats.factor.mean().item(), "train/clip_factor_max": stats.factor.max().item(),
                    "train/lr": lr, "train/sum_lr": sum_a, "train/sum_lr_sq": sum_a2,
-                   "train/param_norm": param_norm, "train/max_step_ratio": row_step_ratio}
+                   "train/param_norm": param_norm, "train/dist_from_init": (theta - initial).norm().item(),
+                   "train/max_step_ratio": row_step_ratio}
             if stats.sample_grad_norm is not None:
                 row["train/sample_grad_norm_mean"] = stats.sample_grad_norm.mean().item()
                 row["train/sample_grad_norm_max"] = stats.sample_grad_norm.max().item()
@@ -299,7 +300,8 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
 
     results = {"status": status, "diverged_step": diverged_step, "diverged_reason": reason,
                "steps_completed": step if status == "completed" else step - 1,
-               "max_param_norm": max_param_norm, "max_step_ratio": max_step_ratio,
+               "initial_param_norm": initial.norm().item(), "max_param_norm": max_param_norm,
+               "max_step_ratio": max_step_ratio,
                "sum_lr": sum_a, "sum_lr_sq": sum_a2, "wall_time_s": wall,
                "steps_per_s": step / wall if wall > 0 else None, "final": dict(recorder.last_values)}
     if agc_units:
