@@ -42,6 +42,15 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path):
     assert not list(tmp_path.rglob("summary.json"))
 
 
+def test_bad_input_in_one_job_of_a_sweep_stops_only_that_job(tmp_path):
+    result = gradclip_train("-m", *FAST, "logger=none", "name=mixed", "clip.threshold=1.0,-1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "clip.threshold=-1 is not allowed: must be > 0" in result.stderr
+    runs = {("good" if "threshold=1.0" in name else "bad"): s for name, s in summaries(tmp_path / "runs" / "mixed").items()}
+    assert runs["good"]["status"] == "completed"
+    assert runs["bad"]["status"] == "failed" and runs["bad"]["bad_input"]
+
+
 def test_unknown_config_group_option_lists_the_allowed_ones(tmp_path):
     result = gradclip_train("clip=clamp", cwd=tmp_path)
     assert result.returncode != 0

@@ -73,17 +73,19 @@ def test_norm_eps_zero_gives_the_papers_exact_factor():
 
 
 @pytest.mark.parametrize("exclude", [[], ["head.weight"], ["head.weight", "head.bias"]])
-def test_agc_matches_timm_formula(exclude):
+@pytest.mark.parametrize("scale", [1e-3, 0.5])
+def test_agc_matches_timm_formula(exclude, scale):
     torch.manual_seed(0)
     model = SmallNet()
-    random_grads(model, scale=0.5)
+    random_grads(model, scale=scale)  # 1e-3: some units under their bound, left alone
     with torch.no_grad():
         model.head.bias.fill_(0.0)  # a zero bias exercises the eps floor
     names, params = named(model)
     ours = [p.grad.clone() for p in params]
     clipper = Clipper("agc", clip_factor=0.01, agc_eps=1e-3, exclude=exclude, names=names)
-    clipper.clip_batch_(ours, params)
+    stats = clipper.clip_batch_(ours, params)
     timm_adaptive_clip_grad([p for n, p in model.named_parameters() if n not in exclude])
+    assert 0 < stats.clip_fraction.item() < 1 if scale < 0.1 else stats.clip_fraction.item() == 1
     for name, g, p in zip(names, ours, params):
         torch.testing.assert_close(g, p.grad, msg=name)
     assert clipper.excluded == exclude

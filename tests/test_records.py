@@ -13,14 +13,14 @@ def write_run(run_dir, config, rows, status="completed"):
     recorder.start(config, {"status": "running"})
     for row in rows:
         recorder.log(row)
-    recorder.write_summary({"status": status, "final": recorder.last_values})
+    recorder.write_summary({"status": status, "final": recorder.final_values()})
     recorder.close()
 
 
 def test_recorder_writes_and_flags_finished_runs(tmp_path):
     write_run(tmp_path / "a", {"clip": {"method": "norm"}}, [{"step": 1, "train/loss": 2.0}])
     assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text()) == {"clip": {"method": "norm"}}
-    assert json.loads((tmp_path / "a" / "summary.json").read_text())["final"] == {"train/loss": 2.0}
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["final"] == {"step": 1, "train/loss": 2.0}
     assert is_finished(tmp_path / "a")
     write_run(tmp_path / "b", {}, [], status="failed")
     assert not is_finished(tmp_path / "b") and not is_finished(tmp_path / "never-ran")

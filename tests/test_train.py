@@ -67,8 +67,12 @@ def test_a_run_built_to_diverge_does_and_is_a_result(make_cfg, tmp_path):
     summary = train(cfg, tmp_path)
     assert summary["status"] == "diverged"
     assert 1 <= summary["diverged_step"] <= 200 and summary["diverged_reason"]
+    assert summary["steps_completed"] == summary["diverged_step"]  # the diverging update was applied
     rows = read_rows(tmp_path)
     assert rows[-1]["step"] == summary["diverged_step"]  # the diverging step is logged
+    # final values are those of the diverging step, not of the evaluation at step 0
+    assert summary["final"]["step"] == summary["diverged_step"]
+    assert not [k for k in summary["final"] if k.startswith("eval/")]
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
 
 
@@ -104,11 +108,30 @@ def test_agc_bounds_every_unit_increment(make_cfg, tmp_path, granularity):
     cfg = make_cfg("clip=agc", "clip.clip_factor=0.001", f"clip.granularity={granularity}",
                    "schedule=constant", "schedule.a0=0.5")
     summary = train(cfg, tmp_path)
-    # The realised float32 step W - a g is rounded to ~6e-8 |W| per element, and with lambda =
-    # 1e-3 the step is ~5e-4 |W|: the measured ratio can exceed 1 by ~1e-4 from rounding alone.
+    # The clipped gradient obeys the unit bound to float precision ...
+    assert summary["max_unit_update_ratio"] <= 1 + 1e-5
+    # ... the realised float32 step W - a g is rounded to ~6e-8 |W| per element, and with
+    # lambda = 1e-3 the step is ~5e-4 |W|: its ratio can exceed 1 by ~1e-4 from rounding alone.
     assert summary["max_unit_step_ratio"] <= 1 + 1e-3
     if granularity == "batch":  # with lambda this small, some unit is clipped to its bound
-        assert summary["max_unit_step_ratio"] > 1 - 1e-3
+        assert summary["max_unit_update_ratio"] > 1 - 1e-5
+
+
+def test_agc_with_eps_zero_and_zero_weights_still_reports_its_bound(make_cfg, tmp_path):
+    """Zero-initialised biases have bound lambda * 0 = 0: their 0/0 ratio must not hide the rest."""
+    cfg = make_cfg("clip=agc", "clip.clip_factor=0.001", "clip.eps=0", "schedule=constant", "schedule.a0=0.5")
+    summary = train(cfg, tmp_path)
+    assert 1 - 1e-5 < summary["max_unit_update_ratio"] <= 1 + 1e-5
+
+
+def test_tiny_step_sizes_the_bound_holds_for_the_update_not_for_rounded_weights(make_cfg, tmp_path):
+    """At a(n) = 1e-6 float32 rounding of theta dominates the realised step; the update itself
+    (the clipped gradient) still obeys ||g|| <= tau exactly."""
+    cfg = make_cfg("clip=norm", "clip.threshold=0.05", "clip.eps=0", "schedule=constant", "schedule.a0=1e-6")
+    summary = train(cfg, tmp_path)
+    assert summary["max_update_norm"] <= 0.05 * (1 + 1e-6)
+    # per element a * g is far below ulp(theta): most weights do not move at all, others by an ulp
+    assert abs(summary["max_step_ratio"] / 0.05 - 1) > 1e-2
 
 
 def test_finished_record_is_not_run_again(make_cfg, tmp_path):
@@ -144,6 +167,18 @@ def test_wandb_failure_keeps_the_local_record(make_cfg, tmp_path, monkeypatch):
     summary = train(make_cfg("logger=wandb"), tmp_path)
     assert summary["status"] == "completed" and summary["wandb"] is None
     assert len(read_rows(tmp_path)) > 5
+
+
+def test_wandb_failure_while_logging_keeps_the_local_record(make_cfg, tmp_path, monkeypatch):
+    import wandb.sdk.wandb_run as wandb_run
+
+    def broken_log(self, *args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(wandb_run.Run, "log", broken_log)
+    summary = train(make_cfg("logger=wandb"), tmp_path)
+    assert summary["status"] == "completed"
+    assert [r["step"] for r in read_rows(tmp_path) if "train/loss" in r] == [5, 10, 15, 20, 25, 30]
 
 
 def test_wandb_offline_mirrors_the_run(make_cfg, tmp_path):
@@ -204,6 +239,10 @@ def test_evaluation_h_is_the_huber_mean_field_on_the_location_problem(make_cfg, 
         (["device=tpu"], r"device='tpu' is not one of: auto, cpu, cuda"),
         (["logger.name=tensorboard"], r"logger.name='tensorboard' is not one of: none, wandb"),
         (["divergence.max_norm=0"], r"divergence.max_norm=0 .* > 0"),
+        (["batch_size=16.0"], r"batch_size=16.0 .* integer >= 1"),
+        (["seed=1.5"], r"seed=1.5 .* integer >= 0"),
+        (["threads=-3"], r"threads=-3 .* null or an integer >= 1"),
+        (["model=linear", "data=location", "clip=agc"], r"clip.exclude=\['head.\*'\] exempts every parameter"),
     ],
 )
 def test_bad_input_fails_before_any_work(make_cfg, tmp_path, overrides, message):
@@ -220,11 +259,33 @@ def test_bad_input_loses_nothing_already_written(make_cfg, tmp_path):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
-def test_sample_granularity_with_a_model_torch_func_cannot_handle(make_cfg, tmp_path, monkeypatch):
-    """resnet18 with BatchNorm: the error names the layer and the way out, before training."""
+def test_a_finished_record_of_another_config_is_not_returned_as_this_one(make_cfg, tmp_path):
+    train(make_cfg("clip=norm"), tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match=r"holds a finished run of another config .*clip.threshold"):
+        train(make_cfg("clip=norm", "clip.threshold=2.0"), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    # keys that do not change results (logger, progress, ...) still find the record
+    assert train(make_cfg("clip=norm", "logger=wandb"), tmp_path)["status"] == "completed"
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def fake_images(monkeypatch):
     images = Dataset("fake_images", "classification", torch.rand(8, 3, 32, 32), torch.randint(10, (8,)),
                      torch.rand(4, 3, 32, 32), torch.randint(10, (4,)), 10)
     monkeypatch.setattr("gradclip.train.load_dataset", lambda cfg: images)
+
+
+def test_a_batchnorm_model_trains_at_batch_granularity_and_is_evaluated(make_cfg, tmp_path, monkeypatch):
+    fake_images(monkeypatch)
+    cfg = make_cfg("model=resnet18", "model.norm=batch", "batch_size=4", "steps=2", "eval_every=1", "eval_chunk=4")
+    assert train(cfg, tmp_path)["status"] == "completed"
+    assert [r["step"] for r in read_rows(tmp_path) if "eval/H_norm" in r] == [0, 1, 2]
+
+
+def test_sample_granularity_with_a_model_torch_func_cannot_handle(make_cfg, tmp_path, monkeypatch):
+    """resnet18 with BatchNorm: the error names the layer and the way out, before training."""
+    fake_images(monkeypatch)
     cfg = make_cfg("model=resnet18", "model.norm=batch", "clip.granularity=sample", "batch_size=4")
     with pytest.raises(ConfigError, match=r"clip.granularity=sample .*BatchNorm.* clip.granularity=batch"):
         train(cfg, tmp_path / "run")

@@ -108,8 +108,8 @@ def unit_norms(tensor: Tensor, batched: bool = False) -> Tensor:
 
 
 def _effective_factor(before: Tensor, after: Tensor) -> Tensor:
-    """||g|| / ||g_clipped||, defined as 1 where nothing is left to divide."""
-    return torch.where(after > 0, before / after.clamp_min(torch.finfo(after.dtype).tiny), 1.0)
+    """||g|| / ||g_clipped||: 1 for a zero gradient, inf if clipping zeroed a non-zero one."""
+    return torch.where(before == 0, 1.0, before / after)
 
 
 class Clipper:
@@ -145,6 +145,11 @@ class Clipper:
             raise ConfigError(
                 f"clip.exclude pattern(s) {unmatched} match no parameter; the model's parameters are: "
                 + ", ".join(self.names)
+            )
+        if self.names and len(self.excluded) == len(self.names):
+            raise ConfigError(
+                f"clip.exclude={self.exclude} exempts every parameter ({', '.join(self.names)}), so AGC "
+                "would be plain SGD; use clip.exclude=[] for a model that is only a head"
             )
         self._clipped_mask = [n not in self.excluded for n in self.names]
 
@@ -249,7 +254,7 @@ def validate_clip_config(cfg: Mapping) -> None:
         require_number(cfg, "clip", "eps", lambda v: v >= 0, ">= 0 (0 gives the paper's exact factor)")
     if method == "agc":
         require_number(cfg, "clip", "clip_factor", lambda v: v > 0, "> 0")
-        require_number(cfg, "clip", "eps", lambda v: v >= 0, ">= 0")
+        require_number(cfg, "clip", "eps", lambda v: v >= 0, ">= 0 (the paper's (A3) wants > 0)")
         exclude = cfg.get("exclude", [])
         if isinstance(exclude, str) or not all(isinstance(p, str) for p in exclude):
             raise ConfigError(

@@ -64,19 +64,27 @@ class RunRecorder:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self._metrics = None
-        self.last_values: dict = {}  # the last logged value of every metric: the final metrics
+        self._final: dict = {}  # every value logged at the latest step
 
     def start(self, config: Mapping, summary: Mapping) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.run_dir / CONFIG_FILE, "w") as f:
             yaml.safe_dump(dict(config), f, sort_keys=False)
         self._metrics = open(self.run_dir / METRICS_FILE, "w")  # a new attempt starts afresh
+        self._final = {}
         self.write_summary(summary)
 
     def log(self, row: Mapping) -> None:
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
-        self.last_values.update((k, v) for k, v in row.items() if k != "step")
+        if row["step"] != self._final.get("step"):
+            self._final = {}
+        self._final.update(row)
+
+    def final_values(self) -> dict:
+        """The metrics logged at the last logged step (with ``step``): a diverged run's final
+        values are those of the diverging step, never an older evaluation."""
+        return dict(self._final)
 
     def write_summary(self, summary: Mapping) -> None:
         write_json_atomic(self.run_dir / SUMMARY_FILE, dict(summary))
@@ -115,13 +123,17 @@ def _flatten(prefix: str, obj: Any, out: dict) -> dict:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """Rows of a metrics file; a half-written last line (a killed job) is dropped."""
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
     rows = []
-    if path.is_file():
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    rows.append(json.loads(line))
+    for k, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if k < len(lines) - 1:
+                raise
     return rows
 
 

@@ -12,7 +12,7 @@ or loses its local record.
 from __future__ import annotations
 
 import logging
-import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -55,8 +55,9 @@ class WandbTracker:
         try:
             import wandb
 
-            # Hydra and W&B's default process start can hang together (W&B's documented cure).
-            os.environ.setdefault("WANDB_START_METHOD", "thread")
+            # A new attempt at this run replaces the W&B files of an earlier one, so that
+            # `wandb sync` uploads one run per job.
+            shutil.rmtree(Path(run_dir) / "wandb", ignore_errors=True)
             self.run = wandb.init(
                 project=project,
                 entity=entity,
@@ -130,7 +131,7 @@ def make_tracker(logger_cfg: Mapping, run_dir: Path, config: Mapping):
     """A WandbTracker for ``logger=wandb``, a NullTracker for ``logger=none``."""
     if logger_cfg["name"] == "none":
         return NullTracker()
-    mode = os.environ.get("WANDB_MODE") or logger_cfg.get("mode") or "offline"
+    mode = logger_cfg.get("mode") or "offline"  # the config's default reads WANDB_MODE
     return WandbTracker(
         run_dir,
         config,

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import math
+import os
 import platform
 import re
 import socket
@@ -31,19 +33,21 @@ from pathlib import Path
 
 import hydra
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import gradclip
-from gradclip.checks import ConfigError, require_choice, require_number
+from gradclip.checks import ConfigError, require_choice, require_int, require_number
 from gradclip.clipping import Clipper, make_clipper, total_norm, unit_norms, validate_clip_config
 from gradclip.data import load_dataset, validate_data_config
 from gradclip.evaluation import evaluate
 from gradclip.gradients import PerSampleGradients, per_example_loss
 from gradclip.models import build_model, per_sample_unsupported_reason, validate_model_config
-from gradclip.records import RunRecorder, is_finished, read_summary
+from gradclip.records import CONFIG_FILE, RunRecorder, find_run_dirs, is_finished, read_summary
 from gradclip.schedules import make_schedule, validate_schedule_config
 from gradclip.tracking import LOGGERS, make_tracker
 
@@ -57,17 +61,20 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 def validate_config(cfg: Mapping) -> None:
     """Every check that needs no data or model: bad input fails here, before any work."""
-    require_number(cfg, "cfg", "steps", lambda v: v >= 1 and float(v).is_integer(), "an integer >= 1")
-    require_number(cfg, "cfg", "batch_size", lambda v: v >= 1 and float(v).is_integer(), "an integer >= 1")
-    require_number(cfg, "cfg", "seed", lambda v: float(v).is_integer(), "an integer")
-    require_number(cfg, "cfg", "log_every", lambda v: v >= 1 and float(v).is_integer(), "an integer >= 1")
-    require_number(cfg, "cfg", "eval_every", lambda v: v >= 0 and float(v).is_integer(), "an integer >= 0")
-    require_number(cfg, "cfg", "eval_chunk", lambda v: v >= 1 and float(v).is_integer(), "an integer >= 1")
+    require_int(cfg, "cfg", "steps", lambda v: v >= 1, "an integer >= 1")
+    require_int(cfg, "cfg", "batch_size", lambda v: v >= 1, "an integer >= 1")
+    require_int(cfg, "cfg", "seed", lambda v: 0 <= v < 2**63, "an integer >= 0")
+    require_int(cfg, "cfg", "log_every", lambda v: v >= 1, "an integer >= 1")
+    require_int(cfg, "cfg", "eval_every", lambda v: v >= 0, "an integer >= 0 (0: no evaluation)")
+    require_int(cfg, "cfg", "eval_chunk", lambda v: v >= 1, "an integer >= 1")
+    if cfg.get("threads") is not None:
+        require_int(cfg, "cfg", "threads", lambda v: v >= 1, "null or an integer >= 1")
     require_number(cfg, "cfg", "momentum", lambda v: 0 <= v < 1, "in [0, 1)")
     require_number(cfg, "cfg", "weight_decay", lambda v: v >= 0, ">= 0")
     require_number(cfg["divergence"], "divergence", "max_norm", lambda v: v > 0, "> 0")
     require_choice(cfg, "cfg", "device", ("auto", "cpu", "cuda"))
     require_choice(cfg, "cfg", "sampling", ("iid", "shuffle"))
+    require_choice(cfg, "cfg", "progress", (True, False, "auto"))
     require_choice(cfg["logger"], "logger", "name", LOGGERS)
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' but torch finds no CUDA device here; use device=auto or device=cpu")
@@ -75,6 +82,53 @@ def validate_config(cfg: Mapping) -> None:
     validate_schedule_config(cfg["schedule"])
     validate_model_config(cfg["model"])
     validate_data_config(cfg["data"])
+
+
+# Keys that do not change a run's results: a finished record with other values for them is
+# still this run's record (the same keys are left out of sweep directory names).
+NON_RESULT_KEYS = ("name", "output_root", "logger", "progress", "rerun", "device", "threads",
+                   "eval_chunk", "data.root")
+
+
+def _result_config(config: dict) -> dict:
+    """The resolved config without NON_RESULT_KEYS."""
+    config = json.loads(json.dumps(config))
+    for key in NON_RESULT_KEYS:
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(leaf, None)
+    return config
+
+
+def _finished_record(run_dir: Path, config: dict) -> dict | None:
+    """The summary of a finished run of this same config in run_dir, or None if there is none.
+
+    A finished record of a different config is an error: re-launching after a change of
+    defaults must not return stale results.
+    """
+    if not is_finished(run_dir):
+        return None
+    with open(run_dir / CONFIG_FILE) as f:
+        recorded = _result_config(yaml.safe_load(f) or {})
+    current = _result_config(config)
+    if recorded != current:
+        differ = sorted(k for k in set(_flat(recorded)) | set(_flat(current))
+                        if _flat(recorded).get(k) != _flat(current).get(k))
+        raise ConfigError(f"{run_dir} holds a finished run of another config (differing keys: "
+                          f"{', '.join(differ)}); use rerun=true to replace it, or another name= or output_root=")
+    return read_summary(run_dir)
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -138,14 +192,17 @@ def train(cfg: DictConfig, run_dir: Path, reraise: bool = True) -> dict:
     (and re-raised when ``reraise``)."""
     validate_config(cfg)
     run_dir = Path(run_dir)
-    if not cfg.rerun and is_finished(run_dir):
-        summary = read_summary(run_dir)
-        log.info("%s already holds a %s run; skipping (rerun=true to train again)", run_dir, summary["status"])
-        return summary
+    config = OmegaConf.to_container(cfg, resolve=True)
+    finished = None if cfg.rerun else _finished_record(run_dir, config)
+    if finished:
+        log.info("%s already holds this %s run; skipping (rerun=true to train again)", run_dir, finished["status"])
+        return finished
 
     device = _resolve_device(cfg.device)
     if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
     torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=True)
     torch.manual_seed(cfg.seed)
 
@@ -162,7 +219,6 @@ def train(cfg: DictConfig, run_dir: Path, reraise: bool = True) -> dict:
     clipper = make_clipper(cfg.clip, names)
     schedule = make_schedule(cfg.schedule, cfg.steps)
 
-    config = OmegaConf.to_container(cfg, resolve=True)
     summary = {"status": "running", "diverged_step": None, "seed": cfg.seed, "device": str(device),
                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "host": socket.gethostname(), "git": _git_state(), "versions": _versions(),
@@ -173,8 +229,7 @@ def train(cfg: DictConfig, run_dir: Path, reraise: bool = True) -> dict:
     summary["wandb"] = tracker.run_path
     exit_code = 1
     try:
-        summary |= _train_loop(cfg, model, names, params, clipper, schedule, data, device,
-                               per_sample_reason, recorder, tracker)
+        summary |= _train_loop(cfg, model, names, params, clipper, schedule, data, device, recorder, tracker)
         exit_code = 0
     except Exception as error:
         summary |= {"status": "failed", "error": f"{type(error).__name__}: {error}",
@@ -190,35 +245,63 @@ def train(cfg: DictConfig, run_dir: Path, reraise: bool = True) -> dict:
     return summary
 
 
-def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, device,
-                per_sample_reason, recorder, tracker) -> dict:
+class Maxima:
+    """The largest value of each quantity since the last logged row, and over the whole run."""
+
+    def __init__(self) -> None:
+        self.since_row: dict[str, float] = {}
+        self.run: dict[str, float] = {}
+
+    def update(self, **values: float) -> None:
+        for key, value in values.items():
+            value = value if math.isfinite(value) else math.inf  # NaN must not vanish from a max
+            self.since_row[key] = max(self.since_row.get(key, -math.inf), value)
+
+    def flush(self) -> dict[str, float]:
+        """Return the maxima since the last row and start a new interval."""
+        row, self.since_row = self.since_row, {}
+        for key, value in row.items():
+            self.run[key] = max(self.run.get(key, -math.inf), value)
+        return row
+
+
+def _agc_unit_ratio(vectors: list[torch.Tensor], weights: list[torch.Tensor], clipper: Clipper) -> torch.Tensor:
+    """max over units of ||v_i|| / (lambda max(||W_i||, eps)). With eps = 0 a zero unit has bound 0:
+    a zero v_i there counts as 0 (it kept its bound), a non-zero one as inf."""
+    return torch.stack([torch.nan_to_num(unit_norms(v) / clipper.agc_unit_bound(w), nan=0.0).max()
+                        for v, w in zip(vectors, weights)]).max()
+
+
+def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, device, recorder, tracker) -> dict:
     """The SGD loop proper; returns the summary's results."""
     loss_fn = per_example_loss(data.task)
-    per_sample = PerSampleGradients(model, loss_fn) if per_sample_reason is None else None
+    # Evaluation runs in eval mode, where torch.func handles BatchNorm too.
+    per_sample = PerSampleGradients(model, loss_fn)
     sample_granularity = cfg.clip.granularity == "sample"
     optimizer = torch.optim.SGD(params, lr=schedule(0), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sampler = BatchSampler(data.num_train, cfg.batch_size, cfg.sampling,
                            torch.Generator().manual_seed(cfg.seed), device)
-    agc_units = [(k, p) for k, (n, p) in enumerate(zip(names, params)) if clipper.method == "agc"
-                 and n not in clipper.excluded]
+    agc_index = [k for k, n in enumerate(names) if clipper.method == "agc" and n not in clipper.excluded]
     theta = flatten_parameters_(params)  # one vector: ||theta|| and theta(n+1) - theta(n) in one op each
     previous, initial = theta.clone(), theta.clone()
     offsets = [0, *itertools.accumulate(p.numel() for p in params)]
-    # Maxima of ||theta(n+1) - theta(n)|| / a(n) (and AGC's unit-wise ratio) since the last row.
-    row_step_ratio = max_step_ratio = row_unit_ratio = max_unit_ratio = 0.0
-    max_param_norm = theta.norm().item()
-    sum_a = sum_a2 = 0.0
+    maxima = Maxima()
+    maxima.update(param_norm=theta.norm().item())
+    sum_a = sum_a2 = eval_seconds = 0.0
     # Plain Python copies: reading a DictConfig in the hot loop costs more than the checks.
     steps, log_every, eval_every = int(cfg.steps), int(cfg.log_every), int(cfg.eval_every)
     max_norm = float(cfg.divergence.max_norm)
 
-    def eval_row(step: int) -> None:
-        if per_sample is None or not eval_every:
-            return
+    def eval_row(step: int) -> float:
+        """Log a full-data row; return the seconds it took (kept out of the training speed)."""
+        if not eval_every:
+            return 0.0
+        start = time.perf_counter()
         metrics = evaluate(model, per_sample, clipper, data, loss_fn, cfg.eval_chunk)
         row = {"step": step} | {f"eval/{k}": v for k, v in metrics.items()}
         recorder.log(row)
         tracker.log(row)
+        return time.perf_counter() - start
 
     show_bar = cfg.progress is True or (cfg.progress == "auto" and sys.stderr.isatty()
                                         and HydraConfig.initialized() and HydraConfig.get().mode != RunMode.MULTIRUN)
@@ -244,6 +327,14 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
             loss.backward()
             stats = clipper.clip_batch_([p.grad for p in params], params)
             loss = losses = loss.detach()
+        # Finite iff every gradient is: the per-example norms are at hand, ||mean g|| is not.
+        grad_probe = stats.sample_grad_norm.max() if sample_granularity else stats.grad_norm
+        # ||clipped g|| is the increment / a(n) of plain SGD in exact arithmetic; the realised
+        # ||theta(n+1) - theta(n)|| / a(n) below also carries float32 rounding (about
+        # ulp(theta) / a(n), large once a(n) is tiny), momentum and weight decay.
+        watched = [loss, grad_probe, stats.clipped_grad_norm]
+        if agc_index:  # the same unit-wise, against the weights before the step
+            watched.append(_agc_unit_ratio([params[k].grad for k in agc_index], [params[k] for k in agc_index], clipper))
         for group in optimizer.param_groups:
             group["lr"] = lr
         previous.copy_(theta)
@@ -251,62 +342,56 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
 
         with torch.no_grad():
             delta = theta - previous
-            # Finite iff every gradient is: the per-example norms are at hand, ||mean g|| is not.
-            grad_probe = stats.sample_grad_norm.max() if sample_granularity else stats.grad_norm
-            watched = [loss, grad_probe, theta.norm(), delta.norm()]
-            if agc_units:  # unit-wise: ||dW_i|| / (a(n) lambda max(||W_i||, eps)), W_i before the step
-                watched.append(torch.stack([
-                    (unit_norms(_view(delta, offsets, k, p)) / clipper.agc_unit_bound(_view(previous, offsets, k, p))).max()
-                    for k, p in agc_units]).max() / lr)
-            watched = torch.stack(watched).tolist()  # the step's one host sync
-        loss_value, grad_probe, param_norm, step_norm = watched[:4]
-        row_step_ratio = max(row_step_ratio, step_norm / lr)
-        if agc_units:
-            row_unit_ratio = max(row_unit_ratio, watched[4])
-        max_param_norm = max(max_param_norm, param_norm if math.isfinite(param_norm) else math.inf)
-        reason = _divergence(loss_value, grad_probe, param_norm, max_norm)
+            watched += [theta.norm(), delta.norm()]
+            if agc_index:
+                watched.append(_agc_unit_ratio([_view(delta, offsets, k, params[k]) for k in agc_index],
+                                               [_view(previous, offsets, k, params[k]) for k in agc_index], clipper) / lr)
+            values = torch.stack(watched).tolist()  # the step's one host sync
+        loss_value, grad_probe_value, update_norm = values[:3]
+        param_norm, step_norm = values[-2:] if not agc_index else values[-3:-1]
+        maxima.update(update_norm=update_norm, step_ratio=step_norm / lr, param_norm=param_norm)
+        if agc_index:
+            maxima.update(unit_update_ratio=values[3], unit_step_ratio=values[-1])
+        reason = _divergence(loss_value, grad_probe_value, param_norm, max_norm)
         if reason:
             status, diverged_step = "diverged", step
 
         if reason or step % log_every == 0 or step == steps:
             row = {"step": step, "train/loss": loss_value,
                    "train/scaled_loss": (losses / stats.factor).mean().item(),
-                   "train/grad_norm": stats.grad_norm.item(), "train/clipped_grad_norm": stats.clipped_grad_norm.item(),
+                   "train/grad_norm": stats.grad_norm.item(), "train/clipped_grad_norm": update_norm,
                    "train/clip_fraction": stats.clip_fraction.item(),
                    "train/clip_factor_mean": stats.factor.mean().item(), "train/clip_factor_max": stats.factor.max().item(),
                    "train/lr": lr, "train/sum_lr": sum_a, "train/sum_lr_sq": sum_a2,
-                   "train/param_norm": param_norm, "train/dist_from_init": (theta - initial).norm().item(),
-                   "train/max_step_ratio": row_step_ratio}
+                   "train/param_norm": param_norm, "train/dist_from_init": (theta - initial).norm().item()}
             if stats.sample_grad_norm is not None:
                 row["train/sample_grad_norm_mean"] = stats.sample_grad_norm.mean().item()
                 row["train/sample_grad_norm_max"] = stats.sample_grad_norm.max().item()
-            if agc_units:
-                row["train/max_unit_step_ratio"] = row_unit_ratio
+            since_row = maxima.flush()
+            row |= {f"train/max_{key}": since_row[key] for key in MAXIMA_LOGGED if key in since_row}
             recorder.log(row)
             tracker.log(row)
             bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
-            max_step_ratio = max(max_step_ratio, row_step_ratio)
-            max_unit_ratio = max(max_unit_ratio, row_unit_ratio)
-            row_step_ratio = row_unit_ratio = 0.0
         if reason:
             log.info("diverged at step %d: %s", step, reason)
             break
         if eval_every and step % eval_every == 0 and step != steps:
-            eval_row(step)
+            eval_seconds += eval_row(step)
     bar.close()
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - start - eval_seconds
     if status == "completed":
         eval_row(steps)
 
-    results = {"status": status, "diverged_step": diverged_step, "diverged_reason": reason,
-               "steps_completed": step if status == "completed" else step - 1,
-               "initial_param_norm": initial.norm().item(), "max_param_norm": max_param_norm,
-               "max_step_ratio": max_step_ratio,
-               "sum_lr": sum_a, "sum_lr_sq": sum_a2, "wall_time_s": wall,
-               "steps_per_s": step / wall if wall > 0 else None, "final": dict(recorder.last_values)}
-    if agc_units:
-        results["max_unit_step_ratio"] = max_unit_ratio
-    return results
+    maxima.flush()
+    return {"status": status, "diverged_step": diverged_step, "diverged_reason": reason,
+            "steps_completed": step, "initial_param_norm": initial.norm().item(),
+            **{f"max_{key}": value for key, value in maxima.run.items()},
+            "sum_lr": sum_a, "sum_lr_sq": sum_a2, "wall_time_s": wall,
+            "steps_per_s": step / wall if wall > 0 else None, "final": recorder.final_values()}
+
+
+# Per-interval maxima logged in each train/ row as train/max_<key>.
+MAXIMA_LOGGED = ("update_norm", "step_ratio", "unit_update_ratio", "unit_step_ratio")
 
 
 def flatten_parameters_(params: list[torch.nn.Parameter]) -> torch.Tensor:
@@ -358,16 +443,38 @@ OmegaConf.register_new_resolver("gradclip_dirname", _dirname, replace=True)
 
 def _job(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         # A crash in one job of a sweep is recorded as `failed` and the sweep goes on.
-        summary = train(cfg, Path(hydra_cfg.runtime.output_dir), reraise=not multirun)
+        summary = train(cfg, run_dir, reraise=not multirun)
     except ConfigError as error:
         # One clear line, no traceback: the input is wrong, not the code.
         print(f"gradclip: bad input: {error}", file=sys.stderr)
-        sys.exit(2)
+        if not multirun:
+            sys.exit(2)
+        # In a sweep the other jobs go on; SweepReport exits 2 at the end. A finished record
+        # already in run_dir is left as it is.
+        if not is_finished(run_dir):
+            RunRecorder(run_dir).write_summary({"status": "failed", "bad_input": True, "error": str(error)})
+        return
     log.info("%s: %s after %s steps -> %s", summary["status"], summary.get("clipper"),
-             summary.get("steps_completed"), hydra_cfg.runtime.output_dir)
+             summary.get("steps_completed"), run_dir)
+
+
+class SweepReport(Callback):
+    """After a sweep: one line counting its runs by status; exit 2 if any job had bad input."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        summaries = [read_summary(d) or {} for d in find_run_dirs(sweep_dir)]
+        counts = {status: sum(s.get("status") == status for s in summaries)
+                  for status in ("completed", "diverged", "failed", "running")}
+        log.info("sweep %s: %s", sweep_dir, ", ".join(f"{n} {status}" for status, n in counts.items() if n))
+        bad = sorted({s["error"] for s in summaries if s.get("bad_input")})
+        if bad:
+            print("gradclip: bad input in this sweep:\n  " + "\n  ".join(bad), file=sys.stderr)
+            sys.exit(2)
 
 
 main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(_job)
