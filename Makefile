@@ -7,7 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast bench lock clean
+SCALE ?= default
+
+.PHONY: help install test test-fast reproduce figures bench lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +29,12 @@ test: $(STAMP) ## Run the whole test suite (CPU, a few minutes)
 
 test-fast: $(STAMP) ## Run the tests that are not marked slow
 	$(PY) -m pytest -m "not slow"
+
+reproduce: $(STAMP) ## Run every experiment, then figures, tables and results/REPORT.md (SCALE=smoke|default|full)
+	$(PY) scripts/reproduce.py --scale $(SCALE)
+
+figures: $(STAMP) ## Rebuild every figure in paper_figures/ from the tables in results/ (no training)
+	$(PY) scripts/figures.py plot all
 
 bench: $(STAMP) ## Steps/s of the runner against a minimal hand-written loop
 	$(PY) scripts/bench_runner.py

@@ -32,6 +32,7 @@ YAML_CASES = [
     ("cnn1d", MNIST1D, 10),
     ("rnn", MNIST1D, 10),
     ("lstm", MNIST1D, 10),
+    ("rnn_exploding", MNIST1D, 10),
     ("resnet", MNIST1D, 10),
     ("resnet18", (1, 28, 28), 10),
     ("resnet18", (3, 32, 32), 10),
@@ -368,3 +369,15 @@ def test_wrong_input_shape(name, shape, match):
 def test_bad_num_outputs():
     with pytest.raises(ModelError, match=r"num_outputs=0 must be an integer >= 1"):
         build_model(load("mlp"), MNIST1D, 0)
+
+
+def test_mlp_unit_scale_decades_spreads_hidden_unit_norms():
+    torch.manual_seed(0)
+    plain = build_model({"name": "mlp"}, (40,), 10)
+    torch.manual_seed(0)
+    spread = build_model({"name": "mlp", "unit_scale_decades": 3.0}, (40,), 10)
+    plain_norms = plain.hidden[0].weight.norm(dim=1)
+    norms = spread.hidden[0].weight.norm(dim=1)
+    assert plain_norms.max() / plain_norms.min() < 3  # rows of a Gaussian matrix: similar norms
+    assert norms.max() / norms.min() > 100  # three decades of unit scales
+    assert torch.equal(spread.head.weight, plain.head.weight)  # the head is not rescaled

@@ -290,3 +290,19 @@ def test_sample_granularity_with_a_model_torch_func_cannot_handle(make_cfg, tmp_
     with pytest.raises(ConfigError, match=r"clip.granularity=sample .*BatchNorm.* clip.granularity=batch"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_unit_log_records_every_units_weight_and_step(make_cfg, tmp_path):
+    from gradclip.records import load_units
+
+    cfg = make_cfg("clip=agc", "clip.clip_factor=0.01", "unit_log_every=10", "schedule=constant", "schedule.a0=0.1")
+    train(cfg, tmp_path)
+    units = load_units(tmp_path)
+    assert sorted(units["step"].unique()) == [1, 10, 20, 30]
+    one_step = units[units.step == 10]
+    # MLP 40-100-100-10: 100 + 100 + 10 weight rows, and one unit per bias
+    assert len(one_step) == 100 + 1 + 100 + 1 + 10 + 1
+    hidden = one_step[one_step.param == "hidden.0.weight"]
+    # AGC's bound holds unit by unit (float32 rounding aside)
+    bound = 0.1 * 0.01 * hidden["weight_norm"].clip(lower=1e-3)
+    assert (hidden["step_norm"] <= bound * (1 + 1e-3)).all()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -30,3 +32,32 @@ def require_choice(cfg: Mapping, section: str, key: str, choices: tuple[str, ...
     value = cfg.get(key)
     if value not in choices:
         raise ConfigError(f"{section}.{key}={value!r} is not one of: {', '.join(map(str, choices))}")
+
+
+# Declarative rules, for config sections checked from a table of keys (data, model): a rule is
+# (description of the allowed values, predicate).
+Rule = tuple[str, Callable[[Any], bool]]
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def int_at_least(lo: int) -> Rule:
+    return f"an integer >= {lo}", lambda v: is_int(v) and v >= lo
+
+
+def number_at_least(lo: float) -> Rule:
+    return f"a finite number >= {lo}", lambda v: is_number(v) and v >= lo
+
+
+def one_of(*choices: str) -> Rule:
+    return "one of: " + ", ".join(choices), lambda v: v in choices
+
+
+BOOL: Rule = ("true or false", lambda v: isinstance(v, bool))
+FINITE: Rule = ("a finite number", is_number)

@@ -47,7 +47,7 @@ import os
 import random
 import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gradclip.checks import ConfigError
+from gradclip.checks import BOOL, FINITE, ConfigError, Rule, int_at_least, is_int, is_number
 
 DATASETS: tuple[str, ...] = (
     "mnist1d", "digits", "location", "linreg", "mnist", "fashion_mnist", "cifar10",
@@ -105,34 +105,17 @@ class Dataset:
 
 # ----------------------------------------------------------------------------- config checking
 
-# A rule is (description of allowed values, predicate).
-_Rule = tuple[str, Callable[[Any], bool]]
+
+def _positive() -> Rule:
+    return "a finite number > 0", lambda v: is_number(v) and v > 0
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _int_at_least(lo: int) -> _Rule:
-    return f"an integer >= {lo}", lambda v: _is_int(v) and v >= lo
-
-
-def _positive() -> _Rule:
-    return "a finite number > 0", lambda v: _is_number(v) and v > 0
-
-
-_FINITE: _Rule = ("a finite number", _is_number)
-_BOOL: _Rule = ("true or false", lambda v: isinstance(v, bool))
 # np.random.seed (used inside mnist1d) accepts exactly this range.
-_SEED: _Rule = ("an integer in [0, 2**32 - 1]", lambda v: _is_int(v) and 0 <= v < 2**32)
-_ROOT: _Rule = ("a non-empty path", lambda v: isinstance(v, (str, os.PathLike)) and str(v) != "")
-_FRACTION: _Rule = ("a number in the open interval (0, 1)", lambda v: _is_number(v) and 0 < v < 1)
+_SEED: Rule = ("an integer in [0, 2**32 - 1]", lambda v: is_int(v) and 0 <= v < 2**32)
+_ROOT: Rule = ("a non-empty path", lambda v: isinstance(v, (str, os.PathLike)) and str(v) != "")
+_FRACTION: Rule = ("a number in the open interval (0, 1)", lambda v: is_number(v) and 0 < v < 1)
 
-_NOISE_SPEC: dict[str, tuple[Any, _Rule]] = {
+_NOISE_SPEC: dict[str, tuple[Any, Rule]] = {
     "dist": ("gaussian", ("one of: " + ", ".join(NOISE_DISTS), lambda v: v in NOISE_DISTS)),
     "scale": (1.0, _positive()),
     "df": (3.0, _positive()),
@@ -142,18 +125,18 @@ _NOISE = "noise"  # marks the nested noise sub-config in _SPECS
 
 # Per data set: key -> (default, rule). configs/data/*.yaml repeat these defaults. The root
 # default is filled in at resolve time (it reads GRADCLIP_DATA, like the YAML files).
-_COMMON: dict[str, tuple[Any, _Rule]] = {"root": (None, _ROOT), "seed": (0, _SEED)}
-_IMAGES: dict[str, tuple[Any, _Rule]] = {"download": (False, _BOOL), "standardize": (True, _BOOL)}
-_SYNTHETIC: dict[str, tuple[Any, _Rule]] = {
-    "n_train": (1000, _int_at_least(1)),
-    "n_test": (1000, _int_at_least(1)),
+_COMMON: dict[str, tuple[Any, Rule]] = {"root": (None, _ROOT), "seed": (0, _SEED)}
+_IMAGES: dict[str, tuple[Any, Rule]] = {"download": (False, BOOL), "standardize": (True, BOOL)}
+_SYNTHETIC: dict[str, tuple[Any, Rule]] = {
+    "n_train": (1000, int_at_least(1)),
+    "n_test": (1000, int_at_least(1)),
     _NOISE: (None, ("a mapping", lambda v: isinstance(v, Mapping))),
 }
-_SPECS: dict[str, dict[str, tuple[Any, _Rule]]] = {
-    "mnist1d": {**_COMMON, "standardize": (True, _BOOL)},
+_SPECS: dict[str, dict[str, tuple[Any, Rule]]] = {
+    "mnist1d": {**_COMMON, "standardize": (True, BOOL)},
     "digits": {**_COMMON, "test_fraction": (0.2, _FRACTION)},
-    "location": {**_COMMON, **_SYNTHETIC, "loc": (0.0, _FINITE)},
-    "linreg": {**_COMMON, **_SYNTHETIC, "dim": (5, _int_at_least(1)), "bias": (0.0, _FINITE)},
+    "location": {**_COMMON, **_SYNTHETIC, "loc": (0.0, FINITE)},
+    "linreg": {**_COMMON, **_SYNTHETIC, "dim": (5, int_at_least(1)), "bias": (0.0, FINITE)},
     "mnist": {**_COMMON, **_IMAGES},
     "fashion_mnist": {**_COMMON, **_IMAGES},
     "cifar10": {**_COMMON, **_IMAGES},

@@ -22,7 +22,7 @@ Models (config files under ``configs/model/``):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from gradclip.checks import ConfigError
+from gradclip.checks import BOOL, FINITE, ConfigError, Rule, int_at_least, is_int, number_at_least, one_of
 
 MODELS: tuple[str, ...] = ("mlp", "cnn1d", "rnn", "resnet", "resnet18", "linear")
 ACTIVATIONS: tuple[str, ...] = ("relu", "tanh", "gelu")
@@ -43,71 +43,47 @@ class ModelError(ConfigError):
 
 # ----------------------------------------------------------------------------- config checking
 
-# A rule is (description of allowed values, predicate).
-_Rule = tuple[str, Callable[[Any], bool]]
 
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-def _int_at_least(lo: int) -> _Rule:
-    return f"an integer >= {lo}", lambda v: _is_int(v) and v >= lo
-
-
-def _number_at_least(lo: float) -> _Rule:
-    return f"a finite number >= {lo}", lambda v: _is_number(v) and v >= lo
-
-
-def _one_of(*choices: str) -> _Rule:
-    return "one of: " + ", ".join(choices), lambda v: v in choices
-
-
-_ODD: _Rule = ("an odd integer >= 1", lambda v: _is_int(v) and v >= 1 and v % 2 == 1)
-_FINITE: _Rule = ("a finite number", _is_number)
-_BOOL: _Rule = ("true or false", lambda v: isinstance(v, bool))
+_ODD: Rule = ("an odd integer >= 1", lambda v: is_int(v) and v >= 1 and v % 2 == 1)
 
 # Per model: key -> (default, rule). The YAML files under configs/model/ repeat these defaults.
-_SPECS: dict[str, dict[str, tuple[Any, _Rule]]] = {
+_SPECS: dict[str, dict[str, tuple[Any, Rule]]] = {
     "mlp": {
-        "width": (100, _int_at_least(1)),
-        "depth": (2, _int_at_least(0)),
-        "activation": ("relu", _one_of(*ACTIVATIONS)),
-        "init_gain": (1.0, _number_at_least(0.0)),
-        "bias": (True, _BOOL),
+        "width": (100, int_at_least(1)),
+        "depth": (2, int_at_least(0)),
+        "activation": ("relu", one_of(*ACTIVATIONS)),
+        "init_gain": (1.0, number_at_least(0.0)),
+        "bias": (True, BOOL),
+        "unit_scale_decades": (0.0, number_at_least(0.0)),
     },
     "cnn1d": {
-        "channels": (32, _int_at_least(1)),
+        "channels": (32, int_at_least(1)),
         "kernel_size": (5, _ODD),
-        "depth": (3, _int_at_least(1)),
-        "activation": ("relu", _one_of(*ACTIVATIONS)),
-        "norm": ("none", _one_of("none", "group")),
-        "groups": (8, _int_at_least(1)),
+        "depth": (3, int_at_least(1)),
+        "activation": ("relu", one_of(*ACTIVATIONS)),
+        "norm": ("none", one_of("none", "group")),
+        "groups": (8, int_at_least(1)),
     },
     "rnn": {
-        "cell": ("rnn", _one_of("rnn", "lstm")),
-        "hidden": (64, _int_at_least(1)),
-        "nonlinearity": ("tanh", _one_of("tanh", "relu")),
-        "recurrent_gain": (1.0, _number_at_least(0.0)),
+        "cell": ("rnn", one_of("rnn", "lstm")),
+        "hidden": (64, int_at_least(1)),
+        "nonlinearity": ("tanh", one_of("tanh", "relu")),
+        "recurrent_gain": (1.0, number_at_least(0.0)),
     },
     "resnet": {
-        "channels": (32, _int_at_least(1)),
+        "channels": (32, int_at_least(1)),
         "kernel_size": (3, _ODD),
-        "blocks": (3, _int_at_least(0)),
-        "activation": ("relu", _one_of(*ACTIVATIONS)),
-        "skip_init": (0.0, _FINITE),
+        "blocks": (3, int_at_least(0)),
+        "activation": ("relu", one_of(*ACTIVATIONS)),
+        "skip_init": (0.0, FINITE),
     },
     "resnet18": {
-        "norm": ("group", _one_of("group", "batch")),
-        "small_input": (True, _BOOL),
+        "norm": ("group", one_of("group", "batch")),
+        "small_input": (True, BOOL),
     },
     "linear": {
-        "bias": (False, _BOOL),
-        "init": ("zero", _one_of("zero", "default")),
+        "bias": (False, BOOL),
+        "init": ("zero", one_of("zero", "default")),
     },
 }
 
@@ -169,7 +145,9 @@ class MLP(nn.Module):
 
     Every Linear, the head included, has weights ~ N(0, init_gain^2 / fan_in) and zero biases,
     so ``init_gain`` scales the whole network: with tanh, gains well above 1 put a deep net in
-    the chaotic regime, where gradients explode with depth.
+    the chaotic regime, where gradients explode with depth. With ``unit_scale_decades`` = d > 0
+    each hidden unit's weight row is then multiplied by 10^-u, u ~ U(0, d), so that unit norms
+    span d decades: the AGC experiment needs units with small weights.
     """
 
     def __init__(
@@ -181,6 +159,7 @@ class MLP(nn.Module):
         activation: str,
         init_gain: float,
         bias: bool,
+        unit_scale_decades: float = 0.0,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -195,6 +174,12 @@ class MLP(nn.Module):
                 nn.init.normal_(m.weight, 0.0, init_gain / math.sqrt(m.in_features))
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if unit_scale_decades > 0:
+            with torch.no_grad():
+                for m in self.hidden:
+                    if isinstance(m, nn.Linear):
+                        u = torch.rand(m.out_features, 1) * unit_scale_decades
+                        m.weight.mul_(10.0 ** -u)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.hidden(x.reshape(x.shape[0], -1)))
@@ -415,9 +400,9 @@ def build_model(
     dimension) and ``num_outputs`` outputs. Uses torch's global RNG for initialisation."""
     name, p = _resolve(cfg)
     input_shape = tuple(input_shape)
-    if not input_shape or not all(_is_int(d) and d >= 1 for d in input_shape):
+    if not input_shape or not all(is_int(d) and d >= 1 for d in input_shape):
         raise ModelError(f"input_shape={input_shape} must be a non-empty tuple of positive integers")
-    if not _is_int(num_outputs) or num_outputs < 1:
+    if not is_int(num_outputs) or num_outputs < 1:
         raise ModelError(f"num_outputs={num_outputs!r} must be an integer >= 1")
     in_features = math.prod(input_shape)
 

@@ -6,6 +6,8 @@ A run directory (the job's Hydra output directory) holds:
 * ``metrics.jsonl``  one JSON object per logged row, each with ``step`` (the number of SGD
                      updates done); training keys start with ``train/``, full-data ones with
                      ``eval/``;
+* ``units.jsonl``    with ``unit_log_every`` > 0 only: per unit, ||W_i|| before and ||Delta W_i||
+                     of a step, every ``unit_log_every`` steps;
 * ``summary.json``   ``status`` (running | completed | diverged | failed), ``diverged_step``,
                      the final metrics, run-wide maxima, wall time, versions, git commit, device.
 
@@ -29,6 +31,7 @@ import yaml
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
+UNITS_FILE = "units.jsonl"
 SUMMARY_FILE = "summary.json"
 FINISHED = ("completed", "diverged")
 
@@ -63,7 +66,7 @@ class RunRecorder:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
-        self._metrics = None
+        self._metrics = self._units = None
         self._final: dict = {}  # every value logged at the latest step
 
     def start(self, config: Mapping, summary: Mapping) -> None:
@@ -71,6 +74,8 @@ class RunRecorder:
         with open(self.run_dir / CONFIG_FILE, "w") as f:
             yaml.safe_dump(dict(config), f, sort_keys=False)
         self._metrics = open(self.run_dir / METRICS_FILE, "w")  # a new attempt starts afresh
+        self._units = None
+        (self.run_dir / UNITS_FILE).unlink(missing_ok=True)
         self._final = {}
         self.write_summary(summary)
 
@@ -81,6 +86,13 @@ class RunRecorder:
             self._final = {}
         self._final.update(row)
 
+    def log_units(self, row: Mapping) -> None:
+        """Per-unit norms (``unit_log_every``): one JSON object per logged step in units.jsonl."""
+        if self._units is None:
+            self._units = open(self.run_dir / UNITS_FILE, "w")
+        self._units.write(json.dumps(row) + "\n")
+        self._units.flush()
+
     def final_values(self) -> dict:
         """The metrics logged at the last logged step (with ``step``): a diverged run's final
         values are those of the diverging step, never an older evaluation."""
@@ -90,9 +102,10 @@ class RunRecorder:
         write_json_atomic(self.run_dir / SUMMARY_FILE, dict(summary))
 
     def close(self) -> None:
-        if self._metrics is not None:
-            self._metrics.close()
-            self._metrics = None
+        for handle in (self._metrics, self._units):
+            if handle is not None:
+                handle.close()
+        self._metrics = self._units = None
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -179,6 +192,16 @@ def load_runs(sources: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple
     runs = runs_frame(configs, summaries, ids)
     metrics = metrics_frame((i, _read_jsonl(d / METRICS_FILE)) for i, d in zip(ids, run_dirs))
     return runs, metrics
+
+
+def load_units(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """A run's units.jsonl in long form: step, lr, param, unit, weight_norm, step_norm."""
+    records = []
+    for row in _read_jsonl(Path(run_dir) / UNITS_FILE):
+        for param, norms in row["units"].items():
+            for unit, (w, d) in enumerate(zip(norms["weight_norm"], norms["step_norm"], strict=True)):
+                records.append((row["step"], row["lr"], param, unit, w, d))
+    return pd.DataFrame.from_records(records, columns=["step", "lr", "param", "unit", "weight_norm", "step_norm"])
 
 
 def load_wandb_runs(

@@ -69,7 +69,8 @@ class WandbTracker:
                 job_type=job_type,
                 config=dict(config),
                 reinit="create_new",
-                settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+                settings=wandb.Settings(console="off", silent=True, x_disable_stats=True, x_disable_meta=True,
+                                        x_disable_machine_info=True, save_code=False),
             )
             self.run_path = self.run.path if mode == "online" else str(Path(self.run.dir).parent)
         except Exception as error:  # noqa: BLE001 - W&B must never take the run down

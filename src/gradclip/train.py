@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 import gradclip
 from gradclip.checks import ConfigError, require_choice, require_int, require_number
-from gradclip.clipping import Clipper, make_clipper, total_norm, unit_norms, validate_clip_config
+from gradclip.clipping import Clipper, make_clipper, unit_norms, validate_clip_config
 from gradclip.data import load_dataset, validate_data_config
 from gradclip.evaluation import evaluate
 from gradclip.gradients import PerSampleGradients, per_example_loss
@@ -67,6 +67,7 @@ def validate_config(cfg: Mapping) -> None:
     require_int(cfg, "cfg", "log_every", lambda v: v >= 1, "an integer >= 1")
     require_int(cfg, "cfg", "eval_every", lambda v: v >= 0, "an integer >= 0 (0: no evaluation)")
     require_int(cfg, "cfg", "eval_chunk", lambda v: v >= 1, "an integer >= 1")
+    require_int(cfg, "cfg", "unit_log_every", lambda v: v >= 0, "an integer >= 0 (0: off)")
     if cfg.get("threads") is not None:
         require_int(cfg, "cfg", "threads", lambda v: v >= 1, "null or an integer >= 1")
     require_number(cfg, "cfg", "momentum", lambda v: 0 <= v < 1, "in [0, 1)")
@@ -265,6 +266,15 @@ class Maxima:
         return row
 
 
+def _unit_row(step, lr, names, params, previous, delta, offsets) -> dict:
+    """Per unit (AGC's units: rows of a weight, a whole bias) ||W_i|| before the step and ||Delta W_i||."""
+    units = {}
+    for k, (name, p) in enumerate(zip(names, params)):
+        units[name] = {"weight_norm": unit_norms(_view(previous, offsets, k, p)).flatten().tolist(),
+                       "step_norm": unit_norms(_view(delta, offsets, k, p)).flatten().tolist()}
+    return {"step": step, "lr": lr, "units": units}
+
+
 def _agc_unit_ratio(vectors: list[torch.Tensor], weights: list[torch.Tensor], clipper: Clipper) -> torch.Tensor:
     """max over units of ||v_i|| / (lambda max(||W_i||, eps)). With eps = 0 a zero unit has bound 0:
     a zero v_i there counts as 0 (it kept its bound), a non-zero one as inf."""
@@ -290,6 +300,7 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
     sum_a = sum_a2 = eval_seconds = 0.0
     # Plain Python copies: reading a DictConfig in the hot loop costs more than the checks.
     steps, log_every, eval_every = int(cfg.steps), int(cfg.log_every), int(cfg.eval_every)
+    unit_log_every = int(cfg.unit_log_every)
     max_norm = float(cfg.divergence.max_norm)
 
     def eval_row(step: int) -> float:
@@ -352,6 +363,8 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
         maxima.update(update_norm=update_norm, step_ratio=step_norm / lr, param_norm=param_norm)
         if agc_index:
             maxima.update(unit_update_ratio=values[3], unit_step_ratio=values[-1])
+        if unit_log_every and (step == 1 or step % unit_log_every == 0):
+            recorder.log_units(_unit_row(step, lr, names, params, previous, delta, offsets))
         reason = _divergence(loss_value, grad_probe_value, param_norm, max_norm)
         if reason:
             status, diverged_step = "diverged", step

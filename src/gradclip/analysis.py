@@ -1,0 +1,114 @@
+"""Aggregations behind the figures and the report: pandas in, tidy tables out.
+
+Everything here reads the frames of :func:`gradclip.records.load_runs` (one row per run, and
+the metrics in long form) and never the training code, so figures can be rebuilt from records
+alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (scipy's); (nan, nan) for no trials."""
+    if trials == 0:
+        return math.nan, math.nan
+    ci = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def method_label(row: pd.Series) -> str:
+    """'none', 'norm tau=1 (sample)', 'agc lambda=0.1 (batch)': the algorithm and its granularity."""
+    method = row["clip.method"]
+    if method == "none":
+        return "none"
+    setting = {"norm": f"τ={row.get('clip.threshold'):g}", "value": f"v={row.get('clip.threshold'):g}",
+               "agc": f"λ={row.get('clip.clip_factor'):g}"}[method]
+    return f"{method} {setting} ({row['clip.granularity']})"
+
+
+def with_labels(runs: pd.DataFrame) -> pd.DataFrame:
+    """Add a ``method_label`` column; unclipped runs are one method whatever their granularity."""
+    runs = runs.copy()
+    runs["method_label"] = runs.apply(method_label, axis=1)
+    return runs
+
+
+def is_stable(runs: pd.DataFrame, bound: float) -> pd.Series:
+    """Stable: the run completed (every loss, gradient and weight finite) with ||theta_n|| <= bound
+    at every step. Failed runs (crashes) are neither, and are left out by the callers."""
+    return (runs["summary.status"] == "completed") & (runs["summary.max_param_norm"] <= bound)
+
+
+def stability_table(runs: pd.DataFrame, bound: float) -> pd.DataFrame:
+    """Stable fraction with its 95% Wilson interval per (model, method, a0)."""
+    runs = with_labels(runs[runs["summary.status"].isin(["completed", "diverged"])])
+    runs["stable"] = is_stable(runs, bound)
+    keys = ["model.name", "method_label", "clip.method", "clip.granularity", "schedule.a0"]
+    rows = []
+    for key, group in runs.groupby(keys, dropna=False, sort=True):
+        stable, n = int(group["stable"].sum()), len(group)
+        lo, hi = wilson_interval(stable, n)
+        rows.append(dict(zip(keys, key)) | {"runs": n, "stable": stable, "stable_fraction": stable / n,
+                                             "wilson_low": lo, "wilson_high": hi,
+                                             "median_diverged_step": group["summary.diverged_step"].median()})
+    return pd.DataFrame(rows).rename(columns={"model.name": "model", "clip.method": "method",
+                                              "clip.granularity": "granularity", "schedule.a0": "a0"})
+
+
+def increment_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Worst bounded-increment ratio per method over every run of a sweep (prediction 1).
+
+    For norm clipping the bound is ||theta(n+1) - theta(n)|| <= a(n) tau: ``update_ratio`` is
+    max ||clipped g|| / tau (exact arithmetic) and ``step_ratio`` max ||Delta theta|| / (a(n) tau)
+    as realised in float32. For AGC the unit-wise bound ||Delta W_i|| <= a(n) lambda
+    max(||W_i||, eps) gives ``update_ratio`` = max_unit_update_ratio and ``step_ratio`` =
+    max_unit_step_ratio. Both must be <= 1 (up to rounding for the realised one).
+    """
+    runs = with_labels(runs[runs["clip.method"].isin(["norm", "agc"])])
+    if runs.empty:
+        return pd.DataFrame(columns=["method_label", "runs", "worst_update_ratio", "worst_step_ratio"])
+    norm = runs["clip.method"] == "norm"
+    tau = runs["clip.threshold"].where(norm)
+    runs["update_ratio"] = np.where(norm, runs["summary.max_update_norm"] / tau,
+                                    runs.get("summary.max_unit_update_ratio"))
+    runs["step_ratio"] = np.where(norm, runs["summary.max_step_ratio"] / tau,
+                                  runs.get("summary.max_unit_step_ratio"))
+    table = runs.groupby(["method_label", "clip.method", "clip.granularity"]).agg(
+        runs=("update_ratio", "size"), worst_update_ratio=("update_ratio", "max"),
+        worst_step_ratio=("step_ratio", "max"))
+    return table.reset_index().rename(columns={"clip.method": "method", "clip.granularity": "granularity"})
+
+
+def trajectories(runs: pd.DataFrame, metrics: pd.DataFrame, metric: str, **selection) -> pd.DataFrame:
+    """One metric over steps for the runs matching ``selection`` (config key -> value), long form
+    with the run's method label and seed."""
+    chosen = with_labels(runs)
+    for key, value in selection.items():
+        chosen = chosen[np.isclose(chosen[key], value)] if isinstance(value, float) else chosen[chosen[key] == value]
+    rows = metrics[(metrics["metric"] == metric) & metrics["run_id"].isin(chosen["run_id"])]
+    if metric == "train/param_norm":  # the first row is logged after some steps: add theta_0
+        start = pd.DataFrame({"run_id": chosen["run_id"], "step": 0, "metric": metric,
+                              "value": chosen["summary.initial_param_norm"]})
+        rows = pd.concat([start, rows], ignore_index=True)
+    info = chosen[["run_id", "method_label", "seed", "summary.status"]]
+    return rows.merge(info, on="run_id").sort_values(["method_label", "seed", "step"])
+
+
+def agc_unit_summary(units: pd.DataFrame) -> pd.DataFrame:
+    """Median absolute and relative step per method and decade of ||W_i|| (prediction 7).
+
+    ``units`` has one row per (method, step, unit) with ``weight_norm``, ``abs_step`` =
+    ||Delta W_i|| / a(n) and ``rel_step`` = abs_step / ||W_i||.
+    """
+    units = units[units["weight_norm"] > 0].copy()
+    units["decade"] = np.floor(np.log10(units["weight_norm"])).astype(int)
+    table = units.groupby(["method_label", "decade"]).agg(
+        units=("abs_step", "size"), weight_norm_median=("weight_norm", "median"),
+        abs_step_median=("abs_step", "median"), rel_step_median=("rel_step", "median"))
+    return table.reset_index()

@@ -1,0 +1,68 @@
+"""Aggregations behind the figures, on hand-built records with known answers."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from gradclip.analysis import increment_table, stability_table, trajectories, wilson_interval
+
+
+# n/(n + z^2) is the lower end when every trial succeeds: 8 / 11.8415 = 0.6756
+@pytest.mark.parametrize("k, n, low, high", [(5, 10, 0.2366, 0.7634), (0, 10, 0.0, 0.2775), (10, 10, 0.7225, 1.0),
+                                             (8, 8, 0.6756, 1.0)])
+def test_wilson_interval_known_values(k, n, low, high):
+    lo, hi = wilson_interval(k, n)
+    assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+
+def test_wilson_interval_of_no_trials_is_undefined():
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+
+
+def run(method, a0, seed, status, max_norm, granularity="batch", **extra):
+    return {"run_id": f"{method}-{granularity}-{a0}-{seed}", "model.name": "mlp", "clip.method": method,
+            "clip.granularity": granularity, "clip.threshold": 1.0 if method == "norm" else math.nan,
+            "clip.clip_factor": 0.1 if method == "agc" else math.nan, "schedule.a0": a0, "seed": seed,
+            "summary.status": status, "summary.max_param_norm": max_norm,
+            "summary.diverged_step": 3.0 if status == "diverged" else math.nan, **extra}
+
+
+def test_stability_table_counts_bound_and_status():
+    runs = pd.DataFrame([
+        run("none", 1.0, 0, "completed", 50.0), run("none", 1.0, 1, "completed", 50.0),
+        run("none", 10.0, 0, "completed", 500.0),  # finite but above B = 100: unstable
+        run("none", 10.0, 1, "diverged", math.inf),
+        run("none", 10.0, 2, "failed", math.nan),  # a crash is neither: left out
+        run("norm", 10.0, 0, "completed", 60.0, "sample"), run("norm", 10.0, 1, "completed", 99.0, "sample"),
+    ])
+    table = stability_table(runs, bound=100.0).set_index(["method_label", "a0"])
+    assert table.loc[("none", 1.0), ["runs", "stable", "stable_fraction"]].tolist() == [2, 2, 1.0]
+    assert table.loc[("none", 10.0), ["runs", "stable", "stable_fraction"]].tolist() == [2, 0, 0.0]
+    assert table.loc[("none", 10.0), "wilson_high"] == pytest.approx(wilson_interval(0, 2)[1])
+    assert table.loc[("norm τ=1 (sample)", 10.0), "stable_fraction"] == 1.0
+    assert table.loc[("none", 10.0), "median_diverged_step"] == 3.0
+
+
+def test_increment_table_takes_the_worst_ratio_per_method():
+    runs = pd.DataFrame([
+        run("norm", 1.0, 0, "completed", 1.0, **{"summary.max_update_norm": 0.5, "summary.max_step_ratio": 0.5}),
+        run("norm", 1.0, 1, "completed", 1.0, **{"summary.max_update_norm": 1.0, "summary.max_step_ratio": 1.00002}),
+        run("agc", 1.0, 0, "completed", 1.0, **{"summary.max_update_norm": 3.0, "summary.max_step_ratio": 3.0,
+                                                "summary.max_unit_update_ratio": 0.7, "summary.max_unit_step_ratio": 0.8}),
+        run("none", 1.0, 0, "completed", 1.0, **{"summary.max_update_norm": 9.0, "summary.max_step_ratio": 9.0}),
+    ])
+    table = increment_table(runs).set_index("method_label")
+    assert list(table.index) == ["agc λ=0.1 (batch)", "norm τ=1 (batch)"]  # unclipped runs have no bound
+    assert table.loc["norm τ=1 (batch)", ["runs", "worst_update_ratio", "worst_step_ratio"]].tolist() == [2, 1.0, 1.00002]
+    assert table.loc["agc λ=0.1 (batch)", ["worst_update_ratio", "worst_step_ratio"]].tolist() == [0.7, 0.8]
+
+
+def test_trajectories_start_from_the_initial_norm():
+    runs = pd.DataFrame([run("none", 10.0, 0, "diverged", 1e9, **{"summary.initial_param_norm": 7.0}),
+                         run("none", 1.0, 0, "completed", 8.0, **{"summary.initial_param_norm": 7.0})])
+    metrics = pd.DataFrame({"run_id": ["none-batch-10.0-0"] * 2 + ["none-batch-1.0-0"], "step": [5, 10, 5],
+                            "metric": "train/param_norm", "value": [50.0, 1e9, 7.5]})
+    paths = trajectories(runs, metrics, "train/param_norm", **{"schedule.a0": 10.0})
+    assert paths["step"].tolist() == [0, 5, 10] and paths["value"].tolist() == [7.0, 50.0, 1e9]
+    assert set(paths["summary.status"]) == {"diverged"}
