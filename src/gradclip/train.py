@@ -388,6 +388,9 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
         if reason:
             log.info("diverged at step %d: %s", step, reason)
             break
+        # Drop this step's per-example tensors before the next step allocates its own: holding
+        # both makes glibc map and unmap them every step (measured: a quarter of the speed).
+        grads = mean = stats = losses = None
         if eval_every and step % eval_every == 0 and step != steps:
             eval_seconds += eval_row(step)
     bar.close()
