@@ -59,7 +59,7 @@ def plain_steps_per_s(granularity: str, steps: int, workdir: Path, seed: int) ->
         x, y = data.x_train[idx], data.y_train[idx]
         if granularity == "sample":
             grads, losses = per_sample(x, y)
-            norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()
+            norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]).norm(dim=0)
             scale = (1.0 / (norms + 1e-6)).clamp(max=1.0)
             for p, g in zip(params, grads):
                 p.grad = torch.tensordot(scale, g, dims=1) / len(idx)

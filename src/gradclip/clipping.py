@@ -86,8 +86,9 @@ def total_norm(tensors: Sequence[Tensor]) -> Tensor:
 
 def per_sample_norms(tensors: Sequence[Tensor]) -> Tensor:
     """Per-example 2-norm over all tensors of shape [B, ...] together: shape [B]."""
-    squares = [t.reshape(t.shape[0], -1).pow(2).sum(1) for t in tensors]
-    return torch.stack(squares).sum(0).sqrt()
+    # vector_norm reduces without a squared copy of the per-example gradients.
+    norms = [torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1) for t in tensors]
+    return torch.linalg.vector_norm(torch.stack(norms), dim=0)
 
 
 def unit_norms(tensor: Tensor, batched: bool = False) -> Tensor:
