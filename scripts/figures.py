@@ -21,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from gradclip.analysis import (  # noqa: E402
-    agc_unit_summary, increment_table, stability_table, trajectories, with_labels)
+    MIN_RECORDS, agc_stability_limits, agc_unit_summary, increment_table, stability_table, trajectories,
+    with_labels)
 from gradclip.records import load_runs, load_units, load_wandb_runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,21 +56,37 @@ def problem(runs: pd.DataFrame) -> pd.Series:
 def collect_stability(args) -> None:
     runs, metrics = load(args, "stability")
     runs["model.name"] = problem(runs)
-    bound = float(runs["divergence.max_norm"].max())
+    bounds = runs["divergence.max_norm"].unique()
+    if len(bounds) != 1:
+        raise SystemExit(f"stability runs use several bounds B = divergence.max_norm: {sorted(bounds)}")
+    bound = float(bounds[0])
     results = Path(args.results)
     table = stability_table(runs, bound)
-    table["bound"] = bound
-    table["steps"] = int(runs["steps"].max())
+    first = runs.iloc[0]
+    table = table.assign(bound=bound, steps=int(runs["steps"].max()), schedule=first["schedule.name"],
+                         power=first.get("schedule.power"), n0=first.get("schedule.n0"),
+                         failed_runs=int((runs["summary.status"] == "failed").sum()))
     table.to_csv(results / "stability.csv", index=False)
+    agc_stability_limits(table).to_csv(results / "agc_stability.csv", index=False)
     increment_table(runs).to_csv(results / "increments.csv", index=False)
-    # ||theta_n|| of the first seeds on the deep tanh MLP at the a0 closest to 10, where plain SGD
-    # blows up but clipped SGD need not.
-    deep = runs[runs["model.name"] == "deep tanh MLP"]
-    a0 = min(deep["schedule.a0"].unique(), key=lambda a: abs(a - 10.0))
-    paths = trajectories(deep[deep["seed"] < 3], metrics, "train/param_norm", **{"schedule.a0": float(a0)})
-    paths["a0"] = a0
+    # ||theta_n|| of the first seeds on one problem (the deep tanh MLP where present) at the a0
+    # where the methods' stable fractions differ most: what divergence looks like there.
+    model = "deep tanh MLP" if (table["model"] == "deep tanh MLP").any() else table["model"].iloc[0]
+    spread = table[table["model"] == model].groupby("a0")["stable_fraction"].agg(lambda f: f.max() - f.min())
+    a0 = float(spread[spread == spread.max()].index.max())
+    chosen = runs[(runs["model.name"] == model) & (runs["seed"] < 3)]
+    paths = trajectories(chosen, metrics, "train/param_norm", **{"schedule.a0": a0})
+    paths = paths.assign(a0=a0, model=model)
     paths.to_csv(results / "stability_trajectories.csv", index=False)
-    print(f"stability: {len(runs)} runs -> {results}/stability.csv, increments.csv, stability_trajectories.csv")
+    print(f"stability: {len(runs)} runs -> {results}/stability.csv, agc_stability.csv, increments.csv, "
+          "stability_trajectories.csv")
+
+
+def schedule_label(table: pd.DataFrame) -> str:
+    row = table.iloc[0]
+    if row["schedule"] == "robbins_monro":
+        return f"step size a0 of a(n) = a0 / (n+{row['n0']:g})^{row['power']:g}"
+    return f"step size a0 ({row['schedule']} schedule)"
 
 
 SHADES = {"norm": ["#6baed6", "#2171b5", "#08306b"], "agc": ["#74c476", "#238b45", "#00441b"],
@@ -101,8 +118,12 @@ def plot_stability(args) -> None:
     paths = pd.read_csv(results / "stability_trajectories.csv")
     order = ["deep tanh MLP", "RNN", "MLP"]
     models = sorted(set(table["model"]), key=lambda m: order.index(m) if m in order else len(order))
-    styles = palette(sorted(set(table["method_label"])))
-    fig, axes = plt.subplots(2, 2, figsize=(7.5, 6.4), constrained_layout=True)
+    labels = sorted(set(table["method_label"]))
+    styles = palette(labels)
+    # Methods that agree would hide each other: each is drawn slightly to the side of its a0
+    # (a dodge of up to +-12% in a0, on a log axis), with its 95% Wilson interval as an error bar.
+    dodge = {label: 10 ** (0.05 * (k - (len(labels) - 1) / 2)) for k, label in enumerate(labels)}
+    fig, axes = plt.subplots(2, 2, figsize=(7.5, 6.6), constrained_layout=True)
     axes = axes.flatten()
     for ax in axes[len(models):-1]:
         ax.axis("off")
@@ -110,15 +131,16 @@ def plot_stability(args) -> None:
         for label, rows in table[table["model"] == model].groupby("method_label", sort=True):
             rows = rows.sort_values("a0")
             st = styles[label]
-            ax.plot(rows["a0"], rows["stable_fraction"], marker="o", markersize=2.5, label=label, **st)
-            ax.fill_between(rows["a0"], rows["wilson_low"], rows["wilson_high"], color=st["color"], alpha=0.07,
-                            linewidth=0)
+            x = rows["a0"] * dodge[label]
+            ax.errorbar(x, rows["stable_fraction"], yerr=[rows["stable_fraction"] - rows["wilson_low"],
+                                                          rows["wilson_high"] - rows["stable_fraction"]],
+                        marker="o", markersize=2.5, capsize=1.5, elinewidth=0.6, label=label, **st)
         ax.set_xscale("log")
         ax.set_ylim(-0.03, 1.03)
-        ax.set_xlabel("step size a0 of a(n) = a0 / (n+1)^0.75")
+        ax.set_xlabel(schedule_label(table))
         ax.set_ylabel("stable fraction of seeds")
         n = int(table[table["model"] == model]["runs"].max())
-        ax.set_title(f"{model}: {n} seeds, 95% Wilson band")
+        ax.set_title(f"{model}: {n} seeds, 95% Wilson intervals")
     ax = axes[-1]
     for (label, seed), rows in paths.groupby(["method_label", "seed"], sort=True):
         st = styles[label]
@@ -126,17 +148,19 @@ def plot_stability(args) -> None:
         if (rows["summary.status"] == "diverged").all():  # mark where the run was stopped
             ax.plot(rows["step"].iloc[-1], rows["value"].iloc[-1], marker="x", color=st["color"], markersize=5)
     bound = float(table["bound"].iloc[0])
-    ax.axhline(bound, color="red", linewidth=0.8, linestyle=":", label=f"B = {bound:g}")
+    ax.axhline(bound, color="red", linewidth=0.8, linestyle=":", label=f"bound B = {bound:g}")
     ax.set_yscale("log")
     ax.set_xlabel("step n")
     ax.set_ylabel("||θ_n||")
-    ax.set_title(f"deep tanh MLP, a0 = {paths['a0'].iloc[0]:g}, seeds 0-2 (x: diverged)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False,
+    seeds = sorted(paths["seed"].unique())
+    ax.set_title(f"{paths['model'].iloc[0]}, a0 = {paths['a0'].iloc[0]:g}, seeds {seeds[0]}-{seeds[-1]} (x: diverged)")
+    handles, names = axes[0].get_legend_handles_labels()
+    extra_handles, extra_names = ax.get_legend_handles_labels()
+    fig.legend(handles + extra_handles, names + extra_names, loc="outside lower center", ncol=3, frameon=False,
                title="method (granularity: sample = clip each example, then average; batch = clip the mean)")
     steps = int(table["steps"].iloc[0])
     fig.suptitle(f"Stability of clipped SGD over {steps} steps on MNIST-1D\nstable = finite and ||θ_n|| ≤ B "
-                 f"= {bound:g} at every step")
+                 f"= {bound:g} at every step; AGC leaves the classifier head unclipped")
     save(fig, figures / "stability")
 
 
@@ -154,8 +178,8 @@ def plot_increments(args) -> None:
     ax.axvline(1.0, color="black", linewidth=0.8, linestyle=":")
     ax.set_yticks(list(y), table["method_label"])
     ax.set_xlabel("worst ratio to the bound over all runs (norm: τ; AGC: λ max(||W_i||, ε) per unit)")
-    ax.set_title("Bounded increments (prediction 1): every ratio must be ≤ 1\n"
-                 "(labels: clipped gradient / realised step; the excess of the realised step is float32 rounding)")
+    ax.set_title("Bounded increments (prediction 1), worst over every run of the stability sweep\n"
+                 "(all problems and a0; labels: clipped gradient / realised float32 step; AGC: clipped units)")
     ax.legend(loc="lower left", frameon=False)
     save(fig, figures / "increments")
 
@@ -200,16 +224,16 @@ def plot_agc_small_weights(args) -> None:
     units = pd.read_csv(results / "agc_units.csv")
     summary = pd.read_csv(results / "agc_units_by_decade.csv")
     settings = pd.read_csv(results / "agc_settings.csv").iloc[0]
-    colors = {"none": "black", "norm": "#3182bd", "agc": "#31a354"}
+    colors = {"none": "black", "norm": "#3182bd", "agc": "#31a354", "value": "#e6550d"}
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.0), constrained_layout=True)
     for label, rows in units.groupby("method_label", sort=True):
         color = colors[label.split()[0]]
-        med = summary[summary["method_label"] == label]
+        med = summary[(summary["method_label"] == label) & (summary["records"] >= MIN_RECORDS)]
         for ax, column in zip(axes, ("abs_step", "rel_step")):
             moved = rows[rows[column] > 0]  # a log axis cannot show a unit that did not move
             ax.scatter(moved["weight_norm"], moved[column], s=1.5, alpha=0.15, color=color, linewidths=0)
             ax.plot(med["weight_norm_median"], med[f"{column}_median"], color=color, marker="o", markersize=3,
-                    label=f"{label}: median per decade of ||W_i||")
+                    label=f"{label}: median per decade of ||W_i|| (≥ {MIN_RECORDS} records)")
     w = units["weight_norm"].sort_values().to_numpy()
     lam, eps = float(settings["clip_factor"]), float(settings["eps"])
     bound = lam * pd.Series(w).clip(lower=eps)

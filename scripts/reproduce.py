@@ -54,6 +54,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=SCALES, default=os.environ.get("SCALE", "default"))
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="parallel jobs (joblib)")
+    parser.add_argument("--launcher", default="joblib",
+                        help="Hydra launcher: joblib (this machine), submitit_slurm (a cluster; set its "
+                             "hydra.launcher.* options with --launcher-args)")
+    parser.add_argument("--launcher-args", nargs="*", default=[], help="extra overrides, e.g. hydra.launcher.partition=gpu")
     parser.add_argument("--logger", choices=["wandb", "none"], default="wandb",
                         help="W&B offline mirror of every run (the local records are kept either way)")
     parser.add_argument("--runs", default=None, help="output root (default runs/<scale>)")
@@ -66,9 +70,11 @@ def main() -> None:
     start = time.perf_counter()
     for name, sweeps in EXPERIMENTS.items():
         for overrides in sweeps(args.scale):
+            launcher = [f"hydra/launcher={args.launcher}", *args.launcher_args]
+            if args.launcher == "joblib":
+                launcher.append(f"hydra.launcher.n_jobs={args.jobs}")
             run([sys.executable, "-m", "gradclip.train", "-m", f"+experiment={name}", *overrides,
-                 f"output_root={runs}", f"logger={args.logger}", "hydra/launcher=joblib",
-                 f"hydra.launcher.n_jobs={args.jobs}"])
+                 f"output_root={runs}", f"logger={args.logger}", *launcher])
     trained = time.perf_counter() - start
     figures_py = [sys.executable, str(ROOT / "scripts" / "figures.py")]
     run([*figures_py, "collect", "all", "--runs", str(runs), "--results", str(results)])

@@ -5,7 +5,9 @@ import math
 import pandas as pd
 import pytest
 
-from gradclip.analysis import increment_table, stability_table, trajectories, wilson_interval
+from gradclip.analysis import (
+    agc_stability_limits, agc_unit_summary, increment_table, schedule_sum, stability_table, trajectories,
+    wilson_interval)
 
 
 # n/(n + z^2) is the lower end when every trial succeeds: 8 / 11.8415 = 0.6756
@@ -25,7 +27,8 @@ def run(method, a0, seed, status, max_norm, granularity="batch", **extra):
             "clip.granularity": granularity, "clip.threshold": 1.0 if method == "norm" else math.nan,
             "clip.clip_factor": 0.1 if method == "agc" else math.nan, "schedule.a0": a0, "seed": seed,
             "summary.status": status, "summary.max_param_norm": max_norm,
-            "summary.diverged_step": 3.0 if status == "diverged" else math.nan, **extra}
+            "summary.diverged_step": 3.0 if status == "diverged" else math.nan, "summary.initial_param_norm": 5.0,
+            "steps": 4, "schedule.name": "constant", **extra}
 
 
 def test_stability_table_counts_bound_and_status():
@@ -42,6 +45,33 @@ def test_stability_table_counts_bound_and_status():
     assert table.loc[("none", 10.0), "wilson_high"] == pytest.approx(wilson_interval(0, 2)[1])
     assert table.loc[("norm τ=1 (sample)", 10.0), "stable_fraction"] == 1.0
     assert table.loc[("none", 10.0), "median_diverged_step"] == 3.0
+    # ||theta_0|| + tau * sum a = 5 + 1 * 4 * 10 = 45 < B = 100: norm clipping cannot reach B there
+    assert table.loc[("norm τ=1 (sample)", 10.0), "implied_by_increments"]
+    assert not table.loc[("none", 10.0), "implied_by_increments"]
+    assert not stability_table(runs, bound=40.0).set_index(["method_label", "a0"]).loc[
+        ("norm τ=1 (sample)", 10.0), "implied_by_increments"]
+
+
+def test_schedule_sum_matches_the_schedule():
+    rm = pd.Series({"steps": 3, "schedule.name": "robbins_monro", "schedule.a0": 2.0, "schedule.n0": 1.0,
+                    "schedule.power": 1.0})
+    assert schedule_sum(rm) == pytest.approx(2.0 * (1 + 1 / 2 + 1 / 3))
+
+
+def test_agc_stability_limits():
+    table = pd.DataFrame({"model": "m", "method": "agc", "method_label": "agc λ=0.1 (batch)",
+                          "a0": [1.0, 10.0, 100.0], "stable_fraction": [1.0, 1.0, 0.5]})
+    row = agc_stability_limits(table).iloc[0]
+    assert (row.largest_all_stable_a0, row.first_unstable_a0, row.a0_times_lambda) == (10.0, 100.0, 10.0)
+
+
+def test_agc_unit_summary_bins_by_decade_and_drops_zero_weights():
+    units = pd.DataFrame({"method_label": "agc", "weight_norm": [0.0, 2e-4, 5e-4, 0.02, 0.05],
+                          "abs_step": [1.0, 1.0, 3.0, 5.0, 7.0]})
+    units["rel_step"] = units["abs_step"] / units["weight_norm"]
+    table = agc_unit_summary(units).set_index("decade")
+    assert list(table.index) == [-4, -2]
+    assert table.loc[-4, "records"] == 2 and table.loc[-4, "abs_step_median"] == 2.0
 
 
 def test_increment_table_takes_the_worst_ratio_per_method():

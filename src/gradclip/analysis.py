@@ -46,7 +46,12 @@ def is_stable(runs: pd.DataFrame, bound: float) -> pd.Series:
 
 
 def stability_table(runs: pd.DataFrame, bound: float) -> pd.DataFrame:
-    """Stable fraction with its 95% Wilson interval per (model, method, a0)."""
+    """Stable fraction with its 95% Wilson interval per (model, method, a0).
+
+    ``implied_by_increments`` marks norm-clipping points whose stability follows from
+    prediction 1 alone: ||theta_n|| <= ||theta_0|| + tau sum_n a(n) < B for every seed, so the
+    seeds cannot fail there and the point is no test of prediction 2.
+    """
     runs = with_labels(runs[runs["summary.status"].isin(["completed", "diverged"])])
     runs["stable"] = is_stable(runs, bound)
     keys = ["model.name", "method_label", "clip.method", "clip.granularity", "schedule.a0"]
@@ -54,11 +59,41 @@ def stability_table(runs: pd.DataFrame, bound: float) -> pd.DataFrame:
     for key, group in runs.groupby(keys, dropna=False, sort=True):
         stable, n = int(group["stable"].sum()), len(group)
         lo, hi = wilson_interval(stable, n)
-        rows.append(dict(zip(keys, key)) | {"runs": n, "stable": stable, "stable_fraction": stable / n,
-                                             "wilson_low": lo, "wilson_high": hi,
-                                             "median_diverged_step": group["summary.diverged_step"].median()})
+        first = group.iloc[0]
+        sum_a = schedule_sum(first)
+        reach = group["summary.initial_param_norm"].max() + first.get("clip.threshold", math.nan) * sum_a
+        rows.append(dict(zip(keys, key)) | {
+            "runs": n, "stable": stable, "stable_fraction": stable / n, "wilson_low": lo, "wilson_high": hi,
+            "median_diverged_step": group["summary.diverged_step"].median(), "sum_lr": sum_a,
+            "implied_by_increments": bool(first["clip.method"] == "norm" and reach < bound)})
     return pd.DataFrame(rows).rename(columns={"model.name": "model", "clip.method": "method",
                                               "clip.granularity": "granularity", "schedule.a0": "a0"})
+
+
+def schedule_sum(run: pd.Series) -> float:
+    """sum_{n < steps} a(n) of a run's Robbins-Monro or constant schedule, from its config."""
+    n = np.arange(int(run["steps"]))
+    if run["schedule.name"] == "constant":
+        return float(run["schedule.a0"] * len(n))
+    if run["schedule.name"] == "robbins_monro":
+        return float(np.sum(run["schedule.a0"] / (n + run["schedule.n0"]) ** run["schedule.power"]))
+    raise ValueError(f"schedule {run['schedule.name']!r}: sum a(n) is computed for constant and robbins_monro only")
+
+
+def agc_stability_limits(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, AGC setting): the largest a0 at which every seed was stable, the first a0 at
+    which one was not, and a0 * lambda there (AGC's bound grows with ||W||: prediction 7)."""
+    rows = []
+    for (model, label), group in table[table["method"] == "agc"].groupby(["model", "method_label"], sort=True):
+        group = group.sort_values("a0")
+        lam = float(label.split("=")[1].split()[0])
+        lost = group[group["stable_fraction"] < 1]
+        kept = group[group["stable_fraction"] == 1]
+        first_lost = lost["a0"].iloc[0] if len(lost) else math.nan
+        rows.append({"model": model, "method_label": label, "clip_factor": lam,
+                     "largest_all_stable_a0": kept["a0"].max() if len(kept) else math.nan,
+                     "first_unstable_a0": first_lost, "a0_times_lambda": first_lost * lam})
+    return pd.DataFrame(rows)
 
 
 def increment_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -100,15 +135,19 @@ def trajectories(runs: pd.DataFrame, metrics: pd.DataFrame, metric: str, **selec
     return rows.merge(info, on="run_id").sort_values(["method_label", "seed", "step"])
 
 
+# A decade of ||W_i|| with fewer (unit, logged step) records than this is too thin to compare.
+MIN_RECORDS = 20
+
+
 def agc_unit_summary(units: pd.DataFrame) -> pd.DataFrame:
     """Median absolute and relative step per method and decade of ||W_i|| (prediction 7).
 
-    ``units`` has one row per (method, step, unit) with ``weight_norm``, ``abs_step`` =
-    ||Delta W_i|| / a(n) and ``rel_step`` = abs_step / ||W_i||.
+    ``units`` has one row per (method, logged step, unit) with ``weight_norm``, ``abs_step`` =
+    ||Delta W_i|| / a(n) and ``rel_step`` = abs_step / ||W_i||; ``records`` counts those rows.
     """
     units = units[units["weight_norm"] > 0].copy()
     units["decade"] = np.floor(np.log10(units["weight_norm"])).astype(int)
     table = units.groupby(["method_label", "decade"]).agg(
-        units=("abs_step", "size"), weight_norm_median=("weight_norm", "median"),
+        records=("abs_step", "size"), weight_norm_median=("weight_norm", "median"),
         abs_step_median=("abs_step", "median"), rel_step_median=("rel_step", "median"))
     return table.reset_index()

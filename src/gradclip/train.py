@@ -360,14 +360,16 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
             values = torch.stack(watched).tolist()  # the step's one host sync
         loss_value, grad_probe_value, update_norm = values[:3]
         param_norm, step_norm = values[-2:] if not agc_index else values[-3:-1]
-        maxima.update(update_norm=update_norm, step_ratio=step_norm / lr, param_norm=param_norm)
-        if agc_index:
-            maxima.update(unit_update_ratio=values[3], unit_step_ratio=values[-1])
-        if unit_log_every and (step == 1 or step % unit_log_every == 0):
-            recorder.log_units(_unit_row(step, lr, names, params, previous, delta, offsets))
         reason = _divergence(loss_value, grad_probe_value, param_norm, max_norm)
+        maxima.update(param_norm=param_norm)
         if reason:
             status, diverged_step = "diverged", step
+        else:  # the increment bounds are about finite steps; a diverging step's values are in its row
+            maxima.update(update_norm=update_norm, step_ratio=step_norm / lr)
+            if agc_index:
+                maxima.update(unit_update_ratio=values[3], unit_step_ratio=values[-1])
+        if unit_log_every and (step == 1 or step % unit_log_every == 0):
+            recorder.log_units(_unit_row(step, lr, names, params, previous, delta, offsets))
 
         if reason or step % log_every == 0 or step == steps:
             row = {"step": step, "train/loss": loss_value,
