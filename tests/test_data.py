@@ -45,7 +45,7 @@ def mnist1d_cache(tmp_path_factory) -> Path:
     np.random.seed(123)
     py_state, np_state = random.getstate(), np.random.get_state()
 
-    first = load_dataset(cfg(name="mnist1d", root=str(root)))
+    load_dataset(cfg(name="mnist1d", root=str(root)))
 
     # make_dataset reseeds both global RNGs; load_dataset must have put them back.
     assert random.getstate() == py_state
