@@ -121,7 +121,7 @@ def plot_stability(args) -> None:
     labels = sorted(set(table["method_label"]))
     styles = palette(labels)
     # Methods that agree would hide each other: each is drawn slightly to the side of its a0
-    # (a dodge of up to +-12% in a0, on a log axis), with its 95% Wilson interval as an error bar.
+    # (a dodge of up to ±0.2 decade in a0), with its 95% Wilson interval as an error bar.
     dodge = {label: 10 ** (0.05 * (k - (len(labels) - 1) / 2)) for k, label in enumerate(labels)}
     fig, axes = plt.subplots(2, 2, figsize=(7.5, 6.6), constrained_layout=True)
     axes = axes.flatten()
