@@ -186,8 +186,8 @@ def plot_increments(args) -> None:
 
 def save(fig, stem: Path) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in (".png", ".pdf"):
-        fig.savefig(stem.with_suffix(suffix))
+    fig.savefig(stem.with_suffix(".png"))
+    fig.savefig(stem.with_suffix(".pdf"), metadata={"CreationDate": None})  # same figure, same bytes
     plt.close(fig)
     print(f"wrote {stem}.png and .pdf")
 
