@@ -159,9 +159,8 @@ class Clipper:
     def clip_batch_(self, grads: list[Tensor], params: list[Tensor]) -> ClipStats:
         """Clip the mini-batch gradients ``grads`` in place."""
         before = total_norm(grads)
-        zero = torch.zeros((), device=before.device)
         if self.method == "none":
-            return ClipStats(before, before, torch.ones_like(before), zero)
+            return ClipStats(before, before, torch.ones_like(before), torch.zeros_like(before))
         if self.method == "norm":
             scale = (self.threshold / (before + self.eps)).clamp(max=1.0)
             torch._foreach_mul_(grads, scale)
