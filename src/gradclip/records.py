@@ -126,10 +126,12 @@ def find_run_dirs(sources: str | os.PathLike | Iterable[str | os.PathLike]) -> l
     return sorted(found)
 
 
-def _flatten(prefix: str, obj: Any, out: dict) -> dict:
+def flatten(obj: Any, prefix: str = "", out: dict | None = None) -> dict:
+    """Nested mappings to one level with dotted keys: {"clip": {"tau": 1}} -> {"clip.tau": 1}."""
+    out = {} if out is None else out
     if isinstance(obj, Mapping):
         for key, value in obj.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), value, out)
+            flatten(value, f"{prefix}.{key}" if prefix else str(key), out)
     else:
         out[prefix] = obj
     return out
@@ -156,8 +158,8 @@ def runs_frame(run_configs: list[dict], summaries: list[dict], run_ids: list[str
     rows = []
     for run_id, config, summary in zip(run_ids, run_configs, summaries, strict=True):
         row = {"run_id": run_id}
-        _flatten("", config, row)
-        _flatten("summary", summary, row)
+        flatten(config, "", row)
+        flatten(summary, "summary", row)
         rows.append(row)
     return pd.DataFrame(rows)
 

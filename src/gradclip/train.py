@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import math
 import os
@@ -47,7 +46,7 @@ from gradclip.data import load_dataset, validate_data_config
 from gradclip.evaluation import evaluate
 from gradclip.gradients import PerSampleGradients, per_example_loss
 from gradclip.models import build_model, per_sample_unsupported_reason, validate_model_config
-from gradclip.records import CONFIG_FILE, RunRecorder, find_run_dirs, is_finished, read_summary
+from gradclip.records import CONFIG_FILE, RunRecorder, find_run_dirs, flatten, is_finished, read_summary
 from gradclip.schedules import make_schedule, validate_schedule_config
 from gradclip.tracking import LOGGERS, make_tracker
 
@@ -92,15 +91,9 @@ NON_RESULT_KEYS = ("name", "output_root", "logger", "progress", "rerun", "device
 
 
 def _result_config(config: dict) -> dict:
-    """The resolved config without NON_RESULT_KEYS."""
-    config = json.loads(json.dumps(config))
-    for key in NON_RESULT_KEYS:
-        *parents, leaf = key.split(".")
-        node = config
-        for parent in parents:
-            node = node.get(parent, {})
-        node.pop(leaf, None)
-    return config
+    """The resolved config, flattened, without NON_RESULT_KEYS (and what lies under them)."""
+    return {key: value for key, value in flatten(config).items()
+            if not any(key == skip or key.startswith(skip + ".") for skip in NON_RESULT_KEYS)}
 
 
 def _finished_record(run_dir: Path, config: dict) -> dict | None:
@@ -114,22 +107,11 @@ def _finished_record(run_dir: Path, config: dict) -> dict | None:
     with open(run_dir / CONFIG_FILE) as f:
         recorded = _result_config(yaml.safe_load(f) or {})
     current = _result_config(config)
-    if recorded != current:
-        differ = sorted(k for k in set(_flat(recorded)) | set(_flat(current))
-                        if _flat(recorded).get(k) != _flat(current).get(k))
+    differ = sorted(key for key in recorded.keys() | current.keys() if recorded.get(key) != current.get(key))
+    if differ:
         raise ConfigError(f"{run_dir} holds a finished run of another config (differing keys: "
                           f"{', '.join(differ)}); use rerun=true to replace it, or another name= or output_root=")
     return read_summary(run_dir)
-
-
-def _flat(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _resolve_device(name: str) -> torch.device:
