@@ -21,8 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from gradclip.analysis import (  # noqa: E402
-    MIN_RECORDS, agc_stability_limits, agc_unit_summary, increment_table, stability_table, trajectories,
-    with_labels)
+    MIN_RECORDS, agc_stability_limits, agc_unit_summary, increment_table, label_setting, stability_table,
+    trajectories, with_labels)
 from gradclip.records import load_runs, load_units, load_wandb_runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,13 +99,14 @@ def palette(labels) -> dict[str, dict]:
     settings: dict[str, list[float]] = {}
     for label in labels:
         if label != "none":
-            settings.setdefault(label.split()[0], []).append(float(label.split("=")[1].split()[0]))
+            method, value = label_setting(label)
+            settings.setdefault(method, []).append(value)
     styles = {}
     for label in labels:
         if label == "none":
             styles[label] = {"color": "black", "linestyle": "-", "linewidth": 1.6}
             continue
-        method, value = label.split()[0], float(label.split("=")[1].split()[0])
+        method, value = label_setting(label)
         rank = sorted(set(settings[method])).index(value)
         styles[label] = {"color": SHADES[method][min(rank, 2)], "linewidth": 1.2,
                          "linestyle": "--" if "(batch)" in label else "-"}

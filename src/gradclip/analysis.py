@@ -32,6 +32,13 @@ def method_label(row: pd.Series) -> str:
     return f"{method} {setting} ({row['clip.granularity']})"
 
 
+def label_setting(label: str) -> tuple[str, float]:
+    """The method and its setting (tau, lambda or v) back from a label: 'agc λ=0.1 (batch)' ->
+    ('agc', 0.1)."""
+    method, setting = label.split()[:2]
+    return method, float(setting.split("=")[1])
+
+
 def with_labels(runs: pd.DataFrame) -> pd.DataFrame:
     """Add a ``method_label`` column; unclipped runs are one method whatever their granularity."""
     runs = runs.copy()
@@ -86,7 +93,7 @@ def agc_stability_limits(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (model, label), group in table[table["method"] == "agc"].groupby(["model", "method_label"], sort=True):
         group = group.sort_values("a0")
-        lam = float(label.split("=")[1].split()[0])
+        lam = label_setting(label)[1]
         lost = group[group["stable_fraction"] < 1]
         kept = group[group["stable_fraction"] == 1]
         first_lost = lost["a0"].iloc[0] if len(lost) else math.nan
