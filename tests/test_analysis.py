@@ -2,11 +2,13 @@
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from gradclip.analysis import (
-    agc_stability_limits, agc_unit_summary, increment_table, schedule_sum, stability_table, trajectories,
+    agc_stability_limits, agc_unit_summary, convergence_summary, eval_paths, freeze_table, increment_table,
+    loglog_slope, ode_gap_summary, schedule_sum, stability_table, total_schedule_sum, trajectories,
     wilson_interval)
 
 
@@ -96,3 +98,60 @@ def test_trajectories_start_from_the_initial_norm():
     paths = trajectories(runs, metrics, "train/param_norm", **{"schedule.a0": 10.0})
     assert paths["step"].tolist() == [0, 5, 10] and paths["value"].tolist() == [7.0, 50.0, 1e9]
     assert set(paths["summary.status"]) == {"diverged"}
+
+
+def test_loglog_slope_of_power_laws_and_plateaus():
+    n = np.array([1, 10, 100, 1000, 10_000])
+    assert loglog_slope(n, 3.0 * n**-0.5, from_step=1) == pytest.approx(-0.5)
+    # a fall that stops: the slope over the last decade only sees the plateau
+    assert loglog_slope(n, np.minimum(1.0, 100.0 / n).clip(0.1), from_step=1000) == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(loglog_slope(n, n * 1.0, from_step=10_000))  # one point: no slope
+    assert loglog_slope([0, 1, 10], [5.0, 1.0, 0.1], from_step=0) == pytest.approx(-1.0)  # step 0 is skipped
+
+
+def test_convergence_summary_from_eval_paths():
+    runs = pd.DataFrame([{"run_id": "r", "clip.method": "norm", "clip.threshold": 1.0, "clip.granularity": "sample",
+                          "seed": 0}])
+    steps = [0, 1, 10, 100, 1000]
+    h = [2.0, 1.0, 0.1, 0.01, 0.001]
+    rows = [("r", s, "eval/H_norm", v) for s, v in zip(steps, h)]
+    rows += [("r", s, "eval/mean_grad_norm", 0.5) for s in steps] + [("r", 5, "train/loss", 9.0)]
+    metrics = pd.DataFrame(rows, columns=["run_id", "step", "metric", "value"])
+    paths = eval_paths(runs, metrics)
+    assert set(paths["metric"]) == {"H_norm", "mean_grad_norm"} and (paths["method_label"] == "norm τ=1 (sample)").all()
+    row = convergence_summary(paths).iloc[0]
+    assert row["H_initial"] == 2.0 and row["H_final"] == 0.001 and row["H_ratio"] == pytest.approx(5e-4)
+    assert row["H_slope_last_decade"] == pytest.approx(-1.0)  # steps 100 and 1000
+    assert row["grad_over_H_final"] == pytest.approx(500.0)
+
+
+def test_total_schedule_sum_is_the_hurwitz_zeta():
+    run = pd.Series({"schedule.a0": 0.5, "schedule.n0": 1, "schedule.power": 2.0, "steps": 200_000,
+                     "schedule.name": "robbins_monro"})
+    assert total_schedule_sum(run) == pytest.approx(0.5 * math.pi**2 / 6)
+    assert schedule_sum(run) == pytest.approx(total_schedule_sum(run), rel=1e-5)  # the partial sum approaches it
+    assert total_schedule_sum(run.copy().replace({2.0: 1.0})) == math.inf  # p = 1: sum a(n) diverges
+
+
+def test_freeze_table_compares_displacement_with_tau_times_the_step_sum():
+    runs = pd.DataFrame([{"run_id": "r", "clip.method": "norm", "clip.threshold": 2.0, "schedule.a0": 1.0,
+                          "schedule.n0": 1, "schedule.power": 2.0},
+                         {"run_id": "u", "clip.method": "none", "clip.threshold": math.nan, "schedule.a0": 1.0,
+                          "schedule.n0": 1, "schedule.power": 2.0}])
+    metrics = pd.DataFrame([("r", 1, "train/dist_from_init", 1.0), ("r", 1, "train/sum_lr", 1.0),
+                            ("r", 2, "train/dist_from_init", 3.0), ("r", 2, "train/sum_lr", 1.25),
+                            ("u", 2, "train/dist_from_init", 9.0), ("u", 2, "train/sum_lr", 1.25)],
+                           columns=["run_id", "step", "metric", "value"])
+    table = freeze_table(runs, metrics)
+    assert list(table["run_id"]) == ["r"]  # unclipped runs have no tau
+    row = table.iloc[0]
+    assert row["worst_displacement_ratio"] == pytest.approx(3.0 / 2.5)  # > 1: a violated bound shows
+    assert row["final_displacement"] == 3.0 and row["frozen_radius"] == pytest.approx(2.0 * math.pi**2 / 6)
+
+
+def test_ode_gap_summary():
+    paths = pd.DataFrame({"run_id": ["a"] * 3 + ["b"] * 2, "a0": [0.1] * 3 + [0.01] * 2, "seed": 0,
+                          "t": [0.0, 1.0, 2.0, 0.0, 2.0], "gap": [0.0, 0.3, 0.1, 0.0, 0.02]})
+    table = ode_gap_summary(paths).set_index("run_id")
+    assert table.loc["a", "max_gap"] == 0.3 and table.loc["a", "final_gap"] == 0.1
+    assert table.loc["a", "mean_gap"] == pytest.approx(0.4 / 3) and table.loc["b", "horizon"] == 2.0

@@ -214,6 +214,22 @@ def test_evaluation_h_is_the_huber_mean_field_on_the_location_problem(make_cfg, 
     assert first["eval/train_loss"] == pytest.approx(0.5 * (y**2).mean().item(), rel=1e-5)
 
 
+def test_log_spaced_evaluation_and_logged_theta(make_cfg, tmp_path):
+    """eval_log_points adds log-spaced full-data rows; log_theta logs theta itself, whose last
+    value is the model's parameter and whose distance from initial_theta is dist_from_init."""
+    cfg = make_cfg("model=linear", "data=linreg", "clip=norm", "clip.granularity=sample", "steps=100",
+                   "log_every=10", "eval_every=0", "eval_log_points=5", "log_theta=true")
+    summary = train(cfg, tmp_path)
+    rows = read_rows(tmp_path)
+    assert [r["step"] for r in rows if "eval/H_norm" in r] == [0, 1, 3, 10, 32, 100]
+    last = [r for r in rows if "train/loss" in r][-1]
+    theta = torch.tensor([last[f"train/theta_{i}"] for i in range(5)])
+    assert summary["initial_theta"] == [0.0] * 5  # model.init=zero
+    assert theta.norm().item() == pytest.approx(last["train/dist_from_init"], rel=1e-6)
+    assert theta.norm().item() == pytest.approx(last["train/param_norm"], rel=1e-6)
+    assert "train/theta_5" not in last
+
+
 # -- bad input: one clear error before any work, naming the key ---------------------------------
 
 
@@ -242,6 +258,9 @@ def test_evaluation_h_is_the_huber_mean_field_on_the_location_problem(make_cfg, 
         (["batch_size=16.0"], r"batch_size=16.0 .* integer >= 1"),
         (["seed=1.5"], r"seed=1.5 .* integer >= 0"),
         (["threads=-3"], r"threads=-3 .* null or an integer >= 1"),
+        (["eval_log_points=-1"], r"eval_log_points=-1 .* integer >= 0"),
+        (["log_theta=yes"], r"log_theta='yes' is not one of: True, False"),
+        (["log_theta=true"], r"log_theta=true logs every parameter, but model=mlp has 15210 \(at most 64\)"),
         (["model=linear", "data=location", "clip=agc"], r"clip.exclude=\['head.\*'\] exempts every parameter"),
     ],
 )

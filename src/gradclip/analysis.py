@@ -27,9 +27,9 @@ def method_label(row: pd.Series) -> str:
     method = row["clip.method"]
     if method == "none":
         return "none"
-    setting = {"norm": f"τ={row.get('clip.threshold'):g}", "value": f"v={row.get('clip.threshold'):g}",
-               "agc": f"λ={row.get('clip.clip_factor'):g}"}[method]
-    return f"{method} {setting} ({row['clip.granularity']})"
+    symbol, key = {"norm": ("τ", "clip.threshold"), "value": ("v", "clip.threshold"),
+                   "agc": ("λ", "clip.clip_factor")}[method]
+    return f"{method} {symbol}={row[key]:g} ({row['clip.granularity']})"
 
 
 def label_setting(label: str) -> tuple[str, float]:
@@ -157,4 +157,88 @@ def agc_unit_summary(units: pd.DataFrame) -> pd.DataFrame:
     table = units.groupby(["method_label", "decade"]).agg(
         records=("abs_step", "size"), weight_norm_median=("weight_norm", "median"),
         abs_step_median=("abs_step", "median"), rel_step_median=("rel_step", "median"))
+    return table.reset_index()
+
+
+# -- convergence and step sizes (predictions 3 and 4) --------------------------------------------------
+
+
+def loglog_slope(steps, values, from_step: float) -> float:
+    """Least-squares slope of log(value) against log(step) over the points with step >= from_step
+    (and step, value > 0): -1 for values that fall like 1/n, 0 for a plateau; nan with < 2 points."""
+    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    keep = (steps >= from_step) & (steps > 0) & (values > 0) & np.isfinite(values)
+    if keep.sum() < 2:
+        return math.nan
+    return float(np.polyfit(np.log(steps[keep]), np.log(values[keep]), 1)[0])
+
+
+def eval_paths(runs: pd.DataFrame, metrics: pd.DataFrame,
+               names=("H_norm", "mean_grad_norm", "train_loss", "scaled_loss", "param_norm")) -> pd.DataFrame:
+    """The full-data ``eval/`` metrics of every run in long form, with its method label and seed."""
+    rows = metrics[metrics["metric"].isin([f"eval/{name}" for name in names])].copy()
+    rows["metric"] = rows["metric"].str.removeprefix("eval/")
+    info = with_labels(runs)[["run_id", "method_label", "seed"]]
+    return rows.merge(info, on="run_id").sort_values(["run_id", "metric", "step"], ignore_index=True)
+
+
+def convergence_summary(paths: pd.DataFrame, last_fraction: float = 0.1) -> pd.DataFrame:
+    """Per run, from :func:`eval_paths`: ||H|| at step 0 and at the end, its smallest value, the
+    log-log slope of ||H|| over the last decade of steps (from ``last_fraction`` * last step on),
+    the unclipped ||mean grad l_i|| at the start and the end beside ||H|| (prediction 5 on a
+    network), and ||theta|| at the start and the end."""
+    rows = []
+    for run_id, run in paths.groupby("run_id", sort=True):
+        h = run[run["metric"] == "H_norm"].sort_values("step")
+        grad = run[run["metric"] == "mean_grad_norm"].sort_values("step")
+        weights = run[run["metric"] == "param_norm"].sort_values("step")
+        last = int(h["step"].max())
+        rows.append({"run_id": run_id, "method_label": run["method_label"].iloc[0], "seed": run["seed"].iloc[0],
+                     "last_step": last, "H_initial": h["value"].iloc[0], "H_final": h["value"].iloc[-1],
+                     "H_min": h["value"].min(), "H_slope_last_decade": loglog_slope(h["step"], h["value"],
+                                                                                    last_fraction * last),
+                     "mean_grad_initial": grad["value"].iloc[0] if len(grad) else math.nan,
+                     "mean_grad_final": grad["value"].iloc[-1] if len(grad) else math.nan,
+                     "param_norm_initial": weights["value"].iloc[0] if len(weights) else math.nan,
+                     "param_norm_final": weights["value"].iloc[-1] if len(weights) else math.nan})
+    table = pd.DataFrame(rows)
+    table["H_ratio"] = table["H_final"] / table["H_initial"]
+    table["grad_over_H_final"] = table["mean_grad_final"] / table["H_final"]
+    return table
+
+
+def total_schedule_sum(run: pd.Series) -> float:
+    """sum_{n >= 0} a(n) of a Robbins-Monro schedule a0 / (n + n0)^p: a0 zeta(p, n0) (Hurwitz
+    zeta) for p > 1, where the sum is finite; inf otherwise."""
+    from scipy.special import zeta
+
+    p = float(run["schedule.power"])
+    return float(run["schedule.a0"] * zeta(p, float(run["schedule.n0"]))) if p > 1 else math.inf
+
+
+def freeze_table(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per norm-clipped run: the displacement ||theta_n - theta_0|| against its bound tau sum_{k<n} a(k)
+    (prediction 1 summed over steps), worst over the logged rows, and the final displacement against
+    the bound of the whole infinite schedule, tau sum_{n>=0} a(n), finite for p > 1 (prediction 4)."""
+    wide = metrics[metrics["metric"].isin(["train/dist_from_init", "train/sum_lr"])].pivot_table(
+        index=["run_id", "step"], columns="metric", values="value").reset_index()
+    rows = []
+    for _, run in runs[runs["clip.method"] == "norm"].iterrows():
+        mine = wide[wide["run_id"] == run["run_id"]].sort_values("step")
+        tau = float(run["clip.threshold"])
+        rows.append({"run_id": run["run_id"],
+                     "worst_displacement_ratio": float((mine["train/dist_from_init"] / (tau * mine["train/sum_lr"])).max()),
+                     "final_displacement": float(mine["train/dist_from_init"].iloc[-1]),
+                     "frozen_radius": tau * total_schedule_sum(run)})
+    return pd.DataFrame(rows)
+
+
+# -- ODE tracking (prediction 6) ------------------------------------------------------------------------
+
+
+def ode_gap_summary(paths: pd.DataFrame) -> pd.DataFrame:
+    """Per run (rows of ``paths``: run_id, a0, seed, t, gap = ||theta_n - theta(t_n)||): the largest
+    and the mean gap over the window, and the gap at its end."""
+    table = paths.sort_values("t").groupby(["run_id", "a0", "seed"]).agg(
+        max_gap=("gap", "max"), mean_gap=("gap", "mean"), final_gap=("gap", "last"), horizon=("t", "max"))
     return table.reset_index()

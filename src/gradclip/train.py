@@ -5,9 +5,9 @@
 Each step: draw a mini-batch, take its gradient (the batch mean, or every example's through
 torch.func), clip it (gradclip.clipping), step plain SGD with a(n) from gradclip.schedules,
 then check cheaply for divergence. A diverged run stops, is recorded with its step and exits 0:
-divergence is a result. Every ``log_every`` steps a ``train/`` row, every ``eval_every`` steps a
-full-data ``eval/`` row (gradclip.evaluation) go to the local record (gradclip.records) and to
-W&B (gradclip.tracking).
+divergence is a result. Every ``log_every`` steps a ``train/`` row, and every ``eval_every`` steps
+and/or at ``eval_log_points`` log-spaced steps a full-data ``eval/`` row (gradclip.evaluation),
+go to the local record (gradclip.records) and to W&B (gradclip.tracking).
 
 The loop never imports plotting: figures are built later from the records.
 """
@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
@@ -65,6 +66,7 @@ def validate_config(cfg: Mapping) -> None:
     require_int(cfg, "cfg", "seed", lambda v: 0 <= v < 2**63, "an integer >= 0")
     require_int(cfg, "cfg", "log_every", lambda v: v >= 1, "an integer >= 1")
     require_int(cfg, "cfg", "eval_every", lambda v: v >= 0, "an integer >= 0 (0: no evaluation)")
+    require_int(cfg, "cfg", "eval_log_points", lambda v: v >= 0, "an integer >= 0 (0: none)")
     require_int(cfg, "cfg", "eval_chunk", lambda v: v >= 1, "an integer >= 1")
     require_int(cfg, "cfg", "unit_log_every", lambda v: v >= 0, "an integer >= 0 (0: off)")
     if cfg.get("threads") is not None:
@@ -75,6 +77,7 @@ def validate_config(cfg: Mapping) -> None:
     require_choice(cfg, "cfg", "device", ("auto", "cpu", "cuda"))
     require_choice(cfg, "cfg", "sampling", ("iid", "shuffle"))
     require_choice(cfg, "cfg", "progress", (True, False, "auto"))
+    require_choice(cfg, "cfg", "log_theta", (True, False))
     require_choice(cfg["logger"], "logger", "name", LOGGERS)
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' but torch finds no CUDA device here; use device=auto or device=cpu")
@@ -112,6 +115,22 @@ def _finished_record(run_dir: Path, config: dict) -> dict | None:
         raise ConfigError(f"{run_dir} holds a finished run of another config (differing keys: "
                           f"{', '.join(differ)}); use rerun=true to replace it, or another name= or output_root=")
     return read_summary(run_dir)
+
+
+# log_theta writes one column per parameter: meant for the closed-form problems' tiny models.
+MAX_LOGGED_THETA = 64
+
+
+def evaluation_steps(steps: int, every: int, log_points: int) -> set[int]:
+    """The steps after which a full-data row is logged: every ``every`` steps and at ``log_points``
+    log-spaced steps in [1, steps] (for log-log plots against n); with any of them, also step 0
+    (before training) and the last step."""
+    chosen = set(range(every, steps, every)) if every else set()
+    if log_points:
+        chosen |= {int(round(n)) for n in np.geomspace(1, steps, log_points)}
+    if every or log_points:
+        chosen |= {0, steps}
+    return chosen
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -199,13 +218,17 @@ def train(cfg: DictConfig, run_dir: Path, reraise: bool = True) -> dict:
         raise ConfigError(f"clip.granularity=sample needs per-example gradients, but {per_sample_reason}; "
                           "use clip.granularity=batch or another model")
     names, params = map(list, zip(*model.named_parameters()))
+    num_parameters = sum(p.numel() for p in params)
+    if cfg.log_theta and num_parameters > MAX_LOGGED_THETA:
+        raise ConfigError(f"log_theta=true logs every parameter, but model={cfg.model.name} has {num_parameters} "
+                          f"(at most {MAX_LOGGED_THETA}); use log_theta=false or a smaller model")
     clipper = make_clipper(cfg.clip, names)
     schedule = make_schedule(cfg.schedule, cfg.steps)
 
     summary = {"status": "running", "diverged_step": None, "seed": cfg.seed, "device": str(device),
                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "host": socket.gethostname(), "git": _git_state(), "versions": _versions(),
-               "clipper": clipper.describe(), "num_parameters": sum(p.numel() for p in params)}
+               "clipper": clipper.describe(), "num_parameters": num_parameters}
     recorder = RunRecorder(run_dir)
     recorder.start(config, summary)
     tracker = make_tracker(cfg.logger, run_dir, config)
@@ -281,13 +304,15 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
     maxima.update(param_norm=theta.norm().item())
     sum_a = sum_a2 = eval_seconds = 0.0
     # Plain Python copies: reading a DictConfig in the hot loop costs more than the checks.
-    steps, log_every, eval_every = int(cfg.steps), int(cfg.log_every), int(cfg.eval_every)
-    unit_log_every = int(cfg.unit_log_every)
+    steps, log_every = int(cfg.steps), int(cfg.log_every)
+    eval_at = evaluation_steps(steps, int(cfg.eval_every), int(cfg.eval_log_points))
+    unit_log_every, log_theta = int(cfg.unit_log_every), bool(cfg.log_theta)
     max_norm = float(cfg.divergence.max_norm)
 
     def eval_row(step: int) -> float:
-        """Log a full-data row; return the seconds it took (kept out of the training speed)."""
-        if not eval_every:
+        """Log a full-data row if ``step`` is due one; return the seconds it took (kept out of the
+        training speed)."""
+        if step not in eval_at:
             return 0.0
         start = time.perf_counter()
         metrics = evaluate(model, per_sample, clipper, data, loss_fn, cfg.eval_chunk)
@@ -361,6 +386,8 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
                    "train/clip_factor_mean": stats.factor.mean().item(), "train/clip_factor_max": stats.factor.max().item(),
                    "train/lr": lr, "train/sum_lr": sum_a, "train/sum_lr_sq": sum_a2,
                    "train/param_norm": param_norm, "train/dist_from_init": (theta - initial).norm().item()}
+            if log_theta:
+                row |= {f"train/theta_{i}": v for i, v in enumerate(theta.tolist())}
             if stats.sample_grad_norm is not None:
                 row["train/sample_grad_norm_mean"] = stats.sample_grad_norm.mean().item()
                 row["train/sample_grad_norm_max"] = stats.sample_grad_norm.max().item()
@@ -375,7 +402,7 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
         # Drop this step's per-example tensors before the next step allocates its own: holding
         # both makes glibc map and unmap them every step (measured: a quarter of the speed).
         grads = mean = stats = losses = None
-        if eval_every and step % eval_every == 0 and step != steps:
+        if step != steps:
             eval_seconds += eval_row(step)
     bar.close()
     wall = time.perf_counter() - start - eval_seconds
@@ -385,6 +412,7 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
     maxima.flush()
     return {"status": status, "diverged_step": diverged_step, "diverged_reason": reason,
             "steps_completed": step, "initial_param_norm": initial.norm().item(),
+            **({"initial_theta": initial.tolist()} if log_theta else {}),
             **{f"max_{key}": value for key, value in maxima.run.items()},
             "sum_lr": sum_a, "sum_lr_sq": sum_a2, "wall_time_s": wall,
             "steps_per_s": step / wall if wall > 0 else None, "final": recorder.final_values()}

@@ -1,0 +1,117 @@
+"""The mean field H of eq. (22) for linear least squares, in closed form, and what follows from it.
+
+For the loss l_i(theta) = 1/2 (x_i . theta - y_i)^2, per-sample norm clipping with threshold tau
+and the paper's exact factor c_i = max(1, ||g_i|| / tau) (``clip.eps=0``) gives
+
+    g_i / c_i = r_i x_i / max(1, |r_i| ||x_i|| / tau),        r_i = x_i . theta - y_i,
+
+which is the gradient of Huber's loss rho_k(r_i) with threshold k_i = tau / ||x_i|| (Huber 1964).
+So H(theta) = mean_i g_i / c_i is the gradient of the convex F(theta) = mean_i rho_{k_i}(r_i), and
+the root of eq. (22) is F's minimiser: for the location problem (x_i = 1) the Huber location
+estimate with threshold tau, which runs from the median (tau -> 0) to the mean (tau -> inf), while
+the mean (least squares) minimises the training loss (PAPER.md, the gap in claim 3).
+
+Batch clipping clips the mini-batch mean instead; on the location problem its fixed point is the
+Huber estimate of the distribution of batch means, computed here by Monte Carlo over batches.
+
+Everything is float64 numpy/scipy and shares no code with the torch training loop, so the two
+can check each other (tests/test_meanfield.py, and the limit-set experiment).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.integrate import solve_ivp
+from scipy.optimize import brentq, minimize
+
+# |H(root)| accepted from the solvers; the float64 arithmetic allows far less, SGD far more.
+ROOT_TOLERANCE = 1e-9
+
+
+def _as_arrays(x, y) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(-1)
+    x = x.reshape(len(y), -1)
+    return x, y
+
+
+def clipped_mean_field(theta, x, y, tau: float) -> np.ndarray:
+    """H(theta) = mean_i r_i x_i / max(1, |r_i| ||x_i|| / tau) (eq. 22's mean field)."""
+    x, y = _as_arrays(x, y)
+    residual = x @ np.asarray(theta, dtype=np.float64).reshape(-1) - y
+    factor = np.maximum(1.0, np.abs(residual) * np.linalg.norm(x, axis=1) / tau)
+    return (residual / factor) @ x / len(y)
+
+
+def huber_objective(theta, x, y, tau: float) -> float:
+    """F(theta) = mean_i rho_{k_i}(r_i), k_i = tau / ||x_i||, whose gradient is H."""
+    x, y = _as_arrays(x, y)
+    residual = np.abs(x @ np.asarray(theta, dtype=np.float64).reshape(-1) - y)
+    k = tau / np.linalg.norm(x, axis=1)
+    return float(np.mean(np.where(residual <= k, 0.5 * residual**2, k * residual - 0.5 * k**2)))
+
+
+def huber_hessian(theta, x, y, tau: float) -> np.ndarray:
+    """The Hessian of F where it exists: mean_i x_i x_i^T over the samples left unclipped."""
+    x, y = _as_arrays(x, y)
+    residual = np.abs(x @ np.asarray(theta, dtype=np.float64).reshape(-1) - y)
+    inside = residual * np.linalg.norm(x, axis=1) <= tau
+    return x[inside].T @ x[inside] / len(y)
+
+
+def least_squares(x, y) -> np.ndarray:
+    """The minimiser of the training loss mean_i l_i: the mean for the location problem."""
+    x, y = _as_arrays(x, y)
+    return np.linalg.lstsq(x, y, rcond=None)[0]
+
+
+def clipped_root(x, y, tau: float) -> np.ndarray:
+    """The root of eq. (22), H(theta) = 0, for per-sample norm clipping with threshold tau.
+
+    One parameter: H is continuous and increasing, so Brent's method on the bracket
+    [min y_i / x_i, max y_i / x_i] finds it to machine precision. Several: the minimiser of the
+    convex F by a trust-region Newton method with F's exact Hessian, from the least-squares
+    solution (H is piecewise linear, so Newton steps end on the root). Either way |H(root)| is
+    checked.
+    """
+    x, y = _as_arrays(x, y)
+    if x.shape[1] == 1:
+        moving = x[:, 0] != 0  # an x_i = 0 contributes nothing to H
+        ratios = y[moving] / x[moving, 0]
+        lo, hi = ratios.min(), ratios.max()
+        if lo == hi:
+            return np.array([lo])
+        root = np.array([brentq(lambda t: clipped_mean_field([t], x, y, tau)[0], lo, hi, xtol=1e-14, rtol=1e-15)])
+    else:
+        result = minimize(huber_objective, least_squares(x, y), args=(x, y, tau), jac=clipped_mean_field,
+                          hess=huber_hessian, method="trust-exact", options={"gtol": ROOT_TOLERANCE / 10, "maxiter": 1000})
+        root = result.x
+    residual = np.linalg.norm(clipped_mean_field(root, x, y, tau))
+    if residual > ROOT_TOLERANCE:
+        raise RuntimeError(f"the root of eq. (22) was not found: ||H(theta)|| = {residual:.3g} at the solver's end")
+    return root
+
+
+def batch_clipped_root_location(y, tau: float, batch_size: int, draws: int = 200_000, seed: int = 0) -> float:
+    """The fixed point of batch norm clipping on the location problem, with i.i.d. batches.
+
+    The clipped batch gradient is clip(theta - mean(y_B), -tau, tau), so the fixed point solves
+    E_B[clip(theta - mean(y_B), -tau, tau)] = 0: the Huber estimate of the distribution of batch
+    means, estimated here from ``draws`` batches drawn with replacement.
+    """
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    rng = np.random.default_rng(seed)
+    means = y[rng.integers(len(y), size=(draws, batch_size))].mean(axis=1)
+    return float(clipped_root(np.ones(draws), means, tau)[0])
+
+
+def ode_path(x, y, tau: float, theta0, times) -> np.ndarray:
+    """The solution of d theta / dt = -H(theta) from theta0 at ``times`` (rows), by an
+    8th-order Runge-Kutta method with error control (tolerances far below SGD's noise)."""
+    x, y = _as_arrays(x, y)
+    times = np.asarray(times, dtype=np.float64)
+    solution = solve_ivp(lambda t, theta: -clipped_mean_field(theta, x, y, tau), (0.0, float(times.max())),
+                         np.asarray(theta0, dtype=np.float64).reshape(-1), method="DOP853", t_eval=times,
+                         rtol=1e-10, atol=1e-12)
+    if not solution.success:
+        raise RuntimeError(f"ODE integration failed: {solution.message}")
+    return solution.y.T

@@ -1,0 +1,99 @@
+"""The closed-form mean field, its root and its ODE, against answers known by hand."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import expm
+
+from gradclip.meanfield import (batch_clipped_root_location, clipped_mean_field, clipped_root, huber_objective,
+                                least_squares, ode_path)
+
+
+def test_huber_location_root_by_hand():
+    """y = (0, 0, 10), tau = 1: for theta in (-1, 1), H = (2 theta - 1) / 3, so the root is 1/2;
+    the mean 10/3 is far from it, the median 0 is its small-tau limit."""
+    y = np.array([0.0, 0.0, 10.0])
+    ones = np.ones(3)
+    assert clipped_root(ones, y, 1.0)[0] == pytest.approx(0.5, abs=1e-12)
+    assert clipped_root(ones, y, 0.01)[0] == pytest.approx(0.005, abs=1e-12)  # 2 theta - tau = 0
+    assert clipped_root(ones, y, 100.0)[0] == pytest.approx(10 / 3, abs=1e-12)  # nothing clipped: the mean
+    assert least_squares(ones, y)[0] == pytest.approx(10 / 3)
+
+
+def test_mean_field_is_the_clipped_per_sample_gradient_and_the_objectives_gradient():
+    rng = np.random.default_rng(0)
+    x, y, theta, tau = rng.normal(size=(50, 3)), rng.standard_t(2, size=50), rng.normal(size=3), 0.7
+    h = clipped_mean_field(theta, x, y, tau)
+    g = (x @ theta - y)[:, None] * x  # per-sample gradients of 1/2 (x . theta - y)^2
+    clipped = g / np.maximum(1, np.linalg.norm(g, axis=1) / tau)[:, None]
+    np.testing.assert_allclose(h, clipped.mean(0), rtol=1e-12)
+    assert np.linalg.norm(clipped, axis=1).max() <= tau * (1 + 1e-12)
+    step = 1e-6
+    numeric = [(huber_objective(theta + step * e, x, y, tau) - huber_objective(theta - step * e, x, y, tau)) / (2 * step)
+               for e in np.eye(3)]
+    np.testing.assert_allclose(h, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_regression_root_solves_eq22_and_becomes_least_squares_for_large_tau():
+    rng = np.random.default_rng(1)
+    x = np.column_stack([np.ones(400), rng.normal(size=(400, 3))])  # with an intercept
+    y = x @ np.array([1.0, -2.0, 0.5, 0.0]) + rng.lognormal(size=400)  # skewed noise: mean > median
+    root = clipped_root(x, y, 0.5)
+    assert np.linalg.norm(clipped_mean_field(root, x, y, 0.5)) < 1e-9
+    assert np.linalg.norm(root - least_squares(x, y)) > 0.3  # the clipping bias, mostly in the intercept
+    np.testing.assert_allclose(clipped_root(x, y, 1e6), least_squares(x, y), atol=1e-8)
+
+
+def test_one_column_regression_agrees_with_the_bracketing_solver():
+    rng = np.random.default_rng(2)
+    y = rng.lognormal(size=300)
+    scalar = clipped_root(np.ones(300), y, 0.3)
+    two = clipped_root(np.column_stack([np.ones(300), np.zeros(300)]), y, 0.3)  # the Newton path, 2 parameters (singular Hessian)
+    assert two[0] == pytest.approx(scalar[0], abs=1e-8)
+
+
+def test_batch_clipping_fixed_point_moves_from_the_huber_root_to_the_mean():
+    rng = np.random.default_rng(3)
+    y, tau = rng.lognormal(size=2000), 0.1
+    huber, mean = clipped_root(np.ones(2000), y, tau)[0], y.mean()
+    one = batch_clipped_root_location(y, tau, batch_size=1, draws=400_000)
+    big = batch_clipped_root_location(y, tau, batch_size=256, draws=50_000)
+    assert one == pytest.approx(huber, abs=0.02)  # a batch of one is per-sample clipping
+    assert abs(big - mean) < 0.05 < abs(huber - mean) / 5
+
+
+def test_ode_without_clipping_is_the_linear_flow():
+    """tau -> inf: d theta/dt = -(A theta - b), A = X'X/n, b = X'y/n, so
+    theta(t) = theta_LS + expm(-A t)(theta0 - theta_LS)."""
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(100, 3)), rng.normal(size=100)
+    times = np.linspace(0, 5, 11)
+    path = ode_path(x, y, 1e9, np.zeros(3), times)
+    a, ls = x.T @ x / 100, least_squares(x, y)
+    exact = np.array([ls + expm(-a * t) @ (np.zeros(3) - ls) for t in times])
+    np.testing.assert_allclose(path, exact, atol=1e-9)
+
+
+def test_ode_with_every_sample_clipped_moves_at_speed_tau():
+    """Location problem, theta below every y_i by more than tau: H = -tau, so theta(t) = tau t,
+    until it reaches the samples."""
+    y = np.array([10.0, 11.0, 12.0])
+    path = ode_path(np.ones(3), y, 0.5, [0.0], [0.0, 4.0, 8.0])
+    np.testing.assert_allclose(path[:, 0], [0.0, 2.0, 4.0], atol=1e-10)
+    late = ode_path(np.ones(3), y, 0.5, [0.0], [200.0])  # ... and ends at the root
+    assert late[0, 0] == pytest.approx(clipped_root(np.ones(3), y, 0.5)[0], abs=1e-6)
+
+
+def test_mean_field_matches_the_runners_per_sample_clipping():
+    """The numpy H equals torch's per-sample clipping (gradclip.clipping) on the same data."""
+    from gradclip.clipping import make_clipper
+    from omegaconf import OmegaConf
+
+    rng = np.random.default_rng(5)
+    x, y, theta = rng.normal(size=(64, 5)), rng.standard_t(3, size=64), rng.normal(size=5)
+    cfg = OmegaConf.create({"method": "norm", "granularity": "sample", "threshold": 0.8, "eps": 0.0})
+    clipper = make_clipper(cfg, ["head.weight"])
+    w = torch.tensor(theta, dtype=torch.float64).reshape(1, 5)
+    g = torch.tensor((x @ theta - y)[:, None] * x).reshape(64, 1, 5)
+    mean, _ = clipper.clip_samples([g], [w])
+    np.testing.assert_allclose(mean[0].reshape(-1).numpy(), clipped_mean_field(theta, x, y, 0.8), rtol=1e-12)
