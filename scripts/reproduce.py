@@ -42,7 +42,39 @@ def agc_small_weights_sweeps(scale: str) -> list[list[str]]:
     return [{"smoke": ["steps=100"], "default": [], "full": ["seed=0,1,2", "steps=5000", "unit_log_every=250"]}[scale]]
 
 
-EXPERIMENTS = {"stability": stability_sweeps, "agc_small_weights": agc_small_weights_sweeps}
+def convergence_sweeps(scale: str) -> list[list[str]]:
+    """configs/experiment/convergence.yaml holds the default grid."""
+    grid = {"smoke": ["model=mlp", "schedule.a0=30", "seed=0", "steps=200", "eval_log_points=6"], "default": [],
+            "full": ["seed=range(0,8)", "steps=50000", "eval_log_points=30", "log_every=500"]}[scale]
+    return [grid + ["clip=norm", "clip.threshold=1.0", "clip.eps=0"],
+            grid + ["clip=agc", "clip.clip_factor=0.01", "clip.exclude=[]"]]
+
+
+def step_sizes_sweeps(scale: str) -> list[list[str]]:
+    """configs/experiment/step_sizes.yaml holds the default grid (the MNIST-1D MLP)."""
+    grid = {"smoke": ["schedule.power=0,0.8,1.5", "seed=0", "steps=300", "eval_log_points=6"], "default": [],
+            "full": ["seed=range(0,8)", "steps=50000", "eval_log_points=30", "log_every=500"]}[scale]
+    regression = ["model=linear", "model.bias=true", "data=linreg", "data.noise.dist=student_t", "schedule.a0=1",
+                  "batch_size=32"]
+    return [grid, grid + regression]
+
+
+def limit_set_sweeps(scale: str) -> list[list[str]]:
+    """configs/experiment/limit_set.yaml holds the default grid (the location problem)."""
+    grid = {"smoke": ["clip.threshold=0.3,3", "seed=0", "steps=500", "eval_every=500"], "default": [],
+            "full": ["seed=range(0,4)", "steps=30000", "eval_every=30000", "log_every=500"]}[scale]
+    return [grid, grid + ["data=linreg", "model.bias=true", "clip.granularity=sample"]]
+
+
+def ode_tracking_sweeps(scale: str) -> list[list[str]]:
+    """configs/experiment/ode_tracking.yaml holds the default grid."""
+    return [{"smoke": ["schedule.a0=0.1,0.01", "seed=0", "steps=600"], "default": [],
+             "full": ["schedule.a0=0.3,0.1,0.03,0.01,0.003,0.001", "seed=range(0,16)", "steps=6000"]}[scale]]
+
+
+EXPERIMENTS = {"stability": stability_sweeps, "agc_small_weights": agc_small_weights_sweeps,
+               "convergence": convergence_sweeps, "step_sizes": step_sizes_sweeps, "limit_set": limit_set_sweeps,
+               "ode_tracking": ode_tracking_sweeps}
 
 
 def run(command: list[str]) -> None:
@@ -60,6 +92,9 @@ def main() -> None:
     parser.add_argument("--launcher-args", nargs="*", default=[], help="extra overrides, e.g. hydra.launcher.partition=gpu")
     parser.add_argument("--logger", choices=["wandb", "none"], default="wandb",
                         help="W&B offline mirror of every run (the local records are kept either way)")
+    parser.add_argument("--only", nargs="+", choices=list(EXPERIMENTS), default=list(EXPERIMENTS),
+                        help="run these experiments' sweeps only (the tables, figures and report are rebuilt "
+                             "from every experiment's records under --runs)")
     parser.add_argument("--runs", default=None, help="output root (default runs/<scale>)")
     parser.add_argument("--results", default=None)
     parser.add_argument("--figures", default=None)
@@ -68,8 +103,8 @@ def main() -> None:
     results = Path(args.results or (ROOT / "results" if args.scale == "default" else runs / "results"))
     figures = Path(args.figures or (ROOT / "paper_figures" if args.scale == "default" else runs / "paper_figures"))
     start = time.perf_counter()
-    for name, sweeps in EXPERIMENTS.items():
-        for overrides in sweeps(args.scale):
+    for name in args.only:
+        for overrides in EXPERIMENTS[name](args.scale):
             launcher = [f"hydra/launcher={args.launcher}", *args.launcher_args]
             if args.launcher == "joblib":
                 launcher.append(f"hydra.launcher.n_jobs={args.jobs}")

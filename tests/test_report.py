@@ -61,3 +61,73 @@ def test_palette_tells_every_setting_apart():
              [f"agc λ={v:g} ({g})" for v in (0.01, 0.1, 1) for g in ("batch", "sample")]
     styles = figures.palette(labels)
     assert len({(s["color"], s["linestyle"]) for s in styles.values()}) == len(labels)
+
+
+def convergence_rows(slopes, ratios, label="norm τ=1 (sample)"):
+    return pd.DataFrame([{"model": "MLP", "method_label": label, "a0": 30.0, "seed": k, "last_step": 5000,
+                          "H_initial": 1.0, "H_final": r, "H_min": r, "H_slope_last_decade": s, "H_ratio": r,
+                          "mean_grad_initial": 0.5, "mean_grad_final": 0.5, "grad_over_H_final": 0.5 / r,
+                          "power": 0.75, "n0": 10} for k, (s, r) in enumerate(zip(slopes, ratios))])
+
+
+@pytest.mark.parametrize("slopes, ratios, expected", [
+    ([-0.3, -0.2], [0.1, 0.2], "holds"),
+    ([-0.3, 0.0], [0.1, 0.2], "partly"),      # one run's ||H|| went flat
+    ([0.2, 0.1], [3.0, 2.0], "fails"),        # ||H|| grew
+    ([-0.3, -0.2], [1.5, 1.2], "fails"),      # falling at the end, but above its start
+])
+def test_convergence_verdicts(tmp_path, slopes, ratios, expected):
+    convergence_rows(slopes, ratios).to_csv(tmp_path / "convergence_summary.csv", index=False)
+    assert report.convergence(tmp_path)[0].startswith(f"**Verdict: {expected}**")
+
+
+def step_size_rows(constant_final, frozen_final, frozen_displacement=0.5):
+    rows = []
+    for p, final in [(0.0, constant_final), (0.3, 0.01), (0.75, 0.01), (1.5, frozen_final)]:
+        rows.append({"problem": "regression", "power": p, "seed": 0, "a0": 1.0, "tau": 1.0, "last_step": 5000,
+                     "H_initial": 0.2, "H_final": final, "H_slope_last_decade": 0.0 if p in (0.0, 1.5) else -0.5,
+                     "worst_displacement_ratio": 0.3, "final_displacement": frozen_displacement if p > 1 else 1.0,
+                     "frozen_radius": 2.6 if p > 1 else float("inf"), "sum_lr": 2.5, "train_loss_final": 0.1})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("constant, frozen, displacement, expected", [
+    (0.05, 0.1, 0.5, "holds"),       # a floor at p = 0, frozen short of the root for p = 1.5
+    (0.01, 0.1, 0.5, "partly"),      # no floor: a constant step did as well as A1
+    (0.05, 0.1, 3.0, "partly"),      # moved beyond tau * sum a(n): the freeze bound failed
+    (0.01, 0.01, 0.5, "fails"),
+])
+def test_step_size_verdicts(tmp_path, constant, frozen, displacement, expected):
+    step_size_rows(constant, frozen, displacement).to_csv(tmp_path / "step_sizes.csv", index=False)
+    assert report.step_sizes(tmp_path)[0].startswith(f"**Verdict: {expected}.**")
+
+
+def limit_rows(dist_to_root, dist_to_mean, root_to_mean=0.5):
+    return pd.DataFrame([{"problem": "location", "noise": "lognormal", "tau": 0.3, "granularity": "sample",
+                          "seed": 0, "batch_size": 32, "steps": 6000, "dist_to_root": dist_to_root,
+                          "dist_to_mean": dist_to_mean, "root_to_mean": root_to_mean}])
+
+
+@pytest.mark.parametrize("to_root, to_mean, root_to_mean, expected", [
+    (0.01, 0.49, 0.5, "holds"),
+    (0.49, 0.01, 0.5, "fails"),       # SGD ended at the mean
+    (0.01, 0.02, 0.02, "untested"),   # root and mean too close to tell apart
+])
+def test_limit_set_verdicts(tmp_path, to_root, to_mean, root_to_mean, expected):
+    limit_rows(to_root, to_mean, root_to_mean).to_csv(tmp_path / "limit_set.csv", index=False)
+    assert report.limit_set(tmp_path)[0].startswith(f"**Verdict: {expected}.**")
+
+
+@pytest.mark.parametrize("gaps, expected", [([0.5, 0.2, 0.05], "holds"), ([0.5, 0.6, 0.05], "fails")])
+def test_ode_tracking_verdicts(tmp_path, gaps, expected):
+    pd.DataFrame({"a0": [0.1, 0.01, 0.001], "seed": 0, "max_gap": gaps, "mean_gap": gaps, "final_gap": gaps,
+                  "horizon": 6.0}).to_csv(tmp_path / "ode_gaps.csv", index=False)
+    lines = report.ode_tracking(tmp_path)
+    assert lines[0].startswith(f"**Verdict: {expected}.**")
+    if expected == "holds":
+        assert "a0^0.5" in lines[0]  # 0.5 -> 0.05 over two decades: slope 0.5
+
+
+def test_missing_tables_say_not_measured(tmp_path):
+    for section in (report.convergence, report.step_sizes, report.limit_set, report.ode_tracking):
+        assert section(tmp_path) == ["Not measured at this scale."]

@@ -186,12 +186,13 @@ def convergence_summary(paths: pd.DataFrame, last_fraction: float = 0.1) -> pd.D
     """Per run, from :func:`eval_paths`: ||H|| at step 0 and at the end, its smallest value, the
     log-log slope of ||H|| over the last decade of steps (from ``last_fraction`` * last step on),
     the unclipped ||mean grad l_i|| at the start and the end beside ||H|| (prediction 5 on a
-    network), and ||theta|| at the start and the end."""
+    network), ||theta|| at the start and the end, and the final training loss."""
     rows = []
     for run_id, run in paths.groupby("run_id", sort=True):
         h = run[run["metric"] == "H_norm"].sort_values("step")
         grad = run[run["metric"] == "mean_grad_norm"].sort_values("step")
         weights = run[run["metric"] == "param_norm"].sort_values("step")
+        loss = run[run["metric"] == "train_loss"].sort_values("step")
         last = int(h["step"].max())
         rows.append({"run_id": run_id, "method_label": run["method_label"].iloc[0], "seed": run["seed"].iloc[0],
                      "last_step": last, "H_initial": h["value"].iloc[0], "H_final": h["value"].iloc[-1],
@@ -200,7 +201,8 @@ def convergence_summary(paths: pd.DataFrame, last_fraction: float = 0.1) -> pd.D
                      "mean_grad_initial": grad["value"].iloc[0] if len(grad) else math.nan,
                      "mean_grad_final": grad["value"].iloc[-1] if len(grad) else math.nan,
                      "param_norm_initial": weights["value"].iloc[0] if len(weights) else math.nan,
-                     "param_norm_final": weights["value"].iloc[-1] if len(weights) else math.nan})
+                     "param_norm_final": weights["value"].iloc[-1] if len(weights) else math.nan,
+                     "train_loss_final": loss["value"].iloc[-1] if len(loss) else math.nan})
     table = pd.DataFrame(rows)
     table["H_ratio"] = table["H_final"] / table["H_initial"]
     table["grad_over_H_final"] = table["mean_grad_final"] / table["H_final"]
