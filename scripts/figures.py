@@ -25,7 +25,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from gradclip.analysis import (  # noqa: E402
     MIN_RECORDS, agc_stability_limits, agc_unit_summary, convergence_summary, eval_paths, freeze_table,
-    increment_table, label_setting, ode_gap_summary, stability_table, trajectories, with_labels)
+    increment_table, label_setting, ode_gap_summary, stability_table, total_schedule_sum, trajectories, with_labels)
 from gradclip.data import load_dataset  # noqa: E402
 from gradclip.meanfield import batch_clipped_root_location, clipped_root, least_squares, ode_path  # noqa: E402
 from gradclip.records import CONFIG_FILE, load_runs, load_units, load_wandb_runs  # noqa: E402
@@ -55,6 +55,7 @@ def problem(runs: pd.DataFrame) -> pd.Series:
                       for i, d, r in zip(runs.index, deep, rnn)], index=runs.index)
 
 
+DATA_LABEL = {"mnist1d": "MNIST-1D"}
 NOISE_LABEL = {"gaussian": "gaussian noise", "lognormal": "skewed noise (lognormal)",
                "student_t": "heavy-tailed noise (student-t, 3 d.o.f.)"}
 
@@ -274,7 +275,8 @@ def collect_convergence(args) -> None:
     paths = eval_paths(runs, metrics).merge(info, on="run_id")
     summary = convergence_summary(paths).merge(info, on="run_id")
     first = runs.iloc[0]
-    summary = summary.assign(power=first["schedule.power"], n0=first["schedule.n0"])
+    summary = summary.assign(power=first["schedule.power"], n0=first["schedule.n0"],
+                             data=DATA_LABEL.get(first["data.name"], first["data.name"]))
     results = Path(args.results)
     paths.drop(columns="run_id").to_csv(results / "convergence.csv", index=False)
     summary.drop(columns="run_id").to_csv(results / "convergence_summary.csv", index=False)
@@ -313,7 +315,7 @@ def plot_convergence(args) -> None:
     fig.legend(handles, names, loc="outside lower center", ncol=4, frameon=False,
                title=f"per-sample clipping (granularity: sample); one line per seed; "
                      f"a(n) = a0 / (n + {first['n0']:g})^{first['power']:g}")
-    fig.suptitle("Convergence of the averaged scaled gradient on MNIST-1D (prediction 3): full training set, "
+    fig.suptitle(f"Convergence of the averaged scaled gradient on {first['data']} (prediction 3): full training set, "
                  "per-example gradients; c_i of the run's method (AGC: ||g_i|| / ||clipped g_i||)")
     save(fig, figures / "convergence")
 
@@ -325,7 +327,8 @@ def step_size_problem(runs: pd.DataFrame) -> pd.Series:
     """'MLP on MNIST-1D' or 'regression, student_t noise': the problem a step-size run is on."""
     return pd.Series([f"{m.upper()} on MNIST-1D" if d == "mnist1d" else
                       f"regression, {NOISE_LABEL.get(n, n)}" if d == "linreg" else f"{m} on {d}"
-                      for m, d, n in zip(runs["model.name"], runs["data.name"], runs.get("data.noise.dist", ""))],
+                      for m, d, n in zip(runs["model.name"], runs["data.name"],
+                                         runs.get("data.noise.dist", pd.Series("", index=runs.index)))],
                      index=runs.index)
 
 
@@ -337,8 +340,17 @@ def collect_step_sizes(args) -> None:
     paths = eval_paths(runs, metrics, names=("H_norm", "train_loss")).merge(info, on="run_id")
     freeze = freeze_table(runs, metrics)
     summary = convergence_summary(paths).merge(info, on="run_id").merge(freeze, on="run_id")
-    summary["sum_lr"] = runs.set_index("run_id").loc[summary["run_id"], "summary.sum_lr"].to_numpy()
-    summary["tau"] = runs.set_index("run_id").loc[summary["run_id"], "clip.threshold"].to_numpy()
+    by_id = runs.set_index("run_id").loc[summary["run_id"]]
+    summary["sum_lr"] = by_id["summary.sum_lr"].to_numpy()
+    summary["tau"] = by_id["clip.threshold"].to_numpy()
+    # How far theta can still move after the last step: tau sum_{n >= steps} a(n) (finite for p > 1).
+    summary["remaining_radius"] = [row["clip.threshold"] * total_schedule_sum(row, start=int(row["steps"]))
+                                   for _, row in by_id.iterrows()]
+    # The noise a constant step leaves behind comes from the per-example gradients: their mean norm
+    # in the first and the last logged batch.
+    noise = trajectories(runs, metrics, "train/sample_grad_norm_mean").sort_values("step").groupby("run_id")["value"]
+    summary["sample_grad_initial"] = noise.first().loc[summary["run_id"]].to_numpy()
+    summary["sample_grad_final"] = noise.last().loc[summary["run_id"]].to_numpy()
     distance = trajectories(runs, metrics, "train/dist_from_init").merge(info, on="run_id")
     results = Path(args.results)
     paths.drop(columns="run_id").to_csv(results / "step_sizes_paths.csv", index=False)
@@ -379,7 +391,7 @@ def plot_step_sizes(args) -> None:
         h = paths[(paths["problem"] == name) & (paths["metric"] == "H_norm") & (paths["step"] > 0)]
         for (power, seed), line in h.groupby(["power", "seed"]):
             ax.plot(line["step"], line["value"], color=colors[power], linewidth=0.9,
-                    label=f"p = {power:g}" if seed == 0 else None)
+                    label=f"p = {power:g}" if seed == h["seed"].min() else None)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("step n")
@@ -391,7 +403,7 @@ def plot_step_sizes(args) -> None:
         for power, radius in mine.groupby("power")["frozen_radius"].first().items():
             if math.isfinite(radius):
                 ax.axhline(radius, color="black", linestyle=":", linewidth=1,
-                           label=f"freeze radius τ Σ a(n) = {radius:.3g} (p = {power:g})")
+                           label=f"freeze radius τ Σ_{{n≥0}} a(n) = τ a0 ζ(p, 1) = {radius:.3g} (p = {power:g})")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("step n")
@@ -428,6 +440,10 @@ def design(run_dir: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+# Monte Carlo batches behind batch clipping's fixed point on the location problem.
+BATCH_ROOT_DRAWS = 400_000
+
+
 def collect_limit_set(args) -> None:
     if args.source == "wandb":
         raise SystemExit("limit_set needs the training data of each run: collect it from local records")
@@ -451,8 +467,12 @@ def collect_limit_set(args) -> None:
                "theta": " ".join(f"{v:.6g}" for v in theta), "root": " ".join(f"{v:.6g}" for v in root),
                "mean": " ".join(f"{v:.6g}" for v in mean)}
         if problem_name == "location" and run["clip.granularity"] == "batch":
-            batch_root = batch_clipped_root_location(y, tau, int(run["batch_size"]))
-            row |= {"batch_root": batch_root, "dist_to_batch_root": float(abs(theta[0] - batch_root)),
+            batch_key = (*key, int(run["batch_size"]))
+            if batch_key not in roots:
+                roots[batch_key] = batch_clipped_root_location(y, tau, int(run["batch_size"]), BATCH_ROOT_DRAWS)
+            batch_root, error = roots[batch_key]
+            row |= {"batch_root": batch_root, "batch_root_error": error, "batch_root_draws": BATCH_ROOT_DRAWS,
+                    "dist_to_batch_root": float(abs(theta[0] - batch_root)),
                     "batch_root_to_root": float(abs(batch_root - root[0]))}
         rows.append(row)
     table = pd.DataFrame(rows).sort_values(["problem", "noise", "granularity", "tau", "seed"])
@@ -461,7 +481,7 @@ def collect_limit_set(args) -> None:
     print(f"limit_set: {len(table)} runs -> {results}/limit_set.csv")
 
 
-LIMIT_FLOOR = 1e-4  # distances below this are drawn at the figure's bottom edge
+LIMIT_FLOOR = 1e-4  # the bottom of the axes: smaller distances (a root equal to the mean) are cut off
 
 
 def plot_limit_set(args) -> None:
@@ -496,7 +516,7 @@ def plot_limit_set(args) -> None:
             ax.set_xticks(taus, [f"{t:g}" for t in taus])
             ax.minorticks_off()
             ax.set_yscale("log")
-            ax.set_ylim(bottom=LIMIT_FLOOR)  # a root equal to the mean (1e-16 apart) would squash the rest
+            ax.set_ylim(bottom=LIMIT_FLOOR)
             ax.set_xlabel("clipping threshold τ")
             ax.set_ylabel("distance at the last step (median of seeds)")
             ax.set_title(f"{name}: {NOISE_LABEL[noise]}")
@@ -522,42 +542,45 @@ def collect_ode_tracking(args) -> None:
         raise SystemExit("ode_tracking needs the training data of each run: collect it from local records")
     runs, metrics = load(args, "ode_tracking")
     runs = runs[runs["summary.status"] == "completed"]
+    problems = runs[["data.seed", "clip.threshold", "model.bias"]].drop_duplicates()
+    if len(problems) != 1 or len({tuple(t) for t in runs["summary.initial_theta"]}) != 1:
+        raise SystemExit("ode_tracking compares every run with one ODE: its runs must share data, tau and theta_0")
+    first = runs.iloc[0]
+    theta0 = np.asarray(first["summary.initial_theta"], dtype=float)
+    # Components by name, in the flat parameter order: head.weight, then head.bias.
+    names = [f"w{i + 1}" for i in range(len(theta0) - bool(first["model.bias"]))] + (["b"] if first["model.bias"] else [])
+    x, y = design(first["run_id"])
+    tau = float(first["clip.threshold"])
     horizon = float(runs["summary.sum_lr"].min())  # every run reaches this ODE time
-    frames, ode_cache = [], {}
+    grid = np.linspace(0.0, horizon, 601)
+    solution = ode_path(x, y, tau, theta0, grid)
+    frames = []
     for _, run in runs.iterrows():
         rows = metrics[metrics["run_id"] == run["run_id"]]
         wide = rows[rows["metric"].str.startswith("train/theta_") | (rows["metric"] == "train/sum_lr")].pivot_table(
             index="step", columns="metric", values="value").sort_index()
-        theta0 = np.asarray(run["summary.initial_theta"], dtype=float)
-        columns = [f"train/theta_{i}" for i in range(len(theta0))]
         # t(n) = sum_{k<n} a(k) is logged with theta_n; theta_0 sits at t = 0.
         t = np.concatenate([[0.0], wide["train/sum_lr"].to_numpy()])
         steps = np.concatenate([[0], wide.index.to_numpy()])
-        iterates = np.vstack([theta0, wide[columns].to_numpy()])
+        iterates = np.vstack([theta0, wide[[f"train/theta_{i}" for i in range(len(theta0))]].to_numpy()])
         keep = t <= horizon * (1 + 1e-9)
         t, steps, iterates = t[keep], steps[keep], iterates[keep]
-        x, y = design(run["run_id"])
-        tau = float(run["clip.threshold"])
-        key = (run["data.seed"], tau, tuple(theta0))
-        if key not in ode_cache:
-            grid = np.linspace(0.0, horizon, 2001)
-            ode_cache[key] = (grid, ode_path(x, y, tau, theta0, grid), clipped_root(x, y, tau))
-        grid, path, root = ode_cache[key]
-        ode = np.column_stack([np.interp(t, grid, path[:, i]) for i in range(len(theta0))])
-        frame = pd.DataFrame(iterates, columns=[f"theta_{i}" for i in range(len(theta0))])
-        frame = frame.join(pd.DataFrame(ode, columns=[f"ode_{i}" for i in range(len(theta0))]))
-        frame = frame.assign(run_id=run["run_id"], a0=run["schedule.a0"], seed=run["seed"], step=steps, t=t,
-                             gap=np.linalg.norm(iterates - ode, axis=1))
-        frames.append(frame)
+        ode = ode_path(x, y, tau, theta0, t)  # at the iterates' own times, not interpolated
+        frame = pd.DataFrame(iterates, columns=[f"theta_{n}" for n in names])
+        frame = frame.join(pd.DataFrame(ode, columns=[f"ode_{n}" for n in names]))
+        frames.append(frame.assign(run_id=run["run_id"], a0=run["schedule.a0"], seed=run["seed"], step=steps, t=t,
+                                   gap=np.linalg.norm(iterates - ode, axis=1)))
     paths = pd.concat(frames, ignore_index=True)
     gaps = ode_gap_summary(paths)
     results = Path(args.results)
-    paths.drop(columns="run_id").to_csv(results / "ode_paths.csv", index=False)
+    paths.drop(columns="run_id").to_csv(results / "ode_paths.csv", index=False, float_format="%.7g")
     gaps.drop(columns="run_id").to_csv(results / "ode_gaps.csv", index=False)
-    grid, path, root = next(iter(ode_cache.values()))
-    solution = pd.DataFrame(path, columns=[f"ode_{i}" for i in range(path.shape[1])]).assign(t=grid)
-    solution.to_csv(results / "ode_solution.csv", index=False)
+    pd.DataFrame(solution, columns=[f"ode_{n}" for n in names]).assign(t=grid, tau=tau).to_csv(
+        results / "ode_solution.csv", index=False, float_format="%.7g")
     print(f"ode_tracking: {len(runs)} runs -> {results}/ode_paths.csv, ode_gaps.csv, ode_solution.csv")
+
+
+COMPONENT_LABEL = {"b": "intercept b (head.bias)"}
 
 
 def plot_ode_tracking(args) -> None:
@@ -565,37 +588,38 @@ def plot_ode_tracking(args) -> None:
     paths = pd.read_csv(results / "ode_paths.csv")
     gaps = pd.read_csv(results / "ode_gaps.csv")
     solution = pd.read_csv(results / "ode_solution.csv")
-    components = sorted(c for c in solution.columns if c.startswith("ode_"))
+    components = [c.removeprefix("ode_") for c in solution.columns if c.startswith("ode_")]
     a0s = sorted(paths["a0"].unique(), reverse=True)
     cmap = plt.get_cmap("plasma")
     colors = {a0: cmap(0.85 * k / max(len(a0s) - 1, 1)) for k, a0 in enumerate(a0s)}
     fig, axes = plt.subplots(1, len(components) + 1, figsize=(3.0 * (len(components) + 1), 3.2),
                              constrained_layout=True)
     seed = paths["seed"].min()
-    for ax, component in zip(axes, components):
-        i = component.split("_")[1]
+    for ax, name in zip(axes, components):
+        label = COMPONENT_LABEL.get(name, f"weight {name} (head.weight)")
         for a0 in a0s:
             line = paths[(paths["a0"] == a0) & (paths["seed"] == seed)]
-            ax.plot(line["t"], line[f"theta_{i}"], color=colors[a0], linewidth=0.8, label=f"SGD, a0 = {a0:g}")
-        ax.plot(solution["t"], solution[component], color="black", linestyle="--", linewidth=1.2,
+            ax.plot(line["t"], line[f"theta_{name}"], color=colors[a0], linewidth=0.8, label=f"SGD, a(n) = {a0:g}")
+        ax.plot(solution["t"], solution[f"ode_{name}"], color="black", linestyle="--", linewidth=1.2,
                 label="ODE dθ/dt = −H(θ)")
         ax.set_xlabel("ODE time t(n) = Σ_{k<n} a(k)")
-        ax.set_ylabel(f"θ_{i}")
-        ax.set_title(f"component {i} (seed {seed})")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label}, seed {seed}")
     ax = axes[-1]
     ax.scatter(gaps["a0"], gaps["max_gap"], color="black", s=8, label="each seed")
     medians = gaps.groupby("a0")["max_gap"].median()
     ax.plot(medians.index, medians.values, color="black", label="median over seeds")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("step size a0 (constant)")
+    ax.set_xlabel("constant step size a(n) = a0")
     ax.set_ylabel(f"max over t(n) ≤ {gaps['horizon'].min():.3g} of ||θ_n − θ(t(n))||")
     ax.set_title("gap to the ODE")
     handles, names = axes[0].get_legend_handles_labels()
     more, more_names = ax.get_legend_handles_labels()
     fig.legend(handles + more, names + more_names, loc="outside lower center", ncol=4, frameon=False)
-    fig.suptitle("ODE tracking (prediction 6): per-sample norm clipping (τ = 1, one sample per step) on a "
-                 "3-parameter regression with heavy-tailed noise, against the ODE of its full-data mean field")
+    fig.suptitle(f"ODE tracking (prediction 6): per-sample norm clipping (τ = {solution['tau'].iloc[0]:g}, one sample "
+                 "per step, constant a(n) = a0) on a regression with heavy-tailed noise,\nagainst the ODE of its "
+                 "full-data mean field H (granularity: sample)")
     save(fig, figures / "ode_tracking")
 
 

@@ -131,13 +131,16 @@ def test_total_schedule_sum_is_the_hurwitz_zeta():
     assert total_schedule_sum(run) == pytest.approx(0.5 * math.pi**2 / 6)
     assert schedule_sum(run) == pytest.approx(total_schedule_sum(run), rel=1e-5)  # the partial sum approaches it
     assert total_schedule_sum(run.copy().replace({2.0: 1.0})) == math.inf  # p = 1: sum a(n) diverges
+    tail = 0.5 * (math.pi**2 / 6 - sum(1 / m**2 for m in range(1, 101)))  # a(100) + a(101) + ...
+    assert total_schedule_sum(run, start=100) == pytest.approx(tail, rel=1e-5)  # what is left after 100 steps
+    with pytest.raises(ValueError, match="robbins_monro only"):
+        total_schedule_sum(run.copy().replace({"robbins_monro": "cosine"}))
 
 
 def test_freeze_table_compares_displacement_with_tau_times_the_step_sum():
-    runs = pd.DataFrame([{"run_id": "r", "clip.method": "norm", "clip.threshold": 2.0, "schedule.a0": 1.0,
-                          "schedule.n0": 1, "schedule.power": 2.0},
-                         {"run_id": "u", "clip.method": "none", "clip.threshold": math.nan, "schedule.a0": 1.0,
-                          "schedule.n0": 1, "schedule.power": 2.0}])
+    schedule = {"schedule.name": "robbins_monro", "schedule.a0": 1.0, "schedule.n0": 1, "schedule.power": 2.0}
+    runs = pd.DataFrame([{"run_id": "r", "clip.method": "norm", "clip.threshold": 2.0, **schedule},
+                         {"run_id": "u", "clip.method": "none", "clip.threshold": math.nan, **schedule}])
     metrics = pd.DataFrame([("r", 1, "train/dist_from_init", 1.0), ("r", 1, "train/sum_lr", 1.0),
                             ("r", 2, "train/dist_from_init", 3.0), ("r", 2, "train/sum_lr", 1.25),
                             ("u", 2, "train/dist_from_init", 9.0), ("u", 2, "train/sum_lr", 1.25)],

@@ -63,43 +63,57 @@ def test_palette_tells_every_setting_apart():
     assert len({(s["color"], s["linestyle"]) for s in styles.values()}) == len(labels)
 
 
-def convergence_rows(slopes, ratios, label="norm τ=1 (sample)"):
+def convergence_rows(slopes, ratios, label="norm τ=1 (sample)", final_loss=1.0):
     return pd.DataFrame([{"model": "MLP", "method_label": label, "a0": 30.0, "seed": k, "last_step": 5000,
                           "H_initial": 1.0, "H_final": r, "H_min": r, "H_slope_last_decade": s, "H_ratio": r,
                           "mean_grad_initial": 0.5, "mean_grad_final": 0.5, "grad_over_H_final": 0.5 / r,
-                          "power": 0.75, "n0": 10} for k, (s, r) in enumerate(zip(slopes, ratios))])
+                          "param_norm_initial": 10.0, "param_norm_final": 12.0, "train_loss_initial": 2.3,
+                          "train_loss_final": final_loss, "power": 0.75, "n0": 10, "data": "MNIST-1D"}
+                         for k, (s, r) in enumerate(zip(slopes, ratios))])
 
 
-@pytest.mark.parametrize("slopes, ratios, expected", [
-    ([-0.3, -0.2], [0.1, 0.2], "holds"),
-    ([-0.3, 0.0], [0.1, 0.2], "partly"),      # one run's ||H|| went flat
-    ([0.2, 0.1], [3.0, 2.0], "fails"),        # ||H|| grew
-    ([-0.3, -0.2], [1.5, 1.2], "fails"),      # falling at the end, but above its start
+@pytest.mark.parametrize("slopes, ratios, final_loss, expected", [
+    ([-0.3, -0.2], [0.1, 0.2], 1.0, "holds"),
+    ([-0.3, 0.0], [0.1, 0.2], 1.0, "partly"),      # one run's ||H|| went flat
+    ([0.2, 0.1], [3.0, 2.0], 1.0, "fails"),        # ||H|| grew
+    ([-0.3, -0.2], [1.5, 1.2], 1.0, "fails"),      # falling at the end, but above its start
+    ([0.2, 0.1], [3.0, 2.0], 2.29, "untested"),    # the training loss did not move: no progress
 ])
-def test_convergence_verdicts(tmp_path, slopes, ratios, expected):
-    convergence_rows(slopes, ratios).to_csv(tmp_path / "convergence_summary.csv", index=False)
+def test_convergence_verdicts(tmp_path, slopes, ratios, final_loss, expected):
+    convergence_rows(slopes, ratios, final_loss=final_loss).to_csv(tmp_path / "convergence_summary.csv", index=False)
     assert report.convergence(tmp_path)[0].startswith(f"**Verdict: {expected}**")
 
 
-def step_size_rows(constant_final, frozen_final, frozen_displacement=0.5):
-    rows = []
+def step_size_rows(tmp_path, constant_final, frozen_final, frozen_displacement=0.5, noise_drop=1.5):
+    """A regression whose A1 schedules end at ||H|| = 0.01; ||H|| paths are flat for p = 0 and 1.5."""
+    rows, paths = [], []
     for p, final in [(0.0, constant_final), (0.3, 0.01), (0.75, 0.01), (1.5, frozen_final)]:
         rows.append({"problem": "regression", "power": p, "seed": 0, "a0": 1.0, "tau": 1.0, "last_step": 5000,
                      "H_initial": 0.2, "H_final": final, "H_slope_last_decade": 0.0 if p in (0.0, 1.5) else -0.5,
-                     "worst_displacement_ratio": 0.3, "final_displacement": frozen_displacement if p > 1 else 1.0,
-                     "frozen_radius": 2.6 if p > 1 else float("inf"), "sum_lr": 2.5, "train_loss_final": 0.1})
-    return pd.DataFrame(rows)
+                     "final_displacement": frozen_displacement if p > 1 else 1.0,
+                     "frozen_radius": 2.6 if p > 1 else float("inf"), "remaining_radius": 0.03 if p > 1 else float("inf"),
+                     "sum_lr": 2.5, "train_loss_final": 0.1, "sample_grad_initial": 3.0,
+                     "sample_grad_final": 3.0 / noise_drop})
+        for step in (10, 100, 1000, 5000):
+            value = final if p in (0.0, 1.5) else final * (5000 / step) ** 0.5
+            paths.append({"problem": "regression", "power": p, "seed": 0, "metric": "H_norm", "step": step,
+                          "value": value})
+    pd.DataFrame(rows).to_csv(tmp_path / "step_sizes.csv", index=False)
+    pd.DataFrame(paths).to_csv(tmp_path / "step_sizes_paths.csv", index=False)
 
 
-@pytest.mark.parametrize("constant, frozen, displacement, expected", [
-    (0.05, 0.1, 0.5, "holds"),       # a floor at p = 0, frozen short of the root for p = 1.5
-    (0.01, 0.1, 0.5, "partly"),      # no floor: a constant step did as well as A1
-    (0.05, 0.1, 3.0, "partly"),      # moved beyond tau * sum a(n): the freeze bound failed
-    (0.01, 0.01, 0.5, "fails"),
+@pytest.mark.parametrize("constant, frozen, displacement, noise_drop, expected", [
+    (0.05, 0.1, 0.5, 1.5, "holds"),       # a floor at p = 0, frozen short of the root for p = 1.5
+    (0.01, 0.1, 0.5, 1.5, "partly"),      # no floor: a constant step did as well as A1
+    (0.05, 0.1, 3.0, 1.5, "partly"),      # moved beyond tau * sum a(n): the freeze bound failed
+    (0.01, 0.01, 0.5, 1.5, "fails"),
+    (0.001, 0.1, 0.5, 100.0, "holds"),    # the noise vanished: the floor is untested, the freeze holds
 ])
-def test_step_size_verdicts(tmp_path, constant, frozen, displacement, expected):
-    step_size_rows(constant, frozen, displacement).to_csv(tmp_path / "step_sizes.csv", index=False)
-    assert report.step_sizes(tmp_path)[0].startswith(f"**Verdict: {expected}.**")
+def test_step_size_verdicts(tmp_path, constant, frozen, displacement, noise_drop, expected):
+    step_size_rows(tmp_path, constant, frozen, displacement, noise_drop)
+    lines = report.step_sizes(tmp_path)
+    assert lines[0].startswith(f"**Verdict: {expected}.**")
+    assert ("untested" in lines[2]) == (noise_drop > 10)
 
 
 def limit_rows(dist_to_root, dist_to_mean, root_to_mean=0.5):

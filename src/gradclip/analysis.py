@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy.special import zeta
 from scipy.stats import binomtest
 
 
@@ -186,7 +187,7 @@ def convergence_summary(paths: pd.DataFrame, last_fraction: float = 0.1) -> pd.D
     """Per run, from :func:`eval_paths`: ||H|| at step 0 and at the end, its smallest value, the
     log-log slope of ||H|| over the last decade of steps (from ``last_fraction`` * last step on),
     the unclipped ||mean grad l_i|| at the start and the end beside ||H|| (prediction 5 on a
-    network), ||theta|| at the start and the end, and the final training loss."""
+    network), ||theta|| and the training loss at the start and the end."""
     rows = []
     for run_id, run in paths.groupby("run_id", sort=True):
         h = run[run["metric"] == "H_norm"].sort_values("step")
@@ -202,6 +203,7 @@ def convergence_summary(paths: pd.DataFrame, last_fraction: float = 0.1) -> pd.D
                      "mean_grad_final": grad["value"].iloc[-1] if len(grad) else math.nan,
                      "param_norm_initial": weights["value"].iloc[0] if len(weights) else math.nan,
                      "param_norm_final": weights["value"].iloc[-1] if len(weights) else math.nan,
+                     "train_loss_initial": loss["value"].iloc[0] if len(loss) else math.nan,
                      "train_loss_final": loss["value"].iloc[-1] if len(loss) else math.nan})
     table = pd.DataFrame(rows)
     table["H_ratio"] = table["H_final"] / table["H_initial"]
@@ -209,13 +211,13 @@ def convergence_summary(paths: pd.DataFrame, last_fraction: float = 0.1) -> pd.D
     return table
 
 
-def total_schedule_sum(run: pd.Series) -> float:
-    """sum_{n >= 0} a(n) of a Robbins-Monro schedule a0 / (n + n0)^p: a0 zeta(p, n0) (Hurwitz
-    zeta) for p > 1, where the sum is finite; inf otherwise."""
-    from scipy.special import zeta
-
+def total_schedule_sum(run: pd.Series, start: int = 0) -> float:
+    """sum_{n >= start} a(n) of a Robbins-Monro schedule a0 / (n + n0)^p: a0 zeta(p, start + n0)
+    (Hurwitz zeta) for p > 1, where the sum is finite; inf otherwise."""
+    if run["schedule.name"] != "robbins_monro":
+        raise ValueError(f"schedule {run['schedule.name']!r}: the infinite sum of a(n) is computed for robbins_monro only")
     p = float(run["schedule.power"])
-    return float(run["schedule.a0"] * zeta(p, float(run["schedule.n0"]))) if p > 1 else math.inf
+    return float(run["schedule.a0"] * zeta(p, start + float(run["schedule.n0"]))) if p > 1 else math.inf
 
 
 def freeze_table(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:

@@ -20,6 +20,8 @@ can check each other (tests/test_meanfield.py, and the limit-set experiment).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.integrate import solve_ivp
 from scipy.optimize import brentq, minimize
@@ -91,17 +93,24 @@ def clipped_root(x, y, tau: float) -> np.ndarray:
     return root
 
 
-def batch_clipped_root_location(y, tau: float, batch_size: int, draws: int = 200_000, seed: int = 0) -> float:
-    """The fixed point of batch norm clipping on the location problem, with i.i.d. batches.
+def batch_clipped_root_location(y, tau: float, batch_size: int, draws: int = 200_000,
+                                seed: int = 0) -> tuple[float, float]:
+    """The fixed point of batch norm clipping on the location problem with i.i.d. batches, and
+    its Monte Carlo standard error.
 
     The clipped batch gradient is clip(theta - mean(y_B), -tau, tau), so the fixed point solves
     E_B[clip(theta - mean(y_B), -tau, tau)] = 0: the Huber estimate of the distribution of batch
-    means, estimated here from ``draws`` batches drawn with replacement.
+    means, estimated here from ``draws`` batches drawn with replacement. Its standard error is
+    the M-estimator's sqrt(E psi^2) / E psi' / sqrt(draws), psi = clip(theta - mean(y_B), -tau, tau).
     """
     y = np.asarray(y, dtype=np.float64).reshape(-1)
     rng = np.random.default_rng(seed)
     means = y[rng.integers(len(y), size=(draws, batch_size))].mean(axis=1)
-    return float(clipped_root(np.ones(draws), means, tau)[0])
+    root = float(clipped_root(np.ones(draws), means, tau)[0])
+    psi = np.clip(root - means, -tau, tau)
+    slope = np.mean(np.abs(root - means) < tau)
+    error = float(np.sqrt(np.mean(psi**2)) / slope / np.sqrt(draws)) if slope > 0 else math.inf
+    return root, error
 
 
 def ode_path(x, y, tau: float, theta0, times) -> np.ndarray:
