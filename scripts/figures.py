@@ -25,7 +25,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from gradclip.analysis import (  # noqa: E402
     MIN_RECORDS, agc_stability_limits, agc_unit_summary, convergence_summary, eval_paths, freeze_table,
-    increment_table, label_setting, ode_gap_summary, stability_table, total_schedule_sum, trajectories, with_labels)
+    increment_table, label_setting, ode_gap_summary, ode_seed_mean_gap, stability_table, total_schedule_sum, trajectories, with_labels)
 from gradclip.data import load_dataset  # noqa: E402
 from gradclip.meanfield import batch_clipped_root_location, clipped_root, least_squares, ode_path  # noqa: E402
 from gradclip.records import CONFIG_FILE, load_runs, load_units, load_wandb_runs  # noqa: E402
@@ -386,7 +386,7 @@ def plot_step_sizes(args) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("exponent p of a(n) = a0 / (n+1)^p")
         ax.set_ylabel("||H|| at the last step")
-        ax.set_title(f"{name}: a0 = {mine['a0'].iloc[0]:g}, {mine['last_step'].max()} steps")
+        ax.set_title(f"{name}\na0 = {mine['a0'].iloc[0]:g}, {mine['last_step'].max()} steps")
         ax = row[1]
         h = paths[(paths["problem"] == name) & (paths["metric"] == "H_norm") & (paths["step"] > 0)]
         for (power, seed), line in h.groupby(["power", "seed"]):
@@ -403,16 +403,17 @@ def plot_step_sizes(args) -> None:
         for power, radius in mine.groupby("power")["frozen_radius"].first().items():
             if math.isfinite(radius):
                 ax.axhline(radius, color="black", linestyle=":", linewidth=1,
-                           label=f"freeze radius τ Σ_{{n≥0}} a(n) = τ a0 ζ(p, 1) = {radius:.3g} (p = {power:g})")
+                           label=f"freeze radius τ Σ_{{n≥0}} a(n) = {radius:.3g} (p = {power:g}, {name.split(',')[0]})")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("step n")
         ax.set_ylabel("||θ_n − θ_0||")
         ax.set_title("distance from the start")
-        ax.legend(loc="lower right", frameon=False)
     handles, names = axes[0][0].get_legend_handles_labels()
-    more, more_names = axes[0][1].get_legend_handles_labels()
-    fig.legend(handles + more, names + more_names, loc="outside lower center", ncol=6, frameon=False)
+    for ax in [axes[0][1], *axes[:, 2]]:
+        more, more_names = ax.get_legend_handles_labels()
+        handles, names = handles + more, names + more_names
+    fig.legend(handles, names, loc="outside lower center", ncol=5, frameon=False)
     fig.suptitle(f"Step-size conditions (prediction 4): norm clipping τ = {summary['tau'].iloc[0]:g}, "
                  "granularity: sample (each example clipped, then averaged)")
     save(fig, figures / "step_sizes")
@@ -575,9 +576,11 @@ def collect_ode_tracking(args) -> None:
     results = Path(args.results)
     paths.drop(columns="run_id").to_csv(results / "ode_paths.csv", index=False, float_format="%.7g")
     gaps.drop(columns="run_id").to_csv(results / "ode_gaps.csv", index=False)
+    ode_seed_mean_gap(paths).to_csv(results / "ode_seed_mean_gaps.csv", index=False)
     pd.DataFrame(solution, columns=[f"ode_{n}" for n in names]).assign(t=grid, tau=tau).to_csv(
         results / "ode_solution.csv", index=False, float_format="%.7g")
-    print(f"ode_tracking: {len(runs)} runs -> {results}/ode_paths.csv, ode_gaps.csv, ode_solution.csv")
+    print(f"ode_tracking: {len(runs)} runs -> {results}/ode_paths.csv, ode_gaps.csv, ode_seed_mean_gaps.csv, "
+          "ode_solution.csv")
 
 
 COMPONENT_LABEL = {"b": "intercept b (head.bias)"}
@@ -609,6 +612,9 @@ def plot_ode_tracking(args) -> None:
     ax.scatter(gaps["a0"], gaps["max_gap"], color="black", s=8, label="each seed")
     medians = gaps.groupby("a0")["max_gap"].median()
     ax.plot(medians.index, medians.values, color="black", label="median over seeds")
+    mean_gaps = pd.read_csv(results / "ode_seed_mean_gaps.csv")
+    ax.plot(mean_gaps["a0"], mean_gaps["max_gap_of_seed_mean"], color="grey", marker="o", markerfacecolor="white",
+            markersize=4, label=f"the mean of the {mean_gaps['seeds'].min()} seeds' iterates")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("constant step size a(n) = a0")

@@ -8,7 +8,7 @@ import pytest
 
 from gradclip.analysis import (
     agc_stability_limits, agc_unit_summary, convergence_summary, eval_paths, freeze_table, increment_table,
-    loglog_slope, ode_gap_summary, schedule_sum, stability_table, total_schedule_sum, trajectories,
+    loglog_slope, ode_gap_summary, ode_seed_mean_gap, schedule_sum, stability_table, total_schedule_sum, trajectories,
     wilson_interval)
 
 
@@ -158,3 +158,16 @@ def test_ode_gap_summary():
     table = ode_gap_summary(paths).set_index("run_id")
     assert table.loc["a", "max_gap"] == 0.3 and table.loc["a", "final_gap"] == 0.1
     assert table.loc["a", "mean_gap"] == pytest.approx(0.4 / 3) and table.loc["b", "horizon"] == 2.0
+
+
+def test_ode_seed_mean_gap_averages_out_noise_but_not_bias():
+    """Two seeds whose iterates sit at ode + 0.1 + noise and ode + 0.1 - noise: each seed is 0.5
+    away, their mean exactly the bias 0.1."""
+    rows = []
+    for seed, sign in ((0, 1.0), (1, -1.0)):
+        for step in (0, 1, 2):
+            rows.append({"a0": 0.1, "seed": seed, "step": step, "theta_w1": 1.0 + 0.1 + sign * 0.4, "ode_w1": 1.0,
+                         "theta_b": 2.0 + sign * 0.3, "ode_b": 2.0})
+    table = ode_seed_mean_gap(pd.DataFrame(rows))
+    assert table.iloc[0]["seeds"] == 2
+    assert table.iloc[0]["max_gap_of_seed_mean"] == pytest.approx(0.1)

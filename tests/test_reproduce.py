@@ -12,7 +12,7 @@ FIGURES = ["stability", "increments", "agc_small_weights", "convergence", "step_
 TABLES = ["stability.csv", "increments.csv", "stability_trajectories.csv", "agc_units.csv",
           "agc_units_by_decade.csv", "agc_settings.csv", "convergence.csv", "convergence_summary.csv",
           "step_sizes.csv", "step_sizes_paths.csv", "step_sizes_distance.csv", "limit_set.csv", "ode_paths.csv",
-          "ode_gaps.csv", "ode_solution.csv", "REPORT.md"]
+          "ode_gaps.csv", "ode_seed_mean_gaps.csv", "ode_solution.csv", "REPORT.md"]
 
 
 @pytest.mark.slow
