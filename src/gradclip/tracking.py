@@ -108,25 +108,33 @@ class WandbTracker:
 
 
 def run_name(cfg: Mapping) -> str:
-    """A name a dashboard sorts by: method-threshold-granularity-model-schedule-a0-seed."""
-    clip = cfg["clip"]
+    """A name a dashboard sorts by: method+setting-granularity-model-data-schedule-a0-seed, with
+    the noise of synthetic data (location_lognormal) and the exponent of a Robbins-Monro
+    schedule (robbins_monro0.75), so that the runs of one sweep never share a name."""
+    clip, data, schedule = cfg["clip"], cfg["data"], cfg["schedule"]
     setting = {"norm": f"tau{clip.get('threshold')}", "agc": f"lam{clip.get('clip_factor')}",
                "value": f"v{clip.get('threshold')}"}.get(clip["method"], "")
-    parts = [clip["method"] + setting, clip["granularity"], cfg["model"]["name"], cfg["data"]["name"],
-             cfg["schedule"]["name"], f"a{cfg['schedule']['a0']}", f"s{cfg['seed']}"]
+    noise = f"_{data['noise']['dist']}" if "noise" in data else ""
+    power = f"{schedule['power']}" if schedule["name"] == "robbins_monro" else ""
+    parts = [clip["method"] + setting, clip["granularity"], cfg["model"]["name"], data["name"] + noise,
+             schedule["name"] + power, f"a{schedule['a0']}", f"s{cfg['seed']}"]
     return "-".join(parts)
 
 
 def run_tags(cfg: Mapping) -> list[str]:
     """Tags for filtering: each is ``key:value`` for the axes a sweep varies."""
-    clip = cfg["clip"]
+    clip, data, schedule = cfg["clip"], cfg["data"], cfg["schedule"]
     tags = [f"method:{clip['method']}", f"granularity:{clip['granularity']}",
-            f"model:{cfg['model']['name']}", f"data:{cfg['data']['name']}",
-            f"schedule:{cfg['schedule']['name']}", f"seed:{cfg['seed']}"]
+            f"model:{cfg['model']['name']}", f"data:{data['name']}",
+            f"schedule:{schedule['name']}", f"seed:{cfg['seed']}"]
     if clip["method"] in ("norm", "value"):
         tags.append(f"threshold:{clip['threshold']}")
     if clip["method"] == "agc":
         tags.append(f"clip_factor:{clip['clip_factor']}")
+    if "noise" in data:
+        tags.append(f"noise:{data['noise']['dist']}")
+    if schedule["name"] == "robbins_monro":
+        tags.append(f"power:{schedule['power']}")
     return tags + list(cfg["logger"].get("tags") or [])
 
 
