@@ -422,12 +422,14 @@ def plot_step_sizes(args) -> None:
 # -- the limit set (prediction 5) ----------------------------------------------------------------------
 
 
-def _theta(metrics: pd.DataFrame, run_id: str) -> np.ndarray:
-    """The last logged theta of a run (log_theta=true), as a vector."""
-    rows = metrics[(metrics["run_id"] == run_id) & metrics["metric"].str.startswith("train/theta_")]
-    last = rows[rows["step"] == rows["step"].max()]
-    index = last["metric"].str.removeprefix("train/theta_").astype(int)
-    return last["value"].to_numpy()[np.argsort(index.to_numpy())]
+def theta_path(metrics: pd.DataFrame, run_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A run's logged theta (log_theta=true): the steps n, the ODE times t(n) = sum_{k<n} a(k)
+    logged with them, and theta_n as rows (components in the flat parameter order)."""
+    rows = metrics[metrics["run_id"] == run_id]
+    wide = rows[rows["metric"].str.startswith("train/theta_") | (rows["metric"] == "train/sum_lr")].pivot_table(
+        index="step", columns="metric", values="value").sort_index()
+    columns = sorted((c for c in wide.columns if c.startswith("train/theta_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+    return wide.index.to_numpy(), wide["train/sum_lr"].to_numpy(), wide[columns].to_numpy()
 
 
 def design(run_dir: str) -> tuple[np.ndarray, np.ndarray]:
@@ -458,7 +460,7 @@ def collect_limit_set(args) -> None:
         if key not in roots:
             roots[key] = (clipped_root(x, y, tau), least_squares(x, y))
         root, mean = roots[key]
-        theta = _theta(metrics, run["run_id"])
+        theta = theta_path(metrics, run["run_id"])[2][-1]
         row = {"problem": problem_name, "noise": noise, "tau": tau, "granularity": run["clip.granularity"],
                "seed": run["seed"], "batch_size": run["batch_size"], "steps": run["steps"],
                "a0": run["schedule.a0"], "power": run["schedule.power"], "n0": run["schedule.n0"],
@@ -557,13 +559,11 @@ def collect_ode_tracking(args) -> None:
     solution = ode_path(x, y, tau, theta0, grid)
     frames = []
     for _, run in runs.iterrows():
-        rows = metrics[metrics["run_id"] == run["run_id"]]
-        wide = rows[rows["metric"].str.startswith("train/theta_") | (rows["metric"] == "train/sum_lr")].pivot_table(
-            index="step", columns="metric", values="value").sort_index()
+        logged_steps, logged_t, logged_theta = theta_path(metrics, run["run_id"])
         # t(n) = sum_{k<n} a(k) is logged with theta_n; theta_0 sits at t = 0.
-        t = np.concatenate([[0.0], wide["train/sum_lr"].to_numpy()])
-        steps = np.concatenate([[0], wide.index.to_numpy()])
-        iterates = np.vstack([theta0, wide[[f"train/theta_{i}" for i in range(len(theta0))]].to_numpy()])
+        t = np.concatenate([[0.0], logged_t])
+        steps = np.concatenate([[0], logged_steps])
+        iterates = np.vstack([theta0, logged_theta])
         keep = t <= horizon * (1 + 1e-9)
         t, steps, iterates = t[keep], steps[keep], iterates[keep]
         ode = ode_path(x, y, tau, theta0, t)  # at the iterates' own times, not interpolated
