@@ -37,7 +37,7 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path):
     result = gradclip_train(*FAST, "logger=none", "clip=agc", "clip.clip_factor=-1", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "gradclip: bad input: clip.clip_factor=-1 is not allowed: must be > 0")
+        "gradclip: bad input: clip.clip_factor=-1 is not allowed: must be a finite number > 0")
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("summary.json"))
 
@@ -45,7 +45,7 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path):
 def test_bad_input_in_one_job_of_a_sweep_stops_only_that_job(tmp_path):
     result = gradclip_train("-m", *FAST, "logger=none", "name=mixed", "clip.threshold=1.0,-1", cwd=tmp_path)
     assert result.returncode == 2
-    assert "clip.threshold=-1 is not allowed: must be > 0" in result.stderr
+    assert "clip.threshold=-1 is not allowed: must be a finite number > 0" in result.stderr
     runs = {("good" if "threshold=1.0" in name else "bad"): s for name, s in summaries(tmp_path / "runs" / "mixed").items()}
     assert runs["good"]["status"] == "completed"
     assert runs["bad"]["status"] == "failed" and runs["bad"]["bad_input"]

@@ -48,7 +48,7 @@ def test_cosine():
     [
         ({"name": "linear", "a0": 0.1}, r"schedule.name='linear' is not one of: constant, robbins_monro, step, cosine"),
         ({"name": "constant", "a0": 0.0}, r"schedule.a0=0.0 .* > 0"),
-        ({"name": "robbins_monro", "a0": 0.1, "power": -0.5, "n0": 1}, r"schedule.power=-0.5 .* >= 0"),
+        ({"name": "robbins_monro", "a0": 0.1, "power": -0.5, "n0": 1}, r"schedule.power=-0.5 .* in \[0, 10\]"),
         ({"name": "robbins_monro", "a0": 0.1, "power": 0.5, "n0": 0}, r"schedule.n0=0 .* > 0"),
         ({"name": "step", "a0": 0.1, "gamma": 1.5, "step_size": 10}, r"schedule.gamma=1.5 .* in \(0, 1\]"),
         ({"name": "step", "a0": 0.1, "gamma": 0.5, "step_size": 2.5}, r"schedule.step_size=2.5 .* integer >= 1"),

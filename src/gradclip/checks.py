@@ -14,10 +14,12 @@ class ConfigError(ValueError):
 def require_number(
     cfg: Mapping, section: str, key: str, ok: Callable[[float], bool], allowed: str
 ) -> None:
-    """Raise ConfigError unless ``cfg[key]`` is a number (not a bool) for which ``ok`` holds."""
+    """Raise ConfigError unless ``cfg[key]`` is a finite number (not a bool, not NaN or +-inf)
+    for which ``ok`` holds: an infinite step size or decay would only show up later as a
+    'diverged' or 'failed' run, and would then count as a result."""
     value = cfg.get(key)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
-        raise ConfigError(f"{section}.{key}={value!r} is not allowed: must be {allowed}")
+    if not is_number(value) or not ok(value):
+        raise ConfigError(f"{section}.{key}={value!r} is not allowed: must be a finite number {allowed}")
 
 
 def require_int(cfg: Mapping, section: str, key: str, ok: Callable[[int], bool], allowed: str) -> None:
@@ -25,6 +27,15 @@ def require_int(cfg: Mapping, section: str, key: str, ok: Callable[[int], bool],
     value = cfg.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or not ok(value):
         raise ConfigError(f"{section}.{key}={value!r} is not allowed: must be {allowed}")
+
+
+def require_known_keys(cfg: Mapping, section: str, known, owner: str | None = None) -> None:
+    """Raise ConfigError if ``cfg`` has a key outside ``known``: a misspelt key added with ``+``
+    (``+clip.thresh=1``, the form Hydra's own hint suggests) must not be silently ignored."""
+    unknown = sorted(str(key) for key in cfg if key not in known)
+    if unknown:
+        where = f" of {owner}" if owner else ""
+        raise ConfigError(f"{section}.{unknown[0]} is not a key{where}; known keys: {', '.join(known)}")
 
 
 def require_choice(cfg: Mapping, section: str, key: str, choices: tuple[str, ...]) -> None:

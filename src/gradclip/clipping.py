@@ -37,10 +37,14 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from gradclip.checks import ConfigError, require_choice, require_number
+from gradclip.checks import ConfigError, require_choice, require_known_keys, require_number
 
 METHODS = ("none", "norm", "agc", "value")
 GRANULARITIES = ("batch", "sample")
+# The keys of each method (configs/clip/<method>.yaml).
+KEYS = {"none": ("method", "granularity"), "norm": ("method", "granularity", "threshold", "eps"),
+        "agc": ("method", "granularity", "clip_factor", "eps", "exclude"),
+        "value": ("method", "granularity", "threshold")}
 
 # timm's floor on a unit's gradient norm before dividing by it.
 _AGC_MIN_GRAD_NORM = 1e-6
@@ -248,6 +252,7 @@ def validate_clip_config(cfg: Mapping) -> None:
     require_choice(cfg, "clip", "method", METHODS)
     require_choice(cfg, "clip", "granularity", GRANULARITIES)
     method = cfg["method"]
+    require_known_keys(cfg, "clip", KEYS[method], f"clip.method={method}")
     if method in ("norm", "value"):
         require_number(cfg, "clip", "threshold", lambda v: v > 0, "> 0")
     if method == "norm":

@@ -2,86 +2,226 @@
 
 A run directory (the job's Hydra output directory) holds:
 
+* ``summary.json``   ``status`` (see below), ``diverged_step``, the final metrics, run-wide
+                     maxima, wall time, versions, git commit, device, and the process that wrote
+                     it (host, pid); written first, replaced atomically, touched every
+                     ``HEARTBEAT_S`` seconds while the run is alive;
 * ``config.yaml``    the resolved config of the run;
 * ``metrics.jsonl``  one JSON object per logged row, each with ``step`` (the number of SGD
                      updates done); training keys start with ``train/``, full-data ones with
                      ``eval/``;
 * ``units.jsonl``    with ``unit_log_every`` > 0 only: per unit, ||W_i|| before and ||Delta W_i||
-                     of a step, every ``unit_log_every`` steps;
-* ``summary.json``   ``status`` (running | completed | diverged | failed), ``diverged_step``,
-                     the final metrics, run-wide maxima, wall time, versions, git commit, device.
+                     of a step, every ``unit_log_every`` steps.
 
+Statuses: ``running`` (a live process is writing it), ``completed``, ``diverged`` (a result:
+the iterates left the bound or became non-finite), ``failed`` (a crash, a write error, bad input,
+or a record that cannot be read), ``interrupted`` (stopped by a signal at a step boundary, or
+its process died without a word: a ``running`` record whose process is gone is read as
+``interrupted``). A relaunch trains again every run that is not completed or diverged.
+
+Records are written whole or not at all: a row is one ``write`` and is cut back if the write
+fails; JSON and YAML files are replaced through a temporary file that never outlives an error.
 Figures are built from these files (or, for an online project, from the W&B API), never from
-the training process itself. :func:`load_runs` reads any set of run directories.
+the training process itself. :func:`load_runs` reads any set of run directories, whatever state
+a fault left them in.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
+import logging
 import math
 import os
-import tempfile
+import socket
+import threading
+import time
+import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
+log = logging.getLogger(__name__)
+
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 UNITS_FILE = "units.jsonl"
 SUMMARY_FILE = "summary.json"
+STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "diverged")
+# A live run touches its summary.json this often; a record of another host whose summary is
+# older than HEARTBEAT_STALE_S is taken for dead (its own host checks the process instead).
+HEARTBEAT_S = 30.0
+HEARTBEAT_STALE_S = 600.0
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a temporary file, so a reader never sees half a file."""
+class RecordError(Exception):
+    """A record on disk that cannot be read. The message names the file and the remedy."""
+
+
+class RecordWriteError(Exception):
+    """A record file could not be written (disk full, read-only folder, ...)."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        self.path, self.error = Path(path), error
+        super().__init__(f"cannot write {path}: {error.strerror or error}")
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+def write_text_atomic(path: Path, text: str, in_place_on_full_disk: bool = False) -> None:
+    """Write a file through a temporary file in the same folder, so that a reader never sees half
+    a file and an error leaves neither a half file nor the temporary one. The file gets the mode
+    of any other new file (0666 less the umask), not mkstemp's 0600.
+
+    ``in_place_on_full_disk``: where the temporary copy finds no space, overwrite an existing
+    file in place instead: its blocks are already allocated (a summary is a few kB), so a final
+    status still reaches a full disk.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    data = text.encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as error:
+        _unlink_quietly(tmp)
+        if not (in_place_on_full_disk and error.errno in (errno.ENOSPC, errno.EDQUOT) and path.is_file()):
+            raise RecordWriteError(path, error) from None
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                _write_all(fd, data)
+                os.ftruncate(fd, len(data))
+            finally:
+                os.close(fd)
+        except OSError:
+            raise RecordWriteError(path, error) from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
 
 
-def read_summary(run_dir: Path) -> dict | None:
-    """The run's summary, or None if it has none (yet)."""
-    path = Path(run_dir) / SUMMARY_FILE
-    if not path.is_file():
+def write_json_atomic(path: Path, obj: Any, in_place_on_full_disk: bool = False) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", in_place_on_full_disk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class _JsonLines:
+    """An append-only JSON-lines file on a raw descriptor: each row is one write, and a write
+    that fails part-way (disk full) is cut back, so the file never ends in half a row."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        except OSError as error:
+            raise RecordWriteError(path, error) from None
+
+    def write(self, row: Mapping) -> None:
+        data = (json.dumps(row) + "\n").encode()
+        start = os.lseek(self.fd, 0, os.SEEK_CUR)
+        try:
+            _write_all(self.fd, data)
+        except OSError as error:
+            try:
+                os.ftruncate(self.fd, start)
+                os.lseek(self.fd, start, os.SEEK_SET)
+            except OSError:
+                pass
+            raise RecordWriteError(self.path, error) from None
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def process_identity() -> dict:
+    """Who writes a record: host and pid, plus what tells this process from a later one that
+    reuses its pid (Linux: the boot and the process's start time in clock ticks)."""
+    identity = {"host": socket.gethostname(), "pid": os.getpid()}
+    identity.update(_proc_start(os.getpid()) or {})
+    return identity
+
+
+def _proc_start(pid: int) -> dict | None:
+    """{"boot_id", "start_ticks"} of a live process on this host, or None (gone, or no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
         return None
-    with open(path) as f:
-        return json.load(f)
+    # Field 22, counted after the command name, which may hold spaces and is closed by ')'.
+    return {"boot_id": boot, "start_ticks": int(stat.rsplit(")", 1)[1].split()[19])}
 
 
-def is_finished(run_dir: Path) -> bool:
-    """True if the run already completed or diverged: a re-launched sweep skips it."""
-    summary = read_summary(run_dir)
-    return summary is not None and summary.get("status") in FINISHED
+def process_alive(identity: Mapping) -> bool | None:
+    """Whether the process that wrote a record still runs: True/False on its own host, None on
+    another host (the caller falls back to the heartbeat)."""
+    if identity.get("host") != socket.gethostname() or not isinstance(identity.get("pid"), int):
+        return None
+    pid = identity["pid"]
+    if "start_ticks" in identity:
+        return _proc_start(pid) == {"boot_id": identity.get("boot_id"), "start_ticks": identity["start_ticks"]}
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class RunRecorder:
-    """Writes one run's local record; rows are flushed as they come, so a crash keeps them."""
+    """Writes one run's local record; rows reach the file as they come, so a crash keeps them.
+
+    Every write error is raised as :class:`RecordWriteError`, naming the file.
+    """
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self._metrics = self._units = None
         self._final: dict = {}  # every value logged at the latest step
+        self._beat: threading.Event | None = None
 
     def start(self, config: Mapping, summary: Mapping) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / CONFIG_FILE, "w") as f:
-            yaml.safe_dump(dict(config), f, sort_keys=False)
-        self._metrics = open(self.run_dir / METRICS_FILE, "w")  # a new attempt starts afresh
-        self._units = None
-        (self.run_dir / UNITS_FILE).unlink(missing_ok=True)
-        self._final = {}
+        """Start a new attempt: the summary first (so that any folder holding a record file
+        has a summary that says what it is), then the config; rows start afresh."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / UNITS_FILE).unlink(missing_ok=True)
+        except OSError as error:
+            raise RecordWriteError(self.run_dir, error) from None
         self.write_summary(summary)
+        write_text_atomic(self.run_dir / CONFIG_FILE, yaml.safe_dump(dict(config), sort_keys=False))
+        self._metrics = _JsonLines(self.run_dir / METRICS_FILE)
+        self._units = None
+        self._final = {}
+        self._start_heartbeat()
 
     def log(self, row: Mapping) -> None:
-        self._metrics.write(json.dumps(row) + "\n")
-        self._metrics.flush()
+        self._metrics.write(row)
         if row["step"] != self._final.get("step"):
             self._final = {}
         self._final.update(row)
@@ -89,9 +229,8 @@ class RunRecorder:
     def log_units(self, row: Mapping) -> None:
         """Per-unit norms (``unit_log_every``): one JSON object per logged step in units.jsonl."""
         if self._units is None:
-            self._units = open(self.run_dir / UNITS_FILE, "w")
-        self._units.write(json.dumps(row) + "\n")
-        self._units.flush()
+            self._units = _JsonLines(self.run_dir / UNITS_FILE)
+        self._units.write(row)
 
     def final_values(self) -> dict:
         """The metrics logged at the last logged step (with ``step``): a diverged run's final
@@ -99,13 +238,143 @@ class RunRecorder:
         return dict(self._final)
 
     def write_summary(self, summary: Mapping) -> None:
-        write_json_atomic(self.run_dir / SUMMARY_FILE, dict(summary))
+        write_json_atomic(self.run_dir / SUMMARY_FILE, dict(summary), in_place_on_full_disk=True)
 
     def close(self) -> None:
+        if self._beat is not None:
+            self._beat.set()
+            self._beat = None
         for handle in (self._metrics, self._units):
             if handle is not None:
                 handle.close()
         self._metrics = self._units = None
+
+    def _start_heartbeat(self) -> None:
+        """Touch summary.json every HEARTBEAT_S seconds from a daemon thread, so that a reader on
+        another host can tell a live run (recent) from one whose process died (stale)."""
+        stop = self._beat = threading.Event()
+        path = self.run_dir / SUMMARY_FILE
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_S):
+                try:
+                    os.utime(path)
+                except OSError:
+                    pass
+
+        threading.Thread(target=beat, name="gradclip-heartbeat", daemon=True).start()
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def _remedy(run_dir: Path) -> str:
+    return f"rerun=true trains this run again, or delete {run_dir}"
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """The run's summary, or None if it has none (yet). A summary that cannot be parsed raises
+    RecordError naming the file and the remedy."""
+    path = Path(run_dir) / SUMMARY_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise RecordError(f"{path} cannot be read ({error.strerror or error})") from None
+    try:
+        summary = json.loads(text)
+    except json.JSONDecodeError as error:
+        what = "is empty" if not text.strip() else f"is not valid JSON ({error})"
+        raise RecordError(f"{path} {what}: {_remedy(Path(run_dir))}") from None
+    if not isinstance(summary, dict):
+        raise RecordError(f"{path} holds a {type(summary).__name__}, not a run summary: {_remedy(Path(run_dir))}")
+    return summary
+
+
+def read_config(run_dir: Path) -> dict | None:
+    """The run's resolved config, or None if it has none (a job stopped by bad input). A config
+    that cannot be parsed raises RecordError naming the file and the remedy."""
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise RecordError(f"{path} cannot be read ({error.strerror or error})") from None
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise RecordError(f"{path} is not valid YAML ({str(error).splitlines()[0]}): {_remedy(Path(run_dir))}") from None
+    if not isinstance(config, dict):
+        raise RecordError(f"{path} holds no config: {_remedy(Path(run_dir))}")
+    return config
+
+
+@dataclass
+class RunState:
+    """What a run directory holds, as a reader should take it: ``status`` is one of STATUSES
+    (a ``running`` record whose process is gone reads ``interrupted``), ``reason`` says why in
+    words ("" for a completed run)."""
+
+    status: str
+    reason: str
+    summary: dict
+    config: dict | None
+    corrupt: bool = False  # summary.json or config.yaml cannot be parsed
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+def run_state(run_dir: Path) -> RunState:
+    """Read a run directory whatever a fault left in it; never raises for a bad record."""
+    run_dir = Path(run_dir)
+    try:
+        summary = read_summary(run_dir)
+    except RecordError as error:
+        return RunState("failed", f"corrupt record: {error}", {}, None, corrupt=True)
+    try:
+        config = read_config(run_dir)
+    except RecordError as error:
+        return RunState("failed", f"corrupt record: {error}", summary or {}, None, corrupt=True)
+    if summary is None:
+        return RunState("failed", f"no {SUMMARY_FILE} in {run_dir}", {}, config)
+    status = summary.get("status")
+    if status == "running":
+        alive, why = _liveness(run_dir, summary)
+        return RunState("running" if alive else "interrupted", why, summary, config)
+    if status == "failed" and summary.get("bad_input"):
+        return RunState("failed", f"bad input: {summary.get('error')}", summary, config)
+    reason = {"failed": summary.get("error"), "diverged": summary.get("diverged_reason"),
+              "interrupted": summary.get("interrupted_reason")}.get(status, "")
+    if status not in STATUSES:
+        return RunState("failed", f"unknown status {status!r} in {run_dir / SUMMARY_FILE}", summary, config)
+    return RunState(status, reason or "", summary, config)
+
+
+def _liveness(run_dir: Path, summary: Mapping) -> tuple[bool, str]:
+    """Whether a ``running`` record's process is alive, and the reason in words."""
+    identity = summary.get("process") or {}
+    who = f"process {identity.get('pid')} on {identity.get('host')}"
+    try:
+        age = time.time() - (run_dir / SUMMARY_FILE).stat().st_mtime
+    except OSError:
+        age = math.inf
+    alive = process_alive(identity)
+    if alive is None:  # another host (or an old record): the heartbeat decides
+        alive = age < HEARTBEAT_STALE_S
+    if alive:
+        return True, f"{who} is writing it (last write {age:.0f} s ago)"
+    return False, (f"{who} died without a word (SIGKILL, out of memory, a power cut) "
+                   f"{age:.0f} s after its last write; a relaunch trains it again")
+
+
+def is_finished(run_dir: Path) -> bool:
+    """True if the run already completed or diverged: a re-launched sweep skips it. A record
+    that cannot be read is not finished (and is left alone by the caller)."""
+    return run_state(run_dir).finished
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -138,30 +407,42 @@ def flatten(obj: Any, prefix: str = "", out: dict | None = None) -> dict:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    """Rows of a metrics file; a half-written last line (a killed job) is dropped."""
-    if not path.is_file():
+    """Rows of a JSON-lines file. A line that is not a JSON object (half a row from a killed
+    job, a damaged file) is skipped with a warning naming the file and the line."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
         return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        log.warning("%s cannot be read (%s); its rows are left out", path, error)
+        return []
     rows = []
-    for k, line in enumerate(lines):
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            if k < len(lines) - 1:
-                raise
+            row = None
+        if not isinstance(row, dict):
+            log.warning("%s line %d is not a whole row (a write was cut off?); skipped", path, number)
+            continue
+        rows.append(row)
     return rows
 
 
-def runs_frame(run_configs: list[dict], summaries: list[dict], run_ids: list[str]) -> pd.DataFrame:
-    """One row per run: the config flattened with dots (``clip.threshold``) and the summary
-    under ``summary.``."""
+def runs_frame(run_configs: list[dict], summaries: list[dict], run_ids: list[str],
+               reasons: list[str] | None = None) -> pd.DataFrame:
+    """One row per run: ``run_id``, ``reason`` (why the run has its status, in words), the
+    config flattened with dots (``clip.threshold``) and the summary under ``summary.``."""
     rows = []
-    for run_id, config, summary in zip(run_ids, run_configs, summaries, strict=True):
-        row = {"run_id": run_id}
+    reasons = reasons if reasons is not None else [""] * len(run_ids)
+    for run_id, config, summary, reason in zip(run_ids, run_configs, summaries, reasons, strict=True):
+        row = {"run_id": run_id, "reason": reason}
         flatten(config, "", row)
         flatten(summary, "summary", row)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["run_id", "reason", "summary.status"])
 
 
 def metrics_frame(histories: Iterable[tuple[str, list[dict]]]) -> pd.DataFrame:
@@ -170,6 +451,8 @@ def metrics_frame(histories: Iterable[tuple[str, list[dict]]]) -> pd.DataFrame:
     for run_id, rows in histories:
         for row in rows:
             step = row.get("step")
+            if not isinstance(step, int) or isinstance(step, bool):  # not a row of ours
+                continue
             for key, value in row.items():
                 if key == "step" or key.startswith("_") or not isinstance(value, (int, float)):
                     continue
@@ -183,15 +466,19 @@ def load_runs(sources: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple
 
     ``sources``: run or sweep directories, or glob patterns (``runs/stability/**``). ``run_id``
     is the run directory's path, which is unique and lets a figure find the raw files.
+    Any folder the runner can leave behind loads: ``summary.status`` is the status as a reader
+    should take it (:func:`run_state`: a dead ``running`` run reads ``interrupted``, a corrupt
+    record ``failed``), ``reason`` says why; a job stopped by bad input has no config columns.
     """
     run_dirs = find_run_dirs(sources)
-    configs, summaries, ids = [], [], []
+    configs, summaries, ids, reasons = [], [], [], []
     for run_dir in run_dirs:
-        with open(run_dir / CONFIG_FILE) as f:
-            configs.append(yaml.safe_load(f) or {})
-        summaries.append(read_summary(run_dir) or {})
+        state = run_state(run_dir)
+        configs.append(state.config or {})
+        summaries.append(state.summary | {"status": state.status})
         ids.append(str(run_dir))
-    runs = runs_frame(configs, summaries, ids)
+        reasons.append(state.reason)
+    runs = runs_frame(configs, summaries, ids, reasons)
     metrics = metrics_frame((i, _read_jsonl(d / METRICS_FILE)) for i, d in zip(ids, run_dirs))
     return runs, metrics
 
@@ -222,8 +509,18 @@ def load_wandb_runs(
     configs = [{k: v for k, v in dict(r.config).items() if not k.startswith("_")} for r in runs]
     summaries = [_clean_summary(dict(r.summary)) for r in runs]
     ids = [f"{entity}/{project}/{r.id}" for r in runs]
+    reasons = [_summary_reason(s) for s in summaries]
     metrics = metrics_frame((i, list(r.scan_history())) for i, r in zip(ids, runs))
-    return runs_frame(configs, summaries, ids), metrics
+    return runs_frame(configs, summaries, ids, reasons), metrics
+
+
+def _summary_reason(summary: Mapping) -> str:
+    """The reason column for a W&B run, from the summary its local run wrote at the end."""
+    status = summary.get("status")
+    if summary.get("bad_input"):
+        return f"bad input: {summary.get('error')}"
+    key = {"failed": "error", "diverged": "diverged_reason", "interrupted": "interrupted_reason"}.get(status)
+    return str(summary.get(key) or "") if key else ""
 
 
 def _clean_summary(summary: dict) -> dict:

@@ -13,12 +13,30 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from gradclip.checks import require_choice, require_known_keys
 
 log = logging.getLogger(__name__)
 
 LOGGERS = ("none", "wandb")
+PROBE_TIMEOUT_S = 3.0
+INIT_TIMEOUT_S = 15.0
+_probed: dict[str, str | None] = {}  # per process: base URL -> why unreachable (None: reachable)
+# The keys of each logger (configs/logger/<name>.yaml) and W&B's modes.
+KEYS = {"none": ("name",), "wandb": ("name", "project", "entity", "mode", "group", "tags")}
+MODES = ("offline", "online", "disabled")
+
+
+def validate_logger_config(cfg: Mapping) -> None:
+    """Check a ``logger`` config before any work; raise ConfigError naming the key."""
+    require_choice(cfg, "logger", "name", LOGGERS)
+    require_known_keys(cfg, "logger", KEYS[cfg["name"]], f"logger.name={cfg['name']}")
+    if cfg["name"] == "wandb" and cfg.get("mode") is not None:
+        require_choice(cfg, "logger", "mode", MODES)
 
 
 class NullTracker:
@@ -35,7 +53,13 @@ class NullTracker:
 
 class WandbTracker:
     """One W&B run per job, finished in ``finish`` (call it from a ``finally``), so jobs that
-    share a worker process (joblib's loky reuses them) never merge into one run."""
+    share a worker process (joblib's loky reuses them) never merge into one run.
+
+    Online, the W&B server is probed first (a TCP connection, ``PROBE_TIMEOUT_S``), and
+    ``wandb.init`` gets ``INIT_TIMEOUT_S`` instead of W&B's 90 s: without a reachable server the
+    run is mirrored offline instead (one warning; ``wandb sync`` uploads it later), so that a
+    sweep without network costs seconds, not 90 s a job.
+    """
 
     def __init__(
         self,
@@ -58,22 +82,27 @@ class WandbTracker:
             # A new attempt at this run replaces the W&B files of an earlier one, so that
             # `wandb sync` uploads one run per job.
             shutil.rmtree(Path(run_dir) / "wandb", ignore_errors=True)
-            self.run = wandb.init(
-                project=project,
-                entity=entity,
-                mode=mode,
-                dir=str(run_dir),
-                name=name,
-                group=group,
-                tags=list(tags),
-                job_type=job_type,
-                config=dict(config),
-                reinit="create_new",
-                # W&B's own system metadata (git, pip list, hardware) cost ~0.3 s per sweep job; the
-                # local summary records versions, commit and host, and W&B gets it at finish.
-                settings=wandb.Settings(console="off", silent=True, x_disable_stats=True, x_disable_meta=True,
-                                        x_disable_machine_info=True, save_code=False),
-            )
+            if mode == "online":
+                unreachable = _unreachable(wandb.setup().settings.base_url)
+                if unreachable:
+                    log.warning("W&B server %s; this run is mirrored offline instead (upload it later with "
+                                "`wandb sync %s/wandb/offline-run-*`)", unreachable, run_dir)
+                    mode = "offline"
+            kwargs = dict(project=project, entity=entity, dir=str(run_dir), name=name, group=group, tags=list(tags),
+                          job_type=job_type, config=dict(config), reinit="create_new")
+            # W&B's own system metadata (git, pip list, hardware) cost ~0.3 s per sweep job; the
+            # local summary records versions, commit and host, and W&B gets it at finish.
+            settings = dict(console="off", silent=True, x_disable_stats=True, x_disable_meta=True,
+                            x_disable_machine_info=True, save_code=False, init_timeout=INIT_TIMEOUT_S)
+            try:
+                self.run = wandb.init(mode=mode, settings=wandb.Settings(**settings), **kwargs)
+            except Exception as error:  # noqa: BLE001 - the server went away between probe and init
+                if mode != "online":
+                    raise
+                log.warning("W&B online init failed (%s: %s); this run is mirrored offline instead",
+                            type(error).__name__, error)
+                mode = "offline"
+                self.run = wandb.init(mode=mode, settings=wandb.Settings(**settings), **kwargs)
             self.run_path = self.run.path if mode == "online" else str(Path(self.run.dir).parent)
         except Exception as error:  # noqa: BLE001 - W&B must never take the run down
             self._disable("init", error)
@@ -105,6 +134,20 @@ class WandbTracker:
             except Exception:  # noqa: BLE001
                 pass
         self.run = None
+
+
+def _unreachable(base_url: str) -> str | None:
+    """Why the W&B server at ``base_url`` cannot be reached (None if a TCP connection opens).
+    Asked once per process: the jobs a worker runs after the first do not wait again."""
+    if base_url not in _probed:
+        url = urlsplit(base_url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            socket.create_connection((url.hostname, port), timeout=PROBE_TIMEOUT_S).close()
+            _probed[base_url] = None
+        except OSError as error:
+            _probed[base_url] = f"{url.hostname}:{port} is unreachable ({error.strerror or error})"
+    return _probed[base_url]
 
 
 def run_name(cfg: Mapping) -> str:

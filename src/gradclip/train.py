@@ -15,6 +15,7 @@ The loop never imports plotting: figures are built later from the records.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import itertools
 import logging
 import math
@@ -31,25 +32,28 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import hydra
+import hydra._internal.utils as hydra_utils
 import numpy as np
 import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import gradclip
-from gradclip.checks import ConfigError, require_choice, require_int, require_number
+from gradclip.checks import ConfigError, require_choice, require_int, require_known_keys, require_number
 from gradclip.clipping import Clipper, make_clipper, unit_norms, validate_clip_config
 from gradclip.data import load_dataset, validate_data_config
 from gradclip.evaluation import evaluate
 from gradclip.gradients import PerSampleGradients, per_example_loss
 from gradclip.models import build_model, per_sample_unsupported_reason, validate_model_config
-from gradclip.records import CONFIG_FILE, RunRecorder, find_run_dirs, flatten, is_finished, read_summary
+from gradclip import interrupts, sweep
+from gradclip.records import (CONFIG_FILE, SUMMARY_FILE, RecordError, RecordWriteError, RunRecorder, flatten, process_identity,
+                              run_state)
 from gradclip.schedules import make_schedule, validate_schedule_config
-from gradclip.tracking import LOGGERS, make_tracker
+from gradclip.tracking import NullTracker, make_tracker, validate_logger_config
 
 log = logging.getLogger("gradclip.train")
 
@@ -59,8 +63,23 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 # -- configuration --------------------------------------------------------------------------------
 
 
+def _schema_keys() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The top-level keys of configs/train.yaml (its config groups included) and those of its
+    ``divergence`` section: the schema that a key added with ``+`` must belong to."""
+    with open(Path(CONFIG_DIR) / "train.yaml") as f:
+        primary = yaml.safe_load(f)
+    groups = [next(iter(entry)) for entry in primary["defaults"] if isinstance(entry, dict)]
+    top = [key for key in primary if key not in ("defaults", "hydra")] + groups
+    return tuple(top), tuple(primary["divergence"])
+
+
+TOP_KEYS, DIVERGENCE_KEYS = _schema_keys()
+
+
 def validate_config(cfg: Mapping) -> None:
     """Every check that needs no data or model: bad input fails here, before any work."""
+    require_known_keys(cfg, "cfg", TOP_KEYS, "configs/train.yaml")
+    require_known_keys(cfg["divergence"], "divergence", DIVERGENCE_KEYS)
     require_int(cfg, "cfg", "steps", lambda v: v >= 1, "an integer >= 1")
     require_int(cfg, "cfg", "batch_size", lambda v: v >= 1, "an integer >= 1")
     require_int(cfg, "cfg", "seed", lambda v: 0 <= v < 2**63, "an integer >= 0")
@@ -78,11 +97,13 @@ def validate_config(cfg: Mapping) -> None:
     require_choice(cfg, "cfg", "sampling", ("iid", "shuffle"))
     require_choice(cfg, "cfg", "progress", (True, False, "auto"))
     require_choice(cfg, "cfg", "log_theta", (True, False))
-    require_choice(cfg["logger"], "logger", "name", LOGGERS)
+    require_choice(cfg, "cfg", "deterministic", (True, False))
+    require_choice(cfg, "cfg", "rerun", (True, False))
+    validate_logger_config(cfg["logger"])
     if cfg["device"] == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' but torch finds no CUDA device here; use device=auto or device=cpu")
     validate_clip_config(cfg["clip"])
-    validate_schedule_config(cfg["schedule"])
+    validate_schedule_config(cfg["schedule"], cfg["steps"])
     validate_model_config(cfg["model"])
     validate_data_config(cfg["data"])
 
@@ -99,22 +120,32 @@ def _result_config(config: dict) -> dict:
             if not any(key == skip or key.startswith(skip + ".") for skip in NON_RESULT_KEYS)}
 
 
-def _finished_record(run_dir: Path, config: dict) -> dict | None:
-    """The summary of a finished run of this same config in run_dir, or None if there is none.
+def _existing_record(run_dir: Path, config: dict, rerun: bool) -> dict | None:
+    """The summary of a finished run of this same config in run_dir, or None: train afresh.
 
-    A finished record of a different config is an error: re-launching after a change of
-    defaults must not return stale results.
+    Nothing is overwritten that a relaunch should keep: a finished record of a different config
+    is bad input (re-launching after a change of defaults must not return stale results), a
+    record that cannot be read is an error until ``rerun=true``, and a record that a live
+    process is writing is never touched. Interrupted, dead and failed runs train again.
     """
-    if not is_finished(run_dir):
+    state = run_state(run_dir)
+    if state.corrupt and not rerun:
+        raise RecordError(state.reason.removeprefix("corrupt record: "))
+    writer = state.summary.get("process") or {}
+    if state.status == "running" and writer.get("pid") != os.getpid():
+        raise RecordError(f"{run_dir} is being written by a live process ({state.reason}): not starting a "
+                          "second copy; wait for it or stop it")
+    if rerun or not state.finished:
         return None
-    with open(run_dir / CONFIG_FILE) as f:
-        recorded = _result_config(yaml.safe_load(f) or {})
-    current = _result_config(config)
+    if state.config is None:
+        raise RecordError(f"{run_dir} holds a finished summary but no {CONFIG_FILE}: rerun=true trains this "
+                          f"run again, or delete {run_dir}")
+    recorded, current = _result_config(state.config), _result_config(config)
     differ = sorted(key for key in recorded.keys() | current.keys() if recorded.get(key) != current.get(key))
     if differ:
         raise ConfigError(f"{run_dir} holds a finished run of another config (differing keys: "
                           f"{', '.join(differ)}); use rerun=true to replace it, or another name= or output_root=")
-    return read_summary(run_dir)
+    return state.summary
 
 
 # log_theta writes one column per parameter: meant for the closed-form problems' tiny models.
@@ -156,15 +187,15 @@ def _git_state() -> dict:
 
 
 def _versions() -> dict:
-    import numpy
     import omegaconf
     import torchvision
-    import wandb
 
+    # wandb's version from its metadata: importing it (for logger=none) costs a second and
+    # leaves temporary folders behind if the process is killed.
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "numpy": numpy.__version__,
+            "torchvision": torchvision.__version__, "numpy": np.__version__,
             "hydra": hydra.__version__, "omegaconf": omegaconf.__version__,
-            "wandb": wandb.__version__, "gradclip": gradclip.__version__}
+            "wandb": importlib.metadata.version("wandb"), "gradclip": gradclip.__version__}
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -189,16 +220,21 @@ class BatchSampler:
 
 
 def train(cfg: DictConfig, run_dir: Path, reraise: bool = True) -> dict:
-    """Run one job into ``run_dir``; return its summary. Bad input raises ConfigError before
-    anything is written; a diverged run is a result; any other error is recorded as ``failed``
-    (and re-raised when ``reraise``)."""
+    """Run one job into ``run_dir``; return its summary.
+
+    Bad input raises ConfigError, and a record that must not be touched RecordError, before
+    anything is written. A diverged run is a result. A stop signal (gradclip.interrupts) ends
+    the run at a step boundary as ``interrupted``. Any other error is recorded as ``failed``
+    and re-raised when ``reraise``, except a write error (a full disk), whose message names the
+    file. If even the final summary cannot be written, the returned summary says so under
+    ``summary_write_error``.
+    """
     validate_config(cfg)
     run_dir = Path(run_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
-    finished = None if cfg.rerun else _finished_record(run_dir, config)
+    finished = _existing_record(run_dir, config, bool(cfg.rerun))
     if finished:
-        log.info("%s already holds this %s run; skipping (rerun=true to train again)", run_dir, finished["status"])
-        return finished
+        return finished | {"skipped": True}
 
     device = _resolve_device(cfg.device)
     if cfg.threads:
@@ -227,25 +263,31 @@ def train(cfg: DictConfig, run_dir: Path, reraise: bool = True) -> dict:
 
     summary = {"status": "running", "diverged_step": None, "seed": cfg.seed, "device": str(device),
                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "host": socket.gethostname(), "git": _git_state(), "versions": _versions(),
-               "clipper": clipper.describe(), "num_parameters": num_parameters}
+               "host": socket.gethostname(), "process": process_identity(), "git": _git_state(),
+               "versions": _versions(), "clipper": clipper.describe(), "num_parameters": num_parameters}
     recorder = RunRecorder(run_dir)
-    recorder.start(config, summary)
-    tracker = make_tracker(cfg.logger, run_dir, config)
-    summary["wandb"] = tracker.run_path
+    tracker = NullTracker()
     exit_code = 1
     try:
+        recorder.start(config, summary)
+        tracker = make_tracker(cfg.logger, run_dir, config)
+        summary["wandb"] = tracker.run_path
         summary |= _train_loop(cfg, model, names, params, clipper, schedule, data, device, recorder, tracker)
-        exit_code = 0
+        signum = interrupts.received()
+        exit_code = interrupts.exit_code(signum) if summary["status"] == "interrupted" else 0
     except Exception as error:
-        summary |= {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                    "traceback": traceback.format_exc()}
-        log.error("run failed: %s (recorded in %s)", summary["error"], run_dir / "summary.json")
-        if reraise:
+        summary |= {"status": "failed", "error": str(error) if isinstance(error, RecordWriteError)
+                    else f"{type(error).__name__}: {error}"}
+        if not isinstance(error, RecordWriteError):  # a write error needs no traceback: it names the file
+            summary["traceback"] = traceback.format_exc()
+        if reraise and not isinstance(error, RecordWriteError):
             raise
     finally:
         summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        recorder.write_summary(summary)
+        try:
+            recorder.write_summary(summary)
+        except RecordWriteError as error:
+            summary["summary_write_error"] = str(error)
         recorder.close()
         tracker.finish(summary, exit_code)
     return summary
@@ -378,7 +420,10 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
         if unit_log_every and (step == 1 or step % unit_log_every == 0):
             recorder.log_units(_unit_row(step, lr, names, params, previous, delta, offsets))
 
-        if reason or step % log_every == 0 or step == steps:
+        # A stop signal (SIGTERM from SLURM, Ctrl-C) ends the run here, at a step boundary, with
+        # this step's row written: the record says how far it got.
+        stop = interrupts.received()
+        if reason or stop or step % log_every == 0 or step == steps:
             row = {"step": step, "train/loss": loss_value,
                    "train/scaled_loss": (losses / stats.factor).mean().item(),
                    "train/grad_norm": stats.grad_norm.item(), "train/clipped_grad_norm": update_norm,
@@ -399,6 +444,9 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
         if reason:
             log.info("diverged at step %d: %s", step, reason)
             break
+        if stop:
+            status = "interrupted"
+            break
         # Drop this step's per-example tensors before the next step allocates its own: holding
         # both makes glibc map and unmap them every step (measured: a quarter of the speed).
         grads = mean = stats = losses = None
@@ -410,7 +458,10 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
         eval_row(steps)
 
     maxima.flush()
-    return {"status": status, "diverged_step": diverged_step, "diverged_reason": reason,
+    if status == "interrupted":
+        reason = f"{interrupts.name(stop)} after step {step} of {steps}"
+    return {"status": status, "diverged_step": diverged_step,
+            ("interrupted_reason" if status == "interrupted" else "diverged_reason"): reason,
             "steps_completed": step, "initial_param_norm": initial.norm().item(),
             **({"initial_theta": initial.tolist()} if log_theta else {}),
             **{f"max_{key}": value for key, value in maxima.run.items()},
@@ -470,42 +521,126 @@ OmegaConf.register_new_resolver("gradclip_dirname", _dirname, replace=True)
 
 
 def _job(cfg: DictConfig) -> None:
+    """One Hydra job: train, then say in one line what happened, and exit with a code that says
+    it (a single run) or note it in the sweep's journal (gradclip.sweep: a job's failure never
+    stops the other jobs, and the sweep's report and exit code count it)."""
+    if not interrupts.installed():  # a worker process of the joblib launcher
+        interrupts.install()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+
+    def outcome(kind: str, detail: str = "", code: int = 1) -> None:
+        """Journal this job's outcome in a sweep; end the process of a single run with ``code``."""
+        if multirun:
+            sweep.record_job(Path(hydra_cfg.sweep.dir), run_dir.name, kind, detail)
+        elif code:
+            sys.exit(code)
+
+    signum = interrupts.received()
+    if signum:
+        outcome("not_started", f"{interrupts.name(signum)} before the job began", interrupts.exit_code(signum))
+        _stop_sweep(signum)
+        return
+    outcome("started", code=0)
     try:
         # A crash in one job of a sweep is recorded as `failed` and the sweep goes on.
         summary = train(cfg, run_dir, reraise=not multirun)
     except ConfigError as error:
         # One clear line, no traceback: the input is wrong, not the code.
         print(f"gradclip: bad input: {error}", file=sys.stderr)
-        if not multirun:
-            sys.exit(2)
-        # In a sweep the other jobs go on; SweepReport exits 2 at the end. A finished record
-        # already in run_dir is left as it is.
-        if not is_finished(run_dir):
-            RunRecorder(run_dir).write_summary({"status": "failed", "bad_input": True, "error": str(error)})
+        # A folder with no record yet gets one that says why (load_runs shows it); a record
+        # already there, finished or not, is left as it is.
+        if multirun and not (run_dir / SUMMARY_FILE).exists():
+            try:
+                RunRecorder(run_dir).write_summary({"status": "failed", "bad_input": True, "error": str(error),
+                                                    "process": process_identity()})
+            except RecordWriteError:
+                pass
+        return outcome("bad_input", str(error), 2)
+    except RecordError as error:  # a record that must not be touched: corrupt, or live elsewhere
+        print(f"gradclip: {error}", file=sys.stderr)
+        return outcome("failed", str(error), 1)
+
+    status = summary["status"]
+    if summary.get("skipped"):
+        log.info("%s already holds this %s run; skipped (rerun=true trains it again)", run_dir, status)
+        return outcome("skipped", code=0)
+    if status == "failed":
+        recorded = (f"and its summary could not be written either ({summary['summary_write_error']})"
+                    if "summary_write_error" in summary else f"recorded in {run_dir / SUMMARY_FILE}")
+        print(f"gradclip: run failed: {summary['error']}; {recorded}", file=sys.stderr)
+        return outcome("failed", summary["error"], 1)
+    if status == "interrupted":
+        signum = interrupts.received()
+        again = " (the same command trains it again)" if multirun else ""
+        print(f"gradclip: interrupted by {summary['interrupted_reason']}; recorded in {run_dir / SUMMARY_FILE}{again}",
+              file=sys.stderr)
+        outcome("interrupted", summary["interrupted_reason"], interrupts.exit_code(signum))
+        _stop_sweep(signum)
         return
-    log.info("%s: %s after %s steps -> %s", summary["status"], summary.get("clipper"),
-             summary.get("steps_completed"), run_dir)
+    log.info("%s: %s after %s steps -> %s", status, summary.get("clipper"), summary.get("steps_completed"), run_dir)
+    outcome(status, summary.get("diverged_reason") or "", code=0)
 
 
-class SweepReport(Callback):
-    """After a sweep: one line counting its runs by status; exit 2 if any job had bad input."""
+def _stop_sweep(signum: int) -> None:
+    """After a signal, a sweep whose jobs run in this process launches no more of them."""
+    if sweep.in_sweep_process():
+        raise interrupts.SweepInterrupted(signum)
 
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        summaries = [read_summary(d) or {} for d in find_run_dirs(sweep_dir)]
-        counts = {status: sum(s.get("status") == status for s in summaries)
-                  for status in ("completed", "diverged", "failed", "running")}
-        log.info("sweep %s: %s", sweep_dir, ", ".join(f"{n} {status}" for status, n in counts.items() if n))
-        bad = sorted({s["error"] for s in summaries if s.get("bad_input")})
-        if bad:
-            print("gradclip: bad input in this sweep:\n  " + "\n  ".join(bad), file=sys.stderr)
+
+_hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(_job)
+_hydra_run_and_report = hydra_utils.run_and_report
+
+
+def _run_and_report(func):
+    """Hydra's error reporting, with its own input errors (an unknown option of a config group,
+    an override that does not parse or names no key) as one line of bad input and exit 2, and a
+    folder Hydra cannot write (a full disk stops a sweep there) as one line, the sweep's report
+    and exit 1."""
+
+    def guarded():
+        try:
+            return func()
+        except CompactHydraException as error:
+            print(f"gradclip: bad input: {_hydra_message(error)}", file=sys.stderr)
             sys.exit(2)
+        except OSError as error:  # e.g. a full disk when Hydra writes a job's .hydra/ folder
+            where = f" {error.filename}" if error.filename else " its files"
+            print(f"gradclip: Hydra cannot write{where}: {error.strerror or error}", file=sys.stderr)
+            sys.exit(sweep.report_stopped() or 1)
+
+    return _hydra_run_and_report(guarded)
 
 
-main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(_job)
+def _hydra_message(error: Exception) -> str:
+    """A Hydra composition error in one line: the options of a group as a list, without the
+    config search path, and without the hint to add an unknown key with '+' (which the schema
+    check would then reject)."""
+    text = str(error).split("\nConfig search path")[0]
+    text = re.sub(r"\s*Available options in '(.+?)':\s*\n((?:\s*\t.*\n?)+)",
+                  lambda m: f"; available options in '{m[1]}': " + ", ".join(m[2].split()), text)
+    if "To append to your config use" in text and error.__cause__ is not None:
+        text = re.split(r"\.\s*To append", text)[0] + f": {str(error.__cause__).splitlines()[0]}"
+    return re.sub(r"\s*\n\s*", " ", text).strip()
+
+
+def main() -> None:
+    """``python -m gradclip.train`` and ``gradclip-train``: Hydra's main, with stop signals noted
+    rather than raised (gradclip.interrupts), Hydra's own input errors exiting 2, and a sweep
+    stopped by a signal still printing its report (exit 128 + the signal)."""
+    interrupts.install()
+    # A log handler that cannot write (Hydra's job log on a full disk) must not print a
+    # traceback per line: the run's own record says what failed.
+    logging.raiseExceptions = False
+    # Hydra looks run_and_report up in this module each time (hydra-core 1.3, pinned);
+    # tests/test_faults.py fails if that changes.
+    hydra_utils.run_and_report = _run_and_report
+    try:
+        _hydra_main()
+    except interrupts.SweepInterrupted as stop:
+        sys.exit(sweep.report_interrupted(stop.signum))
+
 
 if __name__ == "__main__":
     main()

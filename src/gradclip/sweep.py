@@ -1,0 +1,161 @@
+"""A sweep's own bookkeeping: what each job of this launch did, the report line, the exit code.
+
+Every job of a Hydra multirun writes one small JSON file into ``<sweep dir>/.sweep/`` (its
+journal entry: ``started`` when it begins, its outcome when it ends), whichever process or host
+runs it. :class:`SweepReport`, a Hydra callback, clears the journal when the sweep starts and
+reads it when the sweep ends (or when a signal stops it) to print one line counting this
+launch's jobs by outcome, one line per job that needs attention, and to exit with a code that
+tells the truth:
+
+    128 + signal  the sweep was stopped by a signal (SIGINT: 130, SIGTERM: 143)
+    2             a job had bad input, or its folder holds a finished record of another config
+    1             a job failed (a crash, a write error, a corrupt record) or was interrupted
+    0             every job completed or diverged (divergence is a result), now or before
+
+Run records themselves (gradclip.records) are the results; the journal only says what this
+launch did with them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from gradclip import interrupts
+from gradclip.records import RecordWriteError, process_alive, process_identity, run_state, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+JOURNAL_DIR = ".sweep"
+# Outcomes, in the order the report lists them; "started" is a job that has not ended (yet).
+OUTCOMES = ("completed", "diverged", "skipped", "failed", "interrupted", "bad_input", "not_started", "started")
+LABELS = {"skipped": "already finished (skipped)", "bad_input": "bad input", "not_started": "not started",
+          "started": "never ended"}
+# After a signal, how long a sweep whose jobs run in worker processes waits for their runs to
+# record themselves before it aborts the pool (which kills the workers).
+WORKER_GRACE_S = 10.0
+
+# The sweep this process launched (set in the sweep's own process only: workers leave it None).
+_sweep_dir: Path | None = None
+_sweep_pid: int | None = None
+
+
+def journal(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / JOURNAL_DIR
+
+
+def record_job(sweep_dir: Path, job: str, outcome: str, detail: str = "") -> None:
+    """Write a job's journal entry (``job`` is its folder name). A failure to write it (a full
+    disk) is logged in one line and otherwise ignored: the run's own record is what counts."""
+    entry = {"job": job, "outcome": outcome, "detail": detail, "process": process_identity()}
+    path = journal(sweep_dir) / f"{job}.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, entry, in_place_on_full_disk=True)
+    except (OSError, RecordWriteError) as error:
+        log.warning("sweep journal: %s", error)
+
+
+def read_journal(sweep_dir: Path) -> list[dict]:
+    entries = []
+    for path in sorted(journal(sweep_dir).glob("*.json")):
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a journal entry is bookkeeping, never worth a crash
+        if isinstance(entry, dict) and entry.get("outcome") in OUTCOMES:
+            entries.append(entry)
+    return entries
+
+
+def in_sweep_process() -> bool:
+    """True in the process that launched the sweep (Hydra's basic launcher runs jobs there)."""
+    return _sweep_pid == os.getpid()
+
+
+def report(sweep_dir: Path, signum: int | None = None) -> int:
+    """Print the sweep's report to stderr and return its exit code."""
+    entries = read_journal(sweep_dir)
+    counts = {outcome: sum(e["outcome"] == outcome for e in entries) for outcome in OUTCOMES}
+    parts = [f"{n} {LABELS.get(outcome, outcome)}" for outcome, n in counts.items() if n]
+    stopped = f"stopped by {interrupts.name(signum)}; " if signum else ""
+    jobs = f"{len(entries)} job{'' if len(entries) == 1 else 's'}"
+    print(f"gradclip: sweep {sweep_dir}: {stopped}{jobs}: {', '.join(parts) or 'none'}", file=sys.stderr)
+    for entry in entries:
+        if entry["outcome"] in ("failed", "interrupted", "bad_input", "started"):
+            detail = entry.get("detail")
+            if entry["outcome"] == "started":  # its record says how far it got
+                state = run_state(Path(sweep_dir) / entry["job"])
+                detail = f"its record reads {state.status}" + (f": {state.reason}" if state.reason else "")
+            print(f"  {LABELS.get(entry['outcome'], entry['outcome'])}: {entry['job']}: {detail}", file=sys.stderr)
+    if signum:
+        return interrupts.exit_code(signum)
+    if counts["bad_input"]:
+        return 2
+    if counts["failed"] or counts["interrupted"] or counts["started"]:
+        return 1
+    return 0
+
+
+def _wait_for_jobs(sweep_dir: Path, timeout: float) -> None:
+    """Wait until no job of this launch is ``started`` with a live process, or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(e["outcome"] == "started" and process_alive(e.get("process") or {}) is not False
+                   for e in read_journal(sweep_dir)):
+            return
+        time.sleep(0.05)
+
+
+class SweepReport(Callback):
+    """Hydra callback (configs/train.yaml): starts the journal and installs the signal handler
+    when a sweep starts; prints the report and exits with its code when the sweep ends."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        global _sweep_dir, _sweep_pid
+        _sweep_dir, _sweep_pid = Path(config.hydra.sweep.dir), os.getpid()
+        folder = journal(_sweep_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.json"):  # the journal of an earlier launch
+            old.unlink(missing_ok=True)
+        interrupts.reset()
+        in_process = config.hydra.launcher._target_.endswith("BasicLauncher")
+        # Jobs in this process stop at their next step and raise SweepInterrupted themselves
+        # (gradclip.train._job); jobs in workers must be told, then the pool aborted.
+        interrupts.install(None if in_process else _stop_workers)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        code = report(Path(config.hydra.sweep.dir), interrupts.received())
+        if code:
+            sys.exit(code)
+
+
+def _stop_workers(signum: int) -> None:
+    """On a signal in a sweep whose jobs run in worker processes: pass it on to the workers,
+    give their runs a moment to record themselves as interrupted, then abort the pool."""
+    interrupts.forward_to_workers(signum)
+    if _sweep_dir is not None:
+        _wait_for_jobs(_sweep_dir, WORKER_GRACE_S)
+    raise interrupts.SweepInterrupted(signum)
+
+
+def report_interrupted(signum: int) -> int:
+    """The report of a sweep stopped by a signal (from gradclip.train.main), or just the code."""
+    if _sweep_dir is not None and in_sweep_process():
+        return report(_sweep_dir, signum)
+    return interrupts.exit_code(signum)
+
+
+def report_stopped() -> int:
+    """The report of a sweep that an error outside its jobs stopped (Hydra could not write a
+    job's folder); 0 if no sweep was running in this process."""
+    if _sweep_dir is None or not in_sweep_process():
+        return 0
+    return max(report(_sweep_dir), 1)
