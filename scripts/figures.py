@@ -42,6 +42,14 @@ def load(args, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     if args.source == "wandb":
         return load_wandb_runs(args.entity, args.project, {"group": experiment})
     runs, metrics = load_runs(Path(args.runs) / experiment)
+    # Only results enter a table: completed and diverged runs, and failed ones (crashes), which
+    # the stability table counts. Interrupted and live runs, and jobs that never had a config
+    # (bad input, a corrupt record), are named here and left out.
+    configured = runs["seed"].notna() if "seed" in runs else pd.Series(False, index=runs.index)
+    kept = runs["summary.status"].isin(["completed", "diverged", "failed"]) & configured
+    for _, run in runs[~kept].iterrows():
+        print(f"figures: {experiment}: left out {run['run_id']} ({run['summary.status']}: {run['reason']})")
+    runs = runs[kept]
     if runs.empty:
         raise SystemExit(f"no run records under {Path(args.runs) / experiment}: run the sweep first")
     return runs, metrics

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -77,9 +78,26 @@ EXPERIMENTS = {"stability": stability_sweeps, "agc_small_weights": agc_small_wei
                "ode_tracking": ode_tracking_sweeps}
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
 def run(command: list[str]) -> None:
+    """Run one step. A stop signal is passed on to the step (a sweep ends its runs at a step
+    boundary and reports; Ctrl-C reaches it directly too, and a repeat changes nothing); a step
+    that fails or is stopped ends reproduce with its exit code and one line."""
     print("+", " ".join(command), flush=True)
-    subprocess.run(command, cwd=ROOT, check=True)
+    child = subprocess.Popen(command, cwd=ROOT)
+    previous = {s: signal.signal(s, lambda signum, frame: child.send_signal(signum)) for s in STOP_SIGNALS}
+    try:
+        code = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if code:
+        what = f"stopped by {signal.Signals(code - 128).name}" if code > 128 else f"failed (exit {code})"
+        print(f"reproduce: {what} in: {' '.join(command[1:5])}; the same command resumes, training only what "
+              "is missing", file=sys.stderr)
+        sys.exit(code)
 
 
 def main() -> None:

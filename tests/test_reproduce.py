@@ -18,7 +18,9 @@ TABLES = ["stability.csv", "increments.csv", "stability_trajectories.csv", "agc_
 @pytest.mark.slow
 def test_smoke_reproduce_writes_every_figure_and_the_report(tmp_path):
     runs, results, figures = tmp_path / "runs", tmp_path / "results", tmp_path / "figures"
-    command = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--scale", "smoke", "--jobs", "2",
+    # --jobs 1: joblib runs the tiny smoke jobs in the sweep's own process, which here is faster
+    # than starting workers (the joblib pool is tested in test_cli.py and test_faults.py).
+    command = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--scale", "smoke", "--jobs", "1",
                "--runs", str(runs), "--results", str(results), "--figures", str(figures)]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -35,10 +37,10 @@ def test_smoke_reproduce_writes_every_figure_and_the_report(tmp_path):
         assert "**Verdict: " in section, f"section {number} has no verdict"
     increments = report.split("## 1. ")[1].split("## 2. ")[0]
     assert increments.splitlines()[2].startswith("**Verdict: holds.**")  # bounded increments hold at any scale
-    # A second run trains nothing: every job finds its finished record (checked on two experiments'
-    # sweeps, group overrides included, to keep the test short).
+    # A second run trains nothing: every job finds its finished record (checked on one experiment's
+    # two sweeps, a group override included, to keep the test short).
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")}
-    second = subprocess.run(command + ["--only", "stability", "limit_set"], capture_output=True, text=True, timeout=600)
+    second = subprocess.run(command + ["--only", "limit_set"], capture_output=True, text=True, timeout=600)
     assert second.returncode == 0
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")} == stamps
     # make figures: the plots are rebuilt from the tables alone.

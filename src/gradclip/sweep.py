@@ -45,6 +45,8 @@ WORKER_GRACE_S = 10.0
 # The sweep this process launched (set in the sweep's own process only: workers leave it None).
 _sweep_dir: Path | None = None
 _sweep_pid: int | None = None
+# True while a job runs in this process (gradclip.train._job sets it).
+job_here = False
 
 
 def journal(sweep_dir: Path) -> Path:
@@ -130,6 +132,12 @@ class SweepReport(Callback):
         # Jobs in this process stop at their next step and raise SweepInterrupted themselves
         # (gradclip.train._job); jobs in workers must be told, then the pool aborted.
         interrupts.install(None if in_process else _stop_workers)
+        if not in_process:
+            # Aborting the pool after a signal kills its workers, and the pool's resource trackers
+            # then warn about the semaphores the workers held: noise, not a problem of the runs.
+            quiet = ("ignore:resource_tracker:UserWarning:joblib.externals.loky.backend.resource_tracker,"
+                     "ignore:resource_tracker:UserWarning:multiprocessing.resource_tracker")
+            os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         code = report(Path(config.hydra.sweep.dir), interrupts.received())
@@ -139,7 +147,11 @@ class SweepReport(Callback):
 
 def _stop_workers(signum: int) -> None:
     """On a signal in a sweep whose jobs run in worker processes: pass it on to the workers,
-    give their runs a moment to record themselves as interrupted, then abort the pool."""
+    give their runs a moment to record themselves as interrupted, then abort the pool. (If a
+    job runs in this very process, joblib with n_jobs=1, it stops at its next step boundary
+    and raises SweepInterrupted itself.)"""
+    if job_here:
+        return
     interrupts.forward_to_workers(signum)
     if _sweep_dir is not None:
         _wait_for_jobs(_sweep_dir, WORKER_GRACE_S)

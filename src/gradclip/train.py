@@ -275,6 +275,9 @@ def train(cfg: DictConfig, run_dir: Path, reraise: bool = True) -> dict:
         summary |= _train_loop(cfg, model, names, params, clipper, schedule, data, device, recorder, tracker)
         signum = interrupts.received()
         exit_code = interrupts.exit_code(signum) if summary["status"] == "interrupted" else 0
+    except KeyboardInterrupt:  # train() called from a program that has no stop handler (a notebook)
+        summary |= {"status": "interrupted", "interrupted_reason": "KeyboardInterrupt in the calling program"}
+        raise
     except Exception as error:
         summary |= {"status": "failed", "error": str(error) if isinstance(error, RecordWriteError)
                     else f"{type(error).__name__}: {error}"}
@@ -543,24 +546,28 @@ def _job(cfg: DictConfig) -> None:
         _stop_sweep(signum)
         return
     outcome("started", code=0)
+    sweep.job_here = True
     try:
         # A crash in one job of a sweep is recorded as `failed` and the sweep goes on.
         summary = train(cfg, run_dir, reraise=not multirun)
     except ConfigError as error:
         # One clear line, no traceback: the input is wrong, not the code.
         print(f"gradclip: bad input: {error}", file=sys.stderr)
-        # A folder with no record yet gets one that says why (load_runs shows it); a record
-        # already there, finished or not, is left as it is.
-        if multirun and not (run_dir / SUMMARY_FILE).exists():
-            try:
-                RunRecorder(run_dir).write_summary({"status": "failed", "bad_input": True, "error": str(error),
-                                                    "process": process_identity()})
-            except RecordWriteError:
-                pass
+        if multirun:
+            _record_if_empty(run_dir, {"status": "failed", "bad_input": True, "error": str(error)})
         return outcome("bad_input", str(error), 2)
     except RecordError as error:  # a record that must not be touched: corrupt, or live elsewhere
         print(f"gradclip: {error}", file=sys.stderr)
         return outcome("failed", str(error), 1)
+    except Exception as error:  # a crash before the record began (building the model, the data)
+        if not multirun:
+            raise  # Hydra prints the traceback
+        message = f"{type(error).__name__}: {error}"
+        print(f"gradclip: run failed: {message}", file=sys.stderr)
+        _record_if_empty(run_dir, {"status": "failed", "error": message, "traceback": traceback.format_exc()})
+        return outcome("failed", message, 1)
+    finally:
+        sweep.job_here = False
 
     status = summary["status"]
     if summary.get("skipped"):
@@ -581,6 +588,16 @@ def _job(cfg: DictConfig) -> None:
         return
     log.info("%s: %s after %s steps -> %s", status, summary.get("clipper"), summary.get("steps_completed"), run_dir)
     outcome(status, summary.get("diverged_reason") or "", code=0)
+
+
+def _record_if_empty(run_dir: Path, summary: dict) -> None:
+    """Give a sweep job's folder that holds no record yet a summary that says why it has none
+    (load_runs shows it); a record already there, finished or not, is left as it is."""
+    if not (run_dir / SUMMARY_FILE).exists():
+        try:
+            RunRecorder(run_dir).write_summary(summary | {"process": process_identity()})
+        except RecordWriteError:
+            pass
 
 
 def _stop_sweep(signum: int) -> None:

@@ -1,0 +1,421 @@
+"""Faults, tried as a user meets them: signals to real runs and sweeps, a full disk, corrupt and
+stale records, dead processes, non-finite or unknown settings, W&B without a server. Each test
+asserts the status, the exit code, the message, and that every earlier record is intact."""
+
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hydra._internal.utils as hydra_utils
+import pytest
+import yaml
+
+from gradclip import interrupts, records, sweep
+from gradclip.checks import ConfigError
+from gradclip.records import RecordError, load_runs, run_state
+from gradclip.train import main, train
+
+FAST = ["batch_size=16", "log_every=5", "eval_every=0", "progress=false", "logger=none"]
+JOB = "batch_size=16,eval_every=0,log_every=5,"  # how a sweep job's folder name starts, with FAST
+
+
+def launch(*args, cwd, **env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gradclip.train", *args], cwd=cwd, text=True,
+                            env=dict(os.environ, HYDRA_FULL_ERROR="0", **env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_rows(folder: Path, pattern: str, timeout: float = 120) -> Path:
+    """The first metrics.jsonl under ``folder`` matching ``pattern`` once it holds a row."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in folder.glob(pattern):
+            if path.stat().st_size > 0:
+                return path
+        time.sleep(0.05)
+    raise AssertionError(f"no rows under {folder}/{pattern} after {timeout} s")
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def cfg(make_cfg):
+    """The tiny test config without full-data evaluation: these tests are about records."""
+    return lambda *overrides: make_cfg("eval_every=0", *overrides)
+
+
+def no_traceback(stderr: str) -> None:
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+
+
+# -- signals ---------------------------------------------------------------------------------------
+
+
+def test_sigterm_ends_a_run_at_a_step_boundary_as_interrupted(tmp_path):
+    """What SLURM sends before it kills a job: the record says interrupted, with the step reached,
+    its rows whole; one line, exit 143; nothing of W&B is imported or left in TMPDIR."""
+    (tmp_path / "tmp").mkdir()
+    proc = launch(*FAST, "steps=1000000", "name=term", cwd=tmp_path, TMPDIR=str(tmp_path / "tmp"))
+    metrics = wait_for_rows(tmp_path / "runs" / "single" / "term", "*/metrics.jsonl")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    no_traceback(err)
+    run_dir = metrics.parent
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["finished_at"]
+    step = summary["steps_completed"]
+    assert summary["interrupted_reason"] == f"SIGTERM after step {step} of 1000000"
+    assert rows(run_dir)[-1]["step"] == step  # the step reached has its row, and every row is whole
+    assert err.strip().splitlines() == [f"gradclip: interrupted by SIGTERM after step {step} of 1000000; "
+                                        f"recorded in {run_dir / 'summary.json'}"]
+    assert run_state(run_dir).status == "interrupted"
+    assert not list((tmp_path / "tmp").glob("*wandb*"))  # logger=none: no wandb-* temporary folders
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".summary")]
+
+
+def test_ctrl_c_stops_a_sweep_which_reports_and_a_relaunch_finishes_it(tmp_path):
+    """SIGINT to a sweep run by Hydra's basic launcher: the running job ends interrupted, no
+    other job starts, the report counts them, exit 130; the same command then trains what is
+    missing (the interrupted run afresh) and exits 0."""
+    command = [sys.executable, "-m", "gradclip.train", "-m", *FAST, "steps=1500,40", "seed=0", "name=ctrlc"]
+    proc = subprocess.Popen(command, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    root = tmp_path / "runs" / "ctrlc"
+    wait_for_rows(root, "*steps=1500/metrics.jsonl")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    no_traceback(err)
+    long_run = root / f"{JOB}seed=0,steps=1500"
+    assert json.loads((long_run / "summary.json").read_text())["status"] == "interrupted"
+    assert not (root / f"{JOB}seed=0,steps=40" / "summary.json").exists()  # never launched
+    assert "gradclip: sweep runs/ctrlc: stopped by SIGINT; 1 job: 1 interrupted" in err
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert {d.name: run_state(d).status for d in root.iterdir() if d.name.startswith(JOB)} == {
+        f"{JOB}seed=0,steps=1500": "completed", f"{JOB}seed=0,steps=40": "completed"}
+    assert "2 jobs: 2 completed" in again.stderr
+
+
+@pytest.mark.slow
+def test_a_signal_to_a_joblib_sweep_stops_its_workers_too(tmp_path):
+    """SIGUSR1 (a cluster's warning signal) to the sweep's parent process alone: it is passed on
+    to the loky workers, whose runs end interrupted; the report comes, exit 128 + SIGUSR1."""
+    proc = launch("-m", *FAST, "steps=1000000", "seed=0,1,2,3", "name=pool", "hydra/launcher=joblib",
+                  "hydra.launcher.n_jobs=2", cwd=tmp_path)
+    root = tmp_path / "runs" / "pool"
+    wait_for_rows(root, "*seed=0*/metrics.jsonl")
+    wait_for_rows(root, "*seed=1*/metrics.jsonl")
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGUSR1
+    no_traceback(err)
+    assert "UserWarning" not in err
+    statuses = {d.name: run_state(d).status for d in root.iterdir() if (d / "summary.json").exists()}
+    assert statuses == {f"{JOB}seed=0,steps=1000000": "interrupted", f"{JOB}seed=1,steps=1000000": "interrupted"}
+    assert "stopped by SIGUSR1; 2 jobs: 2 interrupted" in err
+
+
+def test_a_run_killed_without_a_word_reads_interrupted_and_trains_again(tmp_path):
+    """SIGKILL (or a power cut): the summary still says running, but its process is gone;
+    load_runs and a relaunch's record check tell it from a live run."""
+    proc = launch("-m", *FAST, "steps=1000000", "seed=0", "name=killed", cwd=tmp_path)
+    root = tmp_path / "runs" / "killed"
+    metrics = wait_for_rows(root, "*/metrics.jsonl")
+    state = run_state(metrics.parent)
+    assert state.status == "running" and "is writing it" in state.reason  # alive: not to be touched
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert json.loads((metrics.parent / "summary.json").read_text())["status"] == "running"
+    runs, _ = load_runs(root)
+    assert list(runs["summary.status"]) == ["interrupted"]
+    assert "died without a word" in runs["reason"].iloc[0]
+    # sweep.report counts a job that never ended and says what its record reads
+    code = sweep.report(root)
+    assert code == 1
+
+
+# -- full disk, write errors -------------------------------------------------------------------------
+
+
+def full_disk_after(monkeypatch, budget: int) -> None:
+    """Let new files take ``budget`` more bytes, then fail as a full disk does: part of a write
+    first, then ENOSPC. Rewriting a file that exists (blocks already allocated) still works."""
+    real_write, real_open = os.write, os.open
+    left, growing = {"bytes": budget}, set()
+
+    def open_(path, flags, mode=0o777, **kwargs):
+        if flags & os.O_CREAT and left["bytes"] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        fd = real_open(path, flags, mode, **kwargs)
+        (growing.add if flags & os.O_CREAT else growing.discard)(fd)
+        return fd
+
+    def write(fd, data):
+        if fd not in growing:
+            return real_write(fd, data)
+        if left["bytes"] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = real_write(fd, bytes(data[: left["bytes"]]))
+        left["bytes"] -= n
+        return n
+
+    monkeypatch.setattr(records.os, "write", write)
+    monkeypatch.setattr(records.os, "open", open_)
+
+
+def test_a_full_disk_records_the_run_as_failed_with_whole_rows(cfg, tmp_path, monkeypatch):
+    train(cfg("clip=norm"), tmp_path / "earlier")
+    earlier = {p.name: p.read_bytes() for p in (tmp_path / "earlier").iterdir()}
+    full_disk_after(monkeypatch, 6000)  # the disk fills in the middle of a row
+    summary = train(cfg("clip=norm", "steps=400", "log_every=1"), tmp_path / "run")
+    monkeypatch.undo()
+    run_dir = tmp_path / "run"
+    assert summary["status"] == "failed"
+    assert summary["error"] == f"cannot write {run_dir / 'metrics.jsonl'}: No space left on device"
+    assert "traceback" not in summary and "summary_write_error" not in summary
+    saved = json.loads((run_dir / "summary.json").read_text())  # written in place: no space for a copy
+    assert saved["status"] == "failed" and saved["error"] == summary["error"]
+    text = (run_dir / "metrics.jsonl").read_text()
+    assert text.endswith("\n") and all(json.loads(line) for line in text.splitlines())  # no half row
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "metrics.jsonl", "summary.json"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "earlier").iterdir()} == earlier
+
+
+def test_when_not_even_the_summary_can_be_written_the_run_says_so(cfg, tmp_path, monkeypatch):
+    real_replace = os.replace
+    train_cfg = cfg("clip=norm")
+
+    def no_summary(src, dst):
+        if str(dst).endswith("summary.json") and json.loads(Path(src).read_text())["status"] != "running":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(records.os, "replace", no_summary)
+    summary = train(train_cfg, tmp_path)
+    assert summary["status"] == "completed"
+    assert summary["summary_write_error"] == f"cannot write {tmp_path / 'summary.json'}: Read-only file system"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
+    monkeypatch.undo()
+    # on disk the run still reads 'running' from a live process (this one); once its process is
+    # gone it reads interrupted, and a relaunch trains it again
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "running"
+
+
+def test_summary_has_the_mode_of_the_other_record_files(cfg, tmp_path):
+    train(cfg("clip=agc", "unit_log_every=10"), tmp_path)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert set(modes) == {"config.yaml", "metrics.jsonl", "summary.json", "units.jsonl"}
+    assert len(set(modes.values())) == 1 and modes["summary.json"] & 0o044 == 0o044  # others can read
+
+
+# -- corrupt, stale and live records -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content, words", [("", "is empty"), ('{"status": "compl', "is not valid JSON"),
+                                            ("[1, 2]", "holds a list")])
+def test_a_corrupt_summary_is_one_error_naming_the_file_and_the_remedy(cfg, tmp_path, content, words):
+    train(cfg("clip=norm"), tmp_path)
+    (tmp_path / "summary.json").write_text(content)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(RecordError) as error:
+        train(cfg("clip=norm"), tmp_path)
+    message = str(error.value)
+    assert len(message.splitlines()) == 1 and str(tmp_path / "summary.json") in message and words in message
+    assert message.endswith(f"rerun=true trains this run again, or delete {tmp_path}")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing touched
+    assert train(cfg("clip=norm", "rerun=true"), tmp_path)["status"] == "completed"
+
+
+def test_a_corrupt_config_of_a_finished_run_is_an_error_too(cfg, tmp_path):
+    train(cfg("clip=norm"), tmp_path)
+    (tmp_path / "config.yaml").write_text("clip: [norm\n")
+    with pytest.raises(RecordError, match=r"config.yaml is not valid YAML .*rerun=true"):
+        train(cfg("clip=norm"), tmp_path)
+
+
+def test_a_record_a_live_process_writes_is_never_touched(cfg, tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tmp_path.joinpath("summary.json").write_text(json.dumps(
+            {"status": "running", "process": records._proc_start(sleeper.pid) | {
+                "host": socket.gethostname(), "pid": sleeper.pid}}))
+        for rerun in ("false", "true"):
+            with pytest.raises(RecordError, match=r"is being written by a live process .*not starting a second copy"):
+                train(cfg("clip=norm", f"rerun={rerun}"), tmp_path)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert run_state(tmp_path).status == "interrupted"  # its process is gone now
+    assert train(cfg("clip=norm"), tmp_path)["status"] == "completed"
+
+
+def test_a_record_of_another_host_is_judged_by_its_heartbeat(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "running", "process": {"host": "node-7", "pid": 1}}))
+    assert run_state(tmp_path).status == "running"
+    old = time.time() - records.HEARTBEAT_STALE_S - 1
+    os.utime(tmp_path / "summary.json", (old, old))
+    state = run_state(tmp_path)
+    assert state.status == "interrupted" and "process 1 on node-7 died without a word" in state.reason
+
+
+def test_a_sweep_with_bad_input_a_stale_and_a_corrupt_record_goes_on_and_exits_2(make_cfg, tmp_path):
+    """One launch, four jobs: a stale finished record of another config (bad input), a corrupt
+    summary (failed), a bad value (bad input), a good job. The good one trains, no record
+    already written changes, the report names each problem, the exit code is 2."""
+    root = tmp_path / "runs" / "mixed"
+    stale, corrupt = root / f"{JOB}seed=0,steps=10", root / f"{JOB}seed=1,steps=10"
+    # what the sweep's jobs would compose, but with another clip.eps, as if the default had changed
+    train(make_cfg(*FAST, "steps=10", "seed=0", "name=mixed", "clip.eps=0.5", tiny=False), stale)
+    train(make_cfg(*FAST, "steps=10", "seed=1", "name=mixed", tiny=False), corrupt)
+    (corrupt / "summary.json").write_text("")
+    before = {p: p.read_bytes() for d in (stale, corrupt) for p in d.iterdir()}
+    command = [sys.executable, "-m", "gradclip.train", "-m", *FAST, "steps=10", "name=mixed", "seed=0,1,2,-1"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    no_traceback(result.stderr)
+    assert {p: p.read_bytes() for p in before} == before
+    assert run_state(root / f"{JOB}seed=2,steps=10").status == "completed"
+    bad = run_state(root / f"{JOB}seed=-1,steps=10")
+    assert bad.status == "failed" and bad.reason.startswith("bad input: cfg.seed=-1 is not allowed")
+    err = result.stderr
+    assert "gradclip: sweep runs/mixed: 4 jobs: 1 completed, 1 failed, 2 bad input" in err
+    assert (f"  bad input: {JOB}seed=0,steps=10: {stale} holds a finished run of another config (differing keys: "
+            "clip.eps)") in err
+    assert f"  failed: {JOB}seed=1,steps=10: {corrupt / 'summary.json'} is empty" in err
+    assert f"  bad input: {JOB}seed=-1,steps=10: cfg.seed=-1 is not allowed" in err
+
+
+# -- loading whatever is on disk ---------------------------------------------------------------------
+
+
+def test_load_runs_reads_every_state_a_fault_can_leave(cfg, tmp_path, caplog):
+    root = tmp_path / "sweep"
+    train(cfg("clip=norm"), root / "done")
+    train(cfg("clip=norm"), root / "half-row")
+    half = root / "half-row" / "metrics.jsonl"  # a cut-off row, then more rows
+    lines = half.read_text().splitlines()
+    half.write_text("\n".join(lines[:2] + [lines[2][:17]] + lines[3:]) + "\n")
+    (root / "bad").mkdir()
+    (root / "bad" / "summary.json").write_text(json.dumps({"status": "failed", "bad_input": True,
+                                                           "error": "clip.threshold=-1 is not allowed"}))
+    train(cfg("clip=norm"), root / "corrupt")
+    (root / "corrupt" / "summary.json").write_text("{")
+    train(cfg("clip=norm"), root / "dead")
+    summary = json.loads((root / "dead" / "summary.json").read_text())
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    summary |= {"status": "running", "process": {"host": socket.gethostname(), "pid": gone.pid, "start_ticks": 1,
+                                                 "boot_id": "x"}}
+    (root / "dead" / "summary.json").write_text(json.dumps(summary))
+    runs, metrics = load_runs(root)
+    got = {Path(r).name: (s, reason) for r, s, reason in zip(runs.run_id, runs["summary.status"], runs.reason)}
+    assert {name: s for name, (s, _) in got.items()} == {
+        "bad": "failed", "corrupt": "failed", "dead": "interrupted", "done": "completed", "half-row": "completed"}
+    assert got["bad"][1] == "bad input: clip.threshold=-1 is not allowed"
+    assert got["corrupt"][1].startswith(f"corrupt record: {root / 'corrupt' / 'summary.json'} is not valid JSON")
+    assert "died without a word" in got["dead"][1]
+    assert f"{root / 'half-row' / 'metrics.jsonl'} line 3 is not a whole row" in caplog.text
+    per_run = metrics.groupby(metrics.run_id.map(lambda r: Path(r).name)).size()
+    assert per_run["half-row"] == per_run["done"] - (len(rows(root / "done")[2]) - 1)
+    assert runs.loc[runs.run_id.str.endswith("bad"), "clip.method"].isna().all()  # no config: no config columns
+
+
+# -- input values ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["schedule.a0=inf"], r"schedule.a0=inf is not allowed: must be a finite number > 0"),
+        (["schedule.a0=nan"], r"schedule.a0=nan is not allowed: must be a finite number > 0"),
+        (["weight_decay=inf"], r"weight_decay=inf .* finite number >= 0"),
+        (["momentum=nan"], r"momentum=nan .* finite number in \[0, 1\)"),
+        (["clip.eps=inf"], r"clip.eps=inf .* finite number >= 0"),
+        (["clip.threshold=-inf"], r"clip.threshold=-inf .* finite number > 0"),
+        (["clip=agc", "clip.clip_factor=inf"], r"clip.clip_factor=inf .* finite number > 0"),
+        (["schedule.power=inf"], r"schedule.power=inf .* finite number in \[0, 10\]"),
+        (["schedule.power=200"], r"schedule.power=200 .* finite number in \[0, 10\]"),
+        (["schedule.n0=inf"], r"schedule.n0=inf .* finite number > 0"),
+        (["divergence.max_norm=inf"], r"divergence.max_norm=inf .* finite number > 0"),
+        (["schedule=step", "schedule.gamma=1e-300", "schedule.step_size=1"],
+         r"schedule.a0=0.1, schedule.gamma=1e-300, schedule.step_size=1 gives a\(29\) = 0.0 with steps=30"),
+        (["schedule.a0=1e300", "schedule.n0=1e-300", "schedule.power=2"], r"gives a\(0\) = nan"),
+        (["+clip.thresh=1"], r"clip.thresh is not a key of clip.method=norm; known keys: method, granularity, "
+                             r"threshold, eps"),
+        (["+schedule.p=1"], r"schedule.p is not a key of schedule.name=robbins_monro; known keys: name, a0, power, n0"),
+        (["+stpes=10"], r"cfg.stpes is not a key of configs/train.yaml; known keys: name, output_root, seed"),
+        (["+divergence.max=1"], r"divergence.max is not a key; known keys: max_norm"),
+        (["+logger.projet=x"], r"logger.projet is not a key of logger.name=none; known keys: name"),
+        (["logger=wandb", "logger.mode=sync"], r"logger.mode='sync' is not one of: offline, online, disabled"),
+        (["deterministic=maybe"], r"deterministic='maybe' is not one of: True, False"),
+    ],
+)
+def test_every_setting_is_finite_known_and_in_range_before_any_work(cfg, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        train(cfg(*overrides), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_hydra_composition_errors_are_bad_input_too(tmp_path, monkeypatch, capsys):
+    """The console entry point, in this process: an unknown group option, or an override of a
+    key the config lacks, is one line of bad input and exit 2, before any folder is made."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(interrupts, "install", lambda on_signal=None: True)  # keep pytest's Ctrl-C
+    monkeypatch.setattr(logging, "raiseExceptions", logging.raiseExceptions)
+    monkeypatch.setattr(hydra_utils, "run_and_report", hydra_utils.run_and_report)
+    for override, line in [("clip=clamp", "gradclip: bad input: In 'train': Could not find 'clip/clamp'; available "
+                                          "options in 'clip': agc, none, norm, value"),
+                           ("clip.thresh=1", "gradclip: bad input: Could not override 'clip.thresh': Key 'thresh' "
+                                             "is not in struct")]:
+        monkeypatch.setattr(sys, "argv", ["gradclip-train", override])
+        with pytest.raises(SystemExit) as stop:
+            main()
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines() == [line]
+    assert not (tmp_path / "runs").exists()
+
+
+# -- W&B without a server ----------------------------------------------------------------------------
+
+
+def test_wandb_online_without_a_server_mirrors_offline_at_once(cfg, tmp_path, monkeypatch, caplog):
+    """A closed local port stands for a network that is down: no 90 s wait in wandb.init, one
+    warning, an offline mirror to sync later, and the local record complete."""
+    from gradclip import tracking
+
+    with socket.socket() as s:  # a port that was free a moment ago and is closed now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr(tracking, "_probed", {})
+    import wandb
+
+    modes = []
+    real_init = wandb.init
+    monkeypatch.setattr(wandb, "init", lambda **kw: modes.append(kw["mode"]) or real_init(**kw))
+    summary = train(cfg("logger=wandb", "logger.mode=online"), tmp_path)
+    assert summary["status"] == "completed" and modes == ["offline"]
+    assert summary["wandb"] == str(next((tmp_path / "wandb").glob("offline-run-*")))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("gradclip")]
+    assert len(warnings) == 1 and f"127.0.0.1:{port} is unreachable" in warnings[0]
+    assert [r["step"] for r in rows(tmp_path) if "train/loss" in r] == [5, 10, 15, 20, 25, 30]
+
+
+def test_logger_none_imports_nothing_of_wandb(cfg, tmp_path, monkeypatch):
+    """With sys.modules["wandb"] = None any import of wandb raises ImportError: the run must not
+    need one (the SIGTERM test checks that no wandb-* temporary folder is left)."""
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    summary = train(cfg("logger=none"), tmp_path)
+    assert summary["status"] == "completed" and summary["versions"]["wandb"]
