@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -125,7 +126,7 @@ def test_a_signal_to_a_joblib_sweep_stops_its_workers_too(tmp_path):
     assert "stopped by SIGUSR1; 2 jobs: 2 interrupted" in err
 
 
-def test_a_run_killed_without_a_word_reads_interrupted_and_trains_again(tmp_path):
+def test_a_run_killed_without_a_word_reads_interrupted_and_trains_again(tmp_path, capsys):
     """SIGKILL (or a power cut): the summary still says running, but its process is gone;
     load_runs and a relaunch's record check tell it from a live run."""
     proc = launch("-m", *FAST, "steps=1000000", "seed=0", "name=killed", cwd=tmp_path)
@@ -139,9 +140,9 @@ def test_a_run_killed_without_a_word_reads_interrupted_and_trains_again(tmp_path
     runs, _ = load_runs(root)
     assert list(runs["summary.status"]) == ["interrupted"]
     assert "died without a word" in runs["reason"].iloc[0]
-    # sweep.report counts a job that never ended and says what its record reads
-    code = sweep.report(root)
-    assert code == 1
+    # the sweep's report (what its parent prints at the end) counts it as interrupted too
+    assert sweep.report(root) == 1
+    assert "1 job: 1 interrupted" in capsys.readouterr().err
 
 
 # -- full disk, write errors -------------------------------------------------------------------------
@@ -191,6 +192,27 @@ def test_a_full_disk_records_the_run_as_failed_with_whole_rows(cfg, tmp_path, mo
     assert {p.name: p.read_bytes() for p in (tmp_path / "earlier").iterdir()} == earlier
 
 
+def test_a_write_error_in_a_sweep_fails_that_job_and_the_sweep_goes_on(tmp_path):
+    """A real OS write error in a real sweep: a file size limit (RLIMIT_FSIZE, EFBIG) that each
+    job's metrics.jsonl outgrows. Every job is recorded failed, naming the file; the sweep runs
+    them all, reports, and exits 1."""
+    limit = 20_000  # bytes: the summaries and configs fit, a few hundred rows do not
+    result = subprocess.run(
+        [sys.executable, "-m", "gradclip.train", "-m", *FAST, "log_every=1", "steps=400", "seed=0,1", "name=efbig"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert result.returncode == 1
+    no_traceback(result.stderr)
+    root = tmp_path / "runs" / "efbig"
+    for seed in (0, 1):
+        run_dir = root / f"{JOB.replace('log_every=5', 'log_every=1')}seed={seed},steps=400"
+        state = run_state(run_dir)
+        assert state.status == "failed" and state.reason == f"cannot write {run_dir / 'metrics.jsonl'}: File too large"
+        assert all(json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+        assert not list(run_dir.glob(".*.tmp"))
+    assert "gradclip: sweep runs/efbig: 2 jobs: 2 failed" in result.stderr
+
+
 def test_when_not_even_the_summary_can_be_written_the_run_says_so(cfg, tmp_path, monkeypatch):
     real_replace = os.replace
     train_cfg = cfg("clip=norm")
@@ -234,6 +256,13 @@ def test_a_corrupt_summary_is_one_error_naming_the_file_and_the_remedy(cfg, tmp_
     assert message.endswith(f"rerun=true trains this run again, or delete {tmp_path}")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing touched
     assert train(cfg("clip=norm", "rerun=true"), tmp_path)["status"] == "completed"
+
+
+def test_a_temporary_file_left_by_a_killed_write_goes_with_the_next_attempt(cfg, tmp_path):
+    train(cfg("clip=norm"), tmp_path)
+    (tmp_path / ".summary.json.4242-0badc0de.tmp").write_text('{"status": "comp')  # SIGKILL mid-write
+    train(cfg("clip=norm", "rerun=true"), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "metrics.jsonl", "summary.json"]
 
 
 def test_a_corrupt_config_of_a_finished_run_is_an_error_too(cfg, tmp_path):

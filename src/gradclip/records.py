@@ -211,6 +211,8 @@ class RunRecorder:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / UNITS_FILE).unlink(missing_ok=True)
+            for stale in self.run_dir.glob(".*.tmp"):  # left by an attempt killed mid-write (SIGKILL)
+                stale.unlink(missing_ok=True)
         except OSError as error:
             raise RecordWriteError(self.run_dir, error) from None
         self.write_summary(summary)

@@ -34,10 +34,12 @@ from gradclip.records import RecordWriteError, process_alive, process_identity, 
 log = logging.getLogger(__name__)
 
 JOURNAL_DIR = ".sweep"
-# Outcomes, in the order the report lists them; "started" is a job that has not ended (yet).
-OUTCOMES = ("completed", "diverged", "skipped", "failed", "interrupted", "bad_input", "not_started", "started")
+# Outcomes, in the order the report lists them; "started" is a job that has not ended (yet),
+# "running" one whose record a live process still writes.
+OUTCOMES = ("completed", "diverged", "skipped", "failed", "interrupted", "bad_input", "not_started", "running",
+            "started")
 LABELS = {"skipped": "already finished (skipped)", "bad_input": "bad input", "not_started": "not started",
-          "started": "never ended"}
+          "running": "still running", "started": "never ended"}
 # After a signal, how long a sweep whose jobs run in worker processes waits for their runs to
 # record themselves before it aborts the pool (which kills the workers).
 WORKER_GRACE_S = 10.0
@@ -83,25 +85,28 @@ def in_sweep_process() -> bool:
 
 
 def report(sweep_dir: Path, signum: int | None = None) -> int:
-    """Print the sweep's report to stderr and return its exit code."""
+    """Print the sweep's report to stderr and return its exit code. A job that never wrote its
+    end (its process was killed, or it still runs) counts as what its record reads."""
     entries = read_journal(sweep_dir)
+    for entry in entries:
+        if entry["outcome"] == "started":
+            state = run_state(Path(sweep_dir) / entry["job"])
+            entry["outcome"] = state.status if state.status in OUTCOMES else "started"
+            entry["detail"] = state.reason
     counts = {outcome: sum(e["outcome"] == outcome for e in entries) for outcome in OUTCOMES}
     parts = [f"{n} {LABELS.get(outcome, outcome)}" for outcome, n in counts.items() if n]
     stopped = f"stopped by {interrupts.name(signum)}; " if signum else ""
     jobs = f"{len(entries)} job{'' if len(entries) == 1 else 's'}"
     print(f"gradclip: sweep {sweep_dir}: {stopped}{jobs}: {', '.join(parts) or 'none'}", file=sys.stderr)
     for entry in entries:
-        if entry["outcome"] in ("failed", "interrupted", "bad_input", "started"):
-            detail = entry.get("detail")
-            if entry["outcome"] == "started":  # its record says how far it got
-                state = run_state(Path(sweep_dir) / entry["job"])
-                detail = f"its record reads {state.status}" + (f": {state.reason}" if state.reason else "")
-            print(f"  {LABELS.get(entry['outcome'], entry['outcome'])}: {entry['job']}: {detail}", file=sys.stderr)
+        if entry["outcome"] in ("failed", "interrupted", "bad_input", "running", "started"):
+            label = LABELS.get(entry["outcome"], entry["outcome"])
+            print(f"  {label}: {entry['job']}: {entry.get('detail') or 'no detail'}", file=sys.stderr)
     if signum:
         return interrupts.exit_code(signum)
     if counts["bad_input"]:
         return 2
-    if counts["failed"] or counts["interrupted"] or counts["started"]:
+    if counts["failed"] or counts["interrupted"] or counts["running"] or counts["started"]:
         return 1
     return 0
 
