@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
-from torch.func import functional_call, grad, vmap
 
+from references import timm_adaptive_clip_grad
+
+from gradclip.clipping import Clipper, unit_norms
+from gradclip.gradients import PerSampleGradients, per_example_loss
 from gradclip.models import (
     MODELS,
     ModelError,
@@ -129,35 +132,18 @@ def test_resnet18_variants_build():
 # ----------------------------------------------------------------------------- per-sample grads
 
 
-def per_sample_grads(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor):
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-
-    def loss(p, b, xi, yi):
-        return loss_fn(functional_call(model, (p, b), (xi[None],)), yi[None])
-
-    return vmap(grad(loss), in_dims=(None, None, 0, 0))(params, buffers, x, y)
-
-
-def loop_grads(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor):
-    rows = []
-    for i in range(x.shape[0]):
-        model.zero_grad()
-        loss_fn(model(x[i : i + 1]), y[i : i + 1]).backward()
-        rows.append({k: p.grad.detach().clone() for k, p in model.named_parameters()})
-    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
-
-
-# (YAML file, overrides, input shape, batch size)
+# (YAML file, overrides, input shape, batch size): every file of configs/model/, and variants
 PER_SAMPLE_CASES = [
     ("mlp", {}, MNIST1D, 4),
     # Chaotic by design: in float32 the batched and single-example matmuls round differently and
-    # 16 chaotic layers amplify that to ~2e-4 relative, so this one is checked in float64.
+    # 16 chaotic layers (or 40 steps of a recurrence with gain 2) amplify that to ~2e-4 relative,
+    # so these two are checked in float64.
     ("deep_tanh", {}, MNIST1D, 4),
     ("cnn1d", {}, MNIST1D, 4),
     ("cnn1d", {"norm": "group"}, MNIST1D, 4),
     ("rnn", {}, MNIST1D, 4),
     ("rnn", {"nonlinearity": "relu"}, MNIST1D, 4),
+    ("rnn_exploding", {}, MNIST1D, 4),
     ("lstm", {}, MNIST1D, 4),
     ("resnet", {"skip_init": 0.5}, MNIST1D, 4),  # nonzero alpha: block convs get gradients
     ("linear", {}, (1,), 4),
@@ -166,24 +152,88 @@ PER_SAMPLE_CASES = [
 ]
 
 
+def test_every_model_has_a_per_sample_oracle():
+    assert {p.stem for p in CONFIG_DIR.glob("*.yaml")} <= {case[0] for case in PER_SAMPLE_CASES}
+
+
+def agc_factor_clipping_some(grads, params, clipped_mask) -> float:
+    """An AGC factor lambda that clips about half of the (example, unit) pairs: the median of
+    ||G_i|| / max(||W_i||, 1e-3) over the units AGC does not exempt."""
+    ratios = [(unit_norms(g, batched=True) / unit_norms(p.detach()).clamp(min=1e-3)).flatten()
+              for g, p, c in zip(grads, params, clipped_mask) if c]
+    return float(torch.cat(ratios).median())
+
+
+def reference_clip(method: str, params: list[torch.Tensor], grads: list[torch.Tensor], clipped: list[bool],
+                   setting: float) -> list[torch.Tensor]:
+    """One example's gradients clipped by the reference code: torch's clip_grad_norm_ and
+    clip_grad_value_, and timm's adaptive_clip_grad (on the parameters AGC does not exempt)."""
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    if method == "norm":
+        torch.nn.utils.clip_grad_norm_(params, max_norm=setting)  # eps = 1e-6, as the Clipper below
+    elif method == "value":
+        torch.nn.utils.clip_grad_value_(params, clip_value=setting)
+    else:
+        timm_adaptive_clip_grad([p for p, c in zip(params, clipped) if c], clip_factor=setting, eps=1e-3)
+    return [p.grad for p in params]
+
+
 @pytest.mark.parametrize("name,overrides,shape,batch", PER_SAMPLE_CASES)
-def test_per_sample_grads_match_loop(name, overrides, shape, batch):
+def test_production_per_sample_path_matches_one_backward_pass_per_example(name, overrides, shape, batch):
+    """PerSampleGradients + Clipper.clip_samples, as the runner uses them, against a plain loop
+    of single-example backward passes (torch.autograd.grad) clipped one by one by torch's and
+    timm's code, then averaged: per-example gradients, losses, norms and the clipped mean of
+    norm, AGC (head exempt, as the default) and value clipping.
+
+    Tolerance: float32 at atol = rtol = 1e-5. The batched (vmap) and single-example passes sum
+    the same products in different orders, so they differ by rounding, ~1e-7 relative per
+    operation, grown to ~1e-6 over a few layers; 1e-5 leaves room for that and no more (a wrong
+    gradient, a missing 1/B or a norm over the wrong dims is off by far more). deep_tanh is
+    and rnn_exploding are compared in float64 (see PER_SAMPLE_CASES)."""
     torch.manual_seed(0)
     k = 1 if name == "linear" else 10
-    dtype = torch.float64 if name == "deep_tanh" else torch.float32
+    dtype = torch.float64 if name in ("deep_tanh", "rnn_exploding") else torch.float32
     model = build_model(load(name, **overrides), shape, k).to(dtype)
     assert per_sample_unsupported_reason(model) is None
     x = torch.randn(batch, *shape, dtype=dtype)
-    if name == "linear":
-        y, loss_fn = torch.randn(batch, k, dtype=dtype), F.mse_loss
-    else:
-        y, loss_fn = torch.randint(0, k, (batch,)), F.cross_entropy
-    fast = per_sample_grads(model, loss_fn, x, y)
-    slow = loop_grads(model, loss_fn, x, y)
-    assert fast.keys() == slow.keys()
-    for key in slow:
-        torch.testing.assert_close(fast[key], slow[key], atol=1e-5, rtol=1e-5, msg=lambda m: f"{key}: {m}")
-    assert any(bool(g.abs().sum() > 0) for g in slow.values())
+    task = "regression" if name == "linear" else "classification"
+    y = torch.randn(batch, k, dtype=dtype) if task == "regression" else torch.randint(0, k, (batch,))
+    loss_fn = per_example_loss(task)
+    names, params = map(list, zip(*model.named_parameters()))
+
+    grads, losses = PerSampleGradients(model, loss_fn)(x, y)
+    oracle, oracle_losses = [], []
+    for i in range(batch):
+        loss = loss_fn(model(x[i : i + 1]), y[i : i + 1]).sum()
+        oracle.append(torch.autograd.grad(loss, params))
+        oracle_losses.append(loss.detach())
+    close = dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(losses, torch.stack(oracle_losses), **close)
+    for j, key in enumerate(names):
+        torch.testing.assert_close(grads[j], torch.stack([o[j] for o in oracle]), **close, msg=lambda m: f"{key}: {m}")
+    assert any(bool(g.abs().sum() > 0) for g in grads)
+    # The oracle's norms in float64: one float32 sum over resnet18's 11M squares is off by ~5e-4.
+    norms = torch.stack([torch.cat([g.double().flatten() for g in o]).norm() for o in oracle]).to(dtype)
+
+    exclude = [] if name == "linear" else ["head.*"]  # a linear model is only a head
+    clipped_mask = [not n.startswith("head.") or not exclude for n in names]
+    sizes = {  # about half the examples (norm), elements (value) and units (AGC) clipped
+        "norm": float(norms.median()),
+        "value": float(torch.cat([g.abs().flatten() for g in grads]).median()),
+        "agc": agc_factor_clipping_some(grads, params, clipped_mask),
+    }
+    for method, setting in sizes.items():
+        kwargs = {"norm": dict(threshold=setting, eps=1e-6), "value": dict(threshold=setting),
+                  "agc": dict(clip_factor=setting, agc_eps=1e-3, exclude=exclude)}[method]
+        mean, stats = Clipper(method, names=names, **kwargs).clip_samples(grads, params)
+        expected = [torch.stack(ps).mean(0) for ps in zip(*(reference_clip(method, params, list(o), clipped_mask,
+                                                                             setting) for o in oracle))]
+        for j, key in enumerate(names):
+            torch.testing.assert_close(mean[j], expected[j], **close, msg=lambda m: f"{method} {key}: {m}")
+        # A float32 sum of N squares rounds by up to ~sqrt(N) 2^-24 relative: 2e-4 for N = 11M.
+        torch.testing.assert_close(stats.sample_grad_norm, norms, atol=0, rtol=2e-4)
+        assert 0 < float(stats.clip_fraction) < 1, method  # the comparison covers clipped and unclipped ones
 
 
 def test_unsupported_reasons():
