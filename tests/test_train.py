@@ -76,6 +76,42 @@ def test_a_run_built_to_diverge_does_and_is_a_result(make_cfg, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
 
 
+def one_example(monkeypatch, x: float, y: float) -> None:
+    """The run's data: one regression example (x, y), so that each divergence branch can be
+    reached on purpose by the real loop."""
+    data = Dataset("one_example", "regression", torch.tensor([[x]]), torch.tensor([[y]]),
+                   torch.tensor([[x]]), torch.tensor([[y]]), 1)
+    monkeypatch.setattr("gradclip.train.load_dataset", lambda cfg: data)
+
+
+LINEAR = ["model=linear", "clip=none", "batch_size=1", "eval_every=0", "schedule=constant"]
+
+
+@pytest.mark.parametrize(
+    "x, y, a0, reason",
+    [
+        # loss 1/2 (theta x - y)^2 at theta_0 = 0 is NaN: a NaN in the data
+        (float("nan"), 1.0, 0.1, "non-finite loss"),
+        # loss 1/2 (1e10)^2 is finite, its gradient -1e10 * 1e30 overflows float32
+        (1e30, 1e10, 0.1, "non-finite gradient"),
+        # loss and gradient finite (50, -10), the step a0 * 10 = 1e39 overflows theta
+        (1.0, 10.0, 1e38, "non-finite weights"),
+    ],
+)
+def test_each_non_finite_branch_of_divergence_is_reached_and_named(make_cfg, tmp_path, monkeypatch, x, y, a0, reason):
+    one_example(monkeypatch, x, y)
+    summary = train(make_cfg(*LINEAR, f"schedule.a0={a0}"), tmp_path)
+    assert (summary["status"], summary["diverged_step"], summary["diverged_reason"]) == ("diverged", 1, reason)
+    assert read_rows(tmp_path)[-1]["step"] == 1
+
+
+def test_the_norm_bound_branch_names_the_norm_and_the_bound(make_cfg, tmp_path, monkeypatch):
+    one_example(monkeypatch, 1.0, 10.0)  # theta_1 = 0 + 1.0 * 10: ||theta_1|| = 10 > B = 5
+    summary = train(make_cfg(*LINEAR, "schedule.a0=1.0", "divergence.max_norm=5"), tmp_path)
+    assert (summary["status"], summary["diverged_step"]) == ("diverged", 1)
+    assert summary["diverged_reason"] == "||theta|| = 10 > divergence.max_norm = 5"
+
+
 def test_the_same_run_clipped_stays_stable(make_cfg, tmp_path):
     cfg = make_cfg("clip=norm", "clip.threshold=0.1", "model=deep_tanh", "schedule=constant",
                    "schedule.a0=50.0", "steps=200", "eval_every=0")

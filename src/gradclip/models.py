@@ -102,12 +102,15 @@ def _resolve(cfg: Mapping[str, Any] | DictConfig) -> tuple[str, dict[str, Any]]:
         raise ModelError(f"model.name={name!r} is not one of: {', '.join(MODELS)}")
     spec = _SPECS[name]
     # Unknown keys are rejected so that a typo (model.widht) does not silently use the default.
-    unknown = sorted(str(k) for k in cfg if k != "name" and k not in spec)
+    # ``preset`` names a preset file (deep_tanh is an mlp): a label, not a setting.
+    unknown = sorted(str(k) for k in cfg if k not in ("name", "preset") and k not in spec)
     if unknown:
         raise ModelError(
             f"model.{unknown[0]} is not a key of model.name={name!r}; "
             f"allowed keys: {', '.join(spec) or '(none)'}"
         )
+    if not isinstance(cfg.get("preset", ""), str):
+        raise ModelError(f"model.preset={cfg['preset']!r} must be a name (a string)")
     params = {key: cfg.get(key, default) for key, (default, _) in spec.items()}
     for key, (_, (allowed, ok)) in spec.items():
         value = params[key]

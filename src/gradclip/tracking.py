@@ -150,8 +150,14 @@ def _unreachable(base_url: str) -> str | None:
     return _probed[base_url]
 
 
+def model_label(cfg: Mapping) -> str:
+    """The model as a run is named and tagged: its preset (deep_tanh, an mlp) or its class."""
+    return cfg["model"].get("preset") or cfg["model"]["name"]
+
+
 def run_name(cfg: Mapping) -> str:
-    """A name a dashboard sorts by: method+setting-granularity-model-data-schedule-a0-seed, with
+    """A name a dashboard sorts by: method+setting-granularity-model-data-schedule-a0-seed (the
+    model by its preset where it has one: deep_tanh, not mlp), with
     the noise of synthetic data (location_lognormal) and the exponent of a Robbins-Monro
     schedule (robbins_monro0.75), so that the runs of one sweep never share a name."""
     clip, data, schedule = cfg["clip"], cfg["data"], cfg["schedule"]
@@ -159,7 +165,7 @@ def run_name(cfg: Mapping) -> str:
                "value": f"v{clip.get('threshold')}"}.get(clip["method"], "")
     noise = f"_{data['noise']['dist']}" if "noise" in data else ""
     power = f"{schedule['power']}" if schedule["name"] == "robbins_monro" else ""
-    parts = [clip["method"] + setting, clip["granularity"], cfg["model"]["name"], data["name"] + noise,
+    parts = [clip["method"] + setting, clip["granularity"], model_label(cfg), data["name"] + noise,
              schedule["name"] + power, f"a{schedule['a0']}", f"s{cfg['seed']}"]
     return "-".join(parts)
 
@@ -168,7 +174,7 @@ def run_tags(cfg: Mapping) -> list[str]:
     """Tags for filtering: each is ``key:value`` for the axes a sweep varies."""
     clip, data, schedule = cfg["clip"], cfg["data"], cfg["schedule"]
     tags = [f"method:{clip['method']}", f"granularity:{clip['granularity']}",
-            f"model:{cfg['model']['name']}", f"data:{data['name']}",
+            f"model:{model_label(cfg)}", f"data:{data['name']}",
             f"schedule:{schedule['name']}", f"seed:{cfg['seed']}"]
     if clip["method"] in ("norm", "value"):
         tags.append(f"threshold:{clip['threshold']}")

@@ -111,7 +111,7 @@ def validate_config(cfg: Mapping) -> None:
 # Keys that do not change a run's results: a finished record with other values for them is
 # still this run's record (the same keys are left out of sweep directory names).
 NON_RESULT_KEYS = ("name", "output_root", "logger", "progress", "rerun", "device", "threads",
-                   "eval_chunk", "data.root")
+                   "eval_chunk", "data.root", "model.preset")
 
 
 def _result_config(config: dict) -> dict:
