@@ -2,6 +2,12 @@
 
 import json
 import os
+import pty
+import re
+import select
+import signal
+import time
+from pathlib import Path
 import subprocess
 import sys
 
@@ -16,6 +22,25 @@ def gradclip_train(*args, cwd):
     env = dict(os.environ, WANDB_MODE="offline", HYDRA_FULL_ERROR="0")
     return subprocess.run([sys.executable, "-m", "gradclip.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
+
+
+def leet_screen(wandb_dir: Path, seconds: float = 4.0) -> str:
+    """What `wandb leet WANDB_DIR` (W&B's terminal UI) draws in a pseudo-terminal, as text."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: W&B's CLI in the venv of this interpreter
+        os.execv(str(Path(sys.executable).parent / "wandb"), ["wandb", "leet", str(wandb_dir)])
+    screen, deadline = b"", time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    screen += os.read(fd, 1 << 16)
+                except OSError:
+                    break
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    return re.sub(rb"\x1b\[[0-9;?$>]*[a-zA-Z]", b"", screen).decode(errors="replace")
 
 
 def summaries(root):
@@ -63,7 +88,12 @@ def test_joblib_sweep_with_wandb_offline_loads_back_and_resumes(tmp_path):
     assert len(runs) == 4 and set(runs["summary.status"]) == {"completed"}
     assert sorted(zip(runs["clip.method"], runs["seed"])) == [("none", 0), ("none", 1), ("norm", 0), ("norm", 1)]
     assert set(metrics.run_id) == set(runs.run_id)
-    assert len(list(root.glob("*/wandb/offline-run-*/run-*.wandb"))) == 4  # one W&B run per job
+    # One W&B run per job, all in the sweep's own W&B folder, each named by its record.
+    offline = sorted(str(p) for p in (root / "wandb").glob("offline-run-*"))
+    assert len(offline) == 4 and sorted(runs["summary.wandb"]) == offline
+    assert all(len(list(Path(p).glob("run-*.wandb"))) == 1 for p in offline)
+    # ... so that W&B's own terminal UI browses the whole sweep, offline
+    assert "Runs [4 items]" in leet_screen(root / "wandb")
     # Jobs are named by their overrides, so a relaunch finds every finished record.
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("summary.json")}
     os.remove(next(iter(stamps)))  # as if that job had been interrupted
@@ -73,3 +103,4 @@ def test_joblib_sweep_with_wandb_offline_loads_back_and_resumes(tmp_path):
     assert set(after) == set(stamps)
     rerun = [p for p in after if after[p] != stamps.get(p)]
     assert rerun == [next(iter(stamps))]  # only the missing job ran again
+    assert len(list((root / "wandb").glob("offline-run-*"))) == 5  # its summary was gone: its old W&B files stay

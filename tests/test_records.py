@@ -45,13 +45,21 @@ def test_load_runs_from_directories_and_globs(tmp_path):
         tmp_path / "sweep" / "clip=none,seed=0"]
 
 
-def test_load_wandb_runs_reads_every_row_through_the_api():
-    """A stand-in for wandb.Api: configs, summaries and scan_history (never the sampled history)."""
+def test_load_wandb_runs_reads_every_row_through_the_api(tmp_path):
+    """A stand-in for wandb.Api around W&B's own summary type (HTTPSummary, whose nested values
+    come as SummarySubDict, not a Mapping): configs, summaries flattened like local records, and
+    scan_history (never the sampled history; its rows are plain dicts in the API too)."""
+    from wandb.apis.public.summary import HTTPSummary, SummarySubDict
+
     rows = [{"_step": s, "step": s, "train/loss": float(s), "_runtime": 0.1} for s in range(1, 701)]
+    summary = HTTPSummary(SimpleNamespace(dir=str(tmp_path)), service_api=None, summary={
+        "status": "diverged", "diverged_step": 700, "diverged_reason": "non-finite loss", "_timestamp": 5.0,
+        "final": {"step": 700, "train/loss": float("inf")}})
+    assert isinstance(summary["final"], SummarySubDict)
     run = SimpleNamespace(
         id="abc123",
         config={"clip": {"method": "agc", "clip_factor": 0.01}, "seed": 2, "_wandb": {"x": 1}},
-        summary={"status": "diverged", "diverged_step": 700, "_timestamp": 5.0},
+        summary=summary,
         scan_history=lambda: iter(rows),
         history=lambda: (_ for _ in ()).throw(AssertionError("history() is down-sampled")),
     )
@@ -66,6 +74,8 @@ def test_load_wandb_runs_reads_every_row_through_the_api():
     assert calls == [("me/gradclip", {"group": "stability"})]
     assert runs.loc[0, "run_id"] == "me/gradclip/abc123"
     assert runs.loc[0, "clip.clip_factor"] == 0.01 and runs.loc[0, "summary.status"] == "diverged"
+    assert runs.loc[0, "summary.final.step"] == 700 and runs.loc[0, "summary.final.train/loss"] == float("inf")
+    assert runs.loc[0, "reason"] == "non-finite loss"
     assert "_wandb.x" not in runs.columns and "summary._timestamp" not in runs.columns
     assert len(metrics[metrics.metric == "train/loss"]) == 700
     assert set(metrics.metric) == {"train/loss"}

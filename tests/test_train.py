@@ -1,6 +1,9 @@
 """The runner on real configs: records, determinism, divergence, bounds, idempotence, bad input."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,10 +224,23 @@ def test_wandb_failure_while_logging_keeps_the_local_record(make_cfg, tmp_path, 
     assert [r["step"] for r in read_rows(tmp_path) if "train/loss" in r] == [5, 10, 15, 20, 25, 30]
 
 
-def test_wandb_offline_mirrors_the_run(make_cfg, tmp_path):
+def test_wandb_offline_mirrors_the_run_row_by_row(make_cfg, tmp_path):
+    """The offline .wandb file, read back with W&B's own reader (`wandb leet inspect --json`),
+    holds every row of metrics.jsonl with the same values (W&B merges the rows of one step)."""
     summary = train(make_cfg("logger=wandb", "logger.mode=offline"), tmp_path)
     offline = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline) == 1 and summary["wandb"] == str(offline[0].parent)
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    dump = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(offline[0])],
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    history = [json.loads(line)["history"]["item"] for line in dump.splitlines() if '"type": "history"' in line
+               or '"type":"history"' in line]
+    assert history, dump[:500]
+    by_step: dict[int, dict] = {}
+    for row in read_rows(tmp_path):
+        by_step.setdefault(row["step"], {}).update(row)
+    mirrored = {item["step"]: {k: v for k, v in item.items() if not k.startswith("_")} for item in history}
+    assert mirrored == by_step
 
 
 def test_records_load_into_frames(make_cfg, tmp_path):

@@ -509,7 +509,7 @@ def load_wandb_runs(
         api = wandb.Api()
     runs = list(api.runs(f"{entity}/{project}", filters=dict(filters or {})))
     configs = [{k: v for k, v in dict(r.config).items() if not k.startswith("_")} for r in runs]
-    summaries = [_clean_summary(dict(r.summary)) for r in runs]
+    summaries = [_clean_summary(r.summary) for r in runs]
     ids = [f"{entity}/{project}/{r.id}" for r in runs]
     reasons = [_summary_reason(s) for s in summaries]
     metrics = metrics_frame((i, list(r.scan_history())) for i, r in zip(ids, runs))
@@ -525,6 +525,16 @@ def _summary_reason(summary: Mapping) -> str:
     return str(summary.get(key) or "") if key else ""
 
 
-def _clean_summary(summary: dict) -> dict:
-    """W&B's summary holds our summary under keys it may have turned to strings or NaN."""
-    return {k: v for k, v in summary.items() if not k.startswith("_") and not (isinstance(v, float) and math.isnan(v))}
+def _clean_summary(summary) -> dict:
+    """W&B's summary as plain dicts, without W&B's own keys (``_runtime``, ...) and NaN. The
+    public API hands nested values over as its own SummarySubDict, which is not a Mapping: it
+    is turned into a dict here, so that ``summary.final.*`` is flattened like a local record."""
+    plain = _plain(summary)
+    return {k: v for k, v in plain.items() if not k.startswith("_") and not (isinstance(v, float) and math.isnan(v))}
+
+
+def _plain(value):
+    """Nested dict-like objects (W&B's SummarySubDict: keys() and [] but no Mapping) to dicts."""
+    if isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "__getitem__")):
+        return {str(k): _plain(value[k]) for k in value.keys()}
+    return value

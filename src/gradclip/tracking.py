@@ -1,9 +1,12 @@
 """Weights & Biases mirror of a run's local record.
 
 The local record (gradclip.records) is the source of truth; W&B mirrors the same rows so runs
-can be browsed on a dashboard. W&B is offline by default (no account, no network): runs land
-in ``<run dir>/wandb/offline-run-*`` and ``wandb sync <run dir>/wandb/offline-run-*`` uploads
-them later. Set ``WANDB_MODE=online`` (after ``wandb login``) to log live.
+can be browsed on a dashboard. W&B is offline by default (no account, no network): a single
+run's W&B files land in ``<run dir>/wandb/offline-run-*``, a sweep's in one folder for all its
+jobs, ``<sweep dir>/wandb/offline-run-*`` (each record's summary names its own under
+``wandb``), so ``wandb leet <sweep dir>/wandb`` browses the whole sweep offline and
+``wandb sync <sweep dir>/wandb/offline-run-*`` uploads it. Set ``WANDB_MODE=online`` (after
+``wandb login``) to log live.
 
 Any W&B failure is reported once as a warning and turns the mirror off: it never stops a run
 or loses its local record.
@@ -63,9 +66,10 @@ class WandbTracker:
 
     def __init__(
         self,
-        run_dir: Path,
+        wandb_dir: Path,
         config: Mapping,
         *,
+        previous: str | None,
         project: str,
         entity: str | None,
         mode: str,
@@ -81,14 +85,15 @@ class WandbTracker:
 
             # A new attempt at this run replaces the W&B files of an earlier one, so that
             # `wandb sync` uploads one run per job.
-            shutil.rmtree(Path(run_dir) / "wandb", ignore_errors=True)
+            if previous and Path(previous).parent == Path(wandb_dir) / "wandb":
+                shutil.rmtree(previous, ignore_errors=True)
             if mode == "online":
                 unreachable = _unreachable(wandb.setup().settings.base_url)
                 if unreachable:
                     log.warning("W&B server %s; this run is mirrored offline instead (upload it later with "
-                                "`wandb sync %s/wandb/offline-run-*`)", unreachable, run_dir)
+                                "`wandb sync %s/wandb/offline-run-*`)", unreachable, wandb_dir)
                     mode = "offline"
-            kwargs = dict(project=project, entity=entity, dir=str(run_dir), name=name, group=group, tags=list(tags),
+            kwargs = dict(project=project, entity=entity, dir=str(wandb_dir), name=name, group=group, tags=list(tags),
                           job_type=job_type, config=dict(config), reinit="create_new")
             # W&B's own system metadata (git, pip list, hardware) cost ~0.3 s per sweep job; the
             # local summary records versions, commit and host, and W&B gets it at finish.
@@ -187,14 +192,20 @@ def run_tags(cfg: Mapping) -> list[str]:
     return tags + list(cfg["logger"].get("tags") or [])
 
 
-def make_tracker(logger_cfg: Mapping, run_dir: Path, config: Mapping):
-    """A WandbTracker for ``logger=wandb``, a NullTracker for ``logger=none``."""
+def make_tracker(logger_cfg: Mapping, wandb_dir: Path, config: Mapping, previous: str | None = None):
+    """A WandbTracker for ``logger=wandb``, a NullTracker for ``logger=none``.
+
+    ``wandb_dir``: W&B writes under ``<wandb_dir>/wandb/``: a single run's own folder, or the
+    sweep's folder, shared by its jobs so that one ``wandb leet`` browses the whole sweep.
+    ``previous``: the W&B folder of an earlier attempt at this run, removed first.
+    """
     if logger_cfg["name"] == "none":
         return NullTracker()
     mode = logger_cfg.get("mode") or "offline"  # the config's default reads WANDB_MODE
     return WandbTracker(
-        run_dir,
+        wandb_dir,
         config,
+        previous=previous,
         project=logger_cfg["project"],
         entity=logger_cfg.get("entity"),
         mode=mode,

@@ -219,8 +219,9 @@ class BatchSampler:
         return idx.to(self.device)
 
 
-def train(cfg: DictConfig, run_dir: Path, reraise: bool = True) -> dict:
-    """Run one job into ``run_dir``; return its summary.
+def train(cfg: DictConfig, run_dir: Path, reraise: bool = True, wandb_dir: Path | None = None) -> dict:
+    """Run one job into ``run_dir``; return its summary. W&B (``logger=wandb``) writes under
+    ``<wandb_dir>/wandb``: by default the run's own folder; a sweep passes its own, shared.
 
     Bad input raises ConfigError, and a record that must not be touched RecordError, before
     anything is written. A diverged run is a result. A stop signal (gradclip.interrupts) ends
@@ -261,6 +262,7 @@ def train(cfg: DictConfig, run_dir: Path, reraise: bool = True) -> dict:
     clipper = make_clipper(cfg.clip, names)
     schedule = make_schedule(cfg.schedule, cfg.steps)
 
+    previous_wandb = run_state(run_dir).summary.get("wandb")  # an earlier attempt's W&B files
     summary = {"status": "running", "diverged_step": None, "seed": cfg.seed, "device": str(device),
                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "host": socket.gethostname(), "process": process_identity(), "git": _git_state(),
@@ -270,8 +272,10 @@ def train(cfg: DictConfig, run_dir: Path, reraise: bool = True) -> dict:
     exit_code = 1
     try:
         recorder.start(config, summary)
-        tracker = make_tracker(cfg.logger, run_dir, config)
+        tracker = make_tracker(cfg.logger, Path(wandb_dir or run_dir), config, previous_wandb)
         summary["wandb"] = tracker.run_path
+        if tracker.run_path:  # the record names its W&B run from the start
+            recorder.write_summary(summary)
         summary |= _train_loop(cfg, model, names, params, clipper, schedule, data, device, recorder, tracker)
         signum = interrupts.received()
         exit_code = interrupts.exit_code(signum) if summary["status"] == "interrupted" else 0
@@ -549,7 +553,8 @@ def _job(cfg: DictConfig) -> None:
     sweep.job_here = True
     try:
         # A crash in one job of a sweep is recorded as `failed` and the sweep goes on.
-        summary = train(cfg, run_dir, reraise=not multirun)
+        summary = train(cfg, run_dir, reraise=not multirun,
+                        wandb_dir=Path(hydra_cfg.sweep.dir).resolve() if multirun else None)
     except ConfigError as error:
         # One clear line, no traceback: the input is wrong, not the code.
         print(f"gradclip: bad input: {error}", file=sys.stderr)
