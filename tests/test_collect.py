@@ -1,0 +1,80 @@
+"""The collect step of scripts/figures.py on small hand-built records whose answers are known:
+the limit-set distances, and the ODE tables' time alignment (theta_n sits at t(n) = sum_{k<n} a(k))."""
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from gradclip.data import load_dataset
+from gradclip.meanfield import ode_path
+from gradclip.records import RunRecorder
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("figures", ROOT / "scripts" / "figures.py")
+figures = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(figures)
+
+
+def write_record(run_dir: Path, config: dict, thetas: list, sum_lr: list, summary: dict) -> None:
+    """A completed run that logged theta_n (train/theta_<i>) with t(n) at steps 1, 2, ..."""
+    recorder = RunRecorder(run_dir)
+    recorder.start(config, {"status": "running"})
+    for step, (theta, t) in enumerate(zip(thetas, sum_lr), start=1):
+        recorder.log({"step": step, "train/sum_lr": t} | {f"train/theta_{i}": float(v) for i, v in enumerate(theta)})
+    recorder.write_summary({"status": "completed", "final": recorder.final_values()} | summary)
+    recorder.close()
+
+
+def huber_location_by_bisection(y: np.ndarray, tau: float) -> float:
+    """The root of mean_i clip(theta - y_i, -tau, tau), which increases with theta: bisection."""
+    lo, hi = float(y.min()), float(y.max())
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if np.clip(mid - y, -tau, tau).mean() < 0 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def test_limit_set_distances_are_those_of_the_logged_theta(make_cfg, tmp_path):
+    config = OmegaConf.to_container(make_cfg("+experiment=limit_set", "data.noise.dist=lognormal",
+                                             "clip.threshold=0.5", "clip.granularity=sample", tiny=False), resolve=True)
+    y = load_dataset(config["data"]).y_train.double().numpy().ravel()
+    mean, root = float(y.mean()), huber_location_by_bisection(y, 0.5)
+    assert abs(root - mean) > 0.1  # skewed noise: the two can be told apart
+    final = {"eval/H_norm": 0.0, "eval/mean_grad_norm": 0.0}
+    for seed, theta in [(1, root), (2, mean)]:
+        write_record(tmp_path / "limit_set" / f"seed={seed}", config | {"seed": seed}, [[theta]], [1.0],
+                     {"final": final})
+    figures.collect_limit_set(SimpleNamespace(source="local", runs=str(tmp_path), results=str(tmp_path)))
+    table = pd.read_csv(tmp_path / "limit_set.csv").set_index("seed")
+    at_root, at_mean = table.loc[1], table.loc[2]
+    assert at_root["dist_to_root"] == pytest.approx(0, abs=1e-6)
+    assert at_root["dist_to_mean"] == pytest.approx(abs(root - mean), rel=1e-6)
+    assert at_mean["dist_to_mean"] == pytest.approx(0, abs=1e-6)
+    assert at_mean["dist_to_root"] == pytest.approx(abs(root - mean), rel=1e-6)
+    assert at_mean["root_to_mean"] == pytest.approx(abs(root - mean), rel=1e-6)
+
+
+def test_ode_tables_compare_theta_n_with_the_ode_at_t_n(make_cfg, tmp_path):
+    """A run whose logged theta_n is the ODE's solution at t(n) has gap 0 at every step; one
+    whose theta_n is the solution at t(n+1) (off by one step) has gaps of about a ||H||."""
+    config = OmegaConf.to_container(make_cfg("+experiment=ode_tracking", "schedule.a0=0.1", tiny=False), resolve=True)
+    root = tmp_path / "ode_tracking"
+    write_record(root / "probe", config, [[0.0, 0.0, 0.0]], [0.1], {"initial_theta": [0.0, 0.0, 0.0]})
+    x, y = figures.design(root / "probe")
+    theta0, a, steps = np.zeros(3), 0.1, 40
+    t = a * np.arange(1, steps + 2)  # t(n) = sum_{k<n} a(k) = n a, for n = 1 .. steps + 1
+    exact = ode_path(x, y, 1.0, theta0, t)
+    summary = {"initial_theta": theta0.tolist(), "sum_lr": float(t[steps - 1])}
+    write_record(root / "probe", config | {"seed": 0}, exact[:steps], t[:steps], summary)
+    write_record(root / "shifted", config | {"seed": 1}, exact[1:], t[:steps], summary)
+    figures.collect_ode_tracking(SimpleNamespace(source="local", runs=str(tmp_path), results=str(tmp_path)))
+    paths = pd.read_csv(tmp_path / "ode_paths.csv")
+    aligned, shifted = paths[paths.seed == 0], paths[paths.seed == 1]
+    assert list(aligned.step) == list(range(steps + 1)) and aligned.t.iloc[0] == 0  # theta_0 at t = 0
+    assert aligned.gap.max() < 1e-6
+    assert shifted.gap.iloc[1:].min() > 1e-3
