@@ -67,6 +67,7 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path):
     assert not list(tmp_path.rglob("summary.json"))
 
 
+@pytest.mark.slow
 def test_bad_input_in_one_job_of_a_sweep_stops_only_that_job(tmp_path):
     result = gradclip_train("-m", *FAST, "logger=none", "name=mixed", "clip.threshold=1.0,-1", cwd=tmp_path)
     assert result.returncode == 2

@@ -84,6 +84,7 @@ def test_sigterm_ends_a_run_at_a_step_boundary_as_interrupted(tmp_path):
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".summary")]
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_sweep_which_reports_and_a_relaunch_finishes_it(tmp_path):
     """SIGINT to a sweep run by Hydra's basic launcher: the running job ends interrupted, no
     other job starts, the report counts them, exit 130; the same command then trains what is
@@ -126,6 +127,7 @@ def test_a_signal_to_a_joblib_sweep_stops_its_workers_too(tmp_path):
     assert "stopped by SIGUSR1; 2 jobs: 2 interrupted" in err
 
 
+@pytest.mark.slow
 def test_a_run_killed_without_a_word_reads_interrupted_and_trains_again(tmp_path, capsys):
     """SIGKILL (or a power cut): the summary still says running, but its process is gone;
     load_runs and a relaunch's record check tell it from a live run."""
@@ -192,6 +194,7 @@ def test_a_full_disk_records_the_run_as_failed_with_whole_rows(cfg, tmp_path, mo
     assert {p.name: p.read_bytes() for p in (tmp_path / "earlier").iterdir()} == earlier
 
 
+@pytest.mark.slow
 def test_a_write_error_in_a_sweep_fails_that_job_and_the_sweep_goes_on(tmp_path):
     """A real OS write error in a real sweep: a file size limit (RLIMIT_FSIZE, EFBIG) that each
     job's metrics.jsonl outgrows. Every job is recorded failed, naming the file; the sweep runs
@@ -297,6 +300,7 @@ def test_a_record_of_another_host_is_judged_by_its_heartbeat(tmp_path):
     assert state.status == "interrupted" and "process 1 on node-7 died without a word" in state.reason
 
 
+@pytest.mark.slow
 def test_a_sweep_with_bad_input_a_stale_and_a_corrupt_record_goes_on_and_exits_2(make_cfg, tmp_path):
     """One launch, four jobs: a stale finished record of another config (bad input), a corrupt
     summary (failed), a bad value (bad input), a good job. The good one trains, no record

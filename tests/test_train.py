@@ -381,3 +381,87 @@ def test_unit_log_records_every_units_weight_and_step(make_cfg, tmp_path):
     # AGC's bound holds unit by unit (float32 rounding aside)
     bound = 0.1 * 0.01 * hidden["weight_norm"].clip(lower=1e-3)
     assert (hidden["step_norm"] <= bound * (1 + 1e-3)).all()
+
+
+# -- behaviour that the experiments rely on, each against a value known by hand ---------------------
+
+
+def theta_rows(run_dir):
+    return {r["step"]: r for r in read_rows(run_dir) if "train/theta_0" in r}
+
+
+def test_momentum_and_weight_decay_follow_torch_sgd_by_hand(make_cfg, tmp_path, monkeypatch):
+    """One example, x = 1, y = 10, theta_0 = 0: g_n = theta_n - 10 (+ wd theta_n), v = mu v + g,
+    theta <- theta - a v (torch's SGD), after clipping: the logged theta follows it step by step."""
+    one_example(monkeypatch, 1.0, 10.0)
+    mu, wd, a, tau = 0.9, 0.1, 0.05, 3.0
+    cfg = make_cfg(*LINEAR, "clip=norm", "clip.threshold=3.0", "clip.eps=0", f"schedule.a0={a}", f"momentum={mu}",
+                   f"weight_decay={wd}", "steps=6", "log_every=1", "log_theta=true")
+    train(cfg, tmp_path)
+    theta, v, expected = 0.0, 0.0, {}
+    for n in range(1, 7):
+        g = theta - 10.0
+        g = g * min(1.0, tau / abs(g))  # clipped first, then weight decay and momentum
+        v = mu * v + g + wd * theta
+        theta -= a * v
+        expected[n] = theta
+    got = {n: row["train/theta_0"] for n, row in theta_rows(tmp_path).items()}
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_scaled_losses_divide_each_loss_by_its_clipping_factor(make_cfg, tmp_path, monkeypatch):
+    """theta_0 = 0, x = 1, y = 10: loss 50, gradient -10, c = max(1, 10 / tau) = 10 at tau = 1, so
+    the scaled loss is 5, in the training row of step 1 and the full-data row of step 0."""
+    one_example(monkeypatch, 1.0, 10.0)
+    cfg = make_cfg(*LINEAR, "clip=norm", "clip.threshold=1.0", "clip.eps=0", "clip.granularity=sample",
+                   "schedule.a0=0.01", "steps=1", "log_every=1", "eval_every=1")
+    train(cfg, tmp_path)
+    rows = {(r["step"], "eval/H_norm" in r): r for r in read_rows(tmp_path)}
+    assert rows[(0, True)]["eval/scaled_loss"] == pytest.approx(5.0)
+    assert rows[(0, True)]["eval/train_loss"] == pytest.approx(50.0)
+    assert rows[(1, False)]["train/scaled_loss"] == pytest.approx(5.0)
+    assert rows[(1, False)]["train/loss"] == pytest.approx(50.0)
+
+
+def test_shuffled_sampling_visits_every_example_once_an_epoch():
+    from gradclip.train import BatchSampler
+
+    sampler = BatchSampler(10, 3, "shuffle", torch.Generator().manual_seed(0), "cpu")
+    epochs = [torch.cat([sampler() for _ in range(3)]) for _ in range(4)]  # 3 batches of 3; 1 left over
+    for drawn in epochs:
+        assert len(set(drawn.tolist())) == 9  # no repeat within an epoch; the ragged tail is dropped
+    assert len({tuple(e.tolist()) for e in epochs}) == 4  # a new order each epoch
+    iid = BatchSampler(10, 3, "iid", torch.Generator().manual_seed(0), "cpu")
+    assert any(len(set(iid().tolist() + iid().tolist() + iid().tolist())) < 9 for _ in range(20))
+
+
+def test_a_run_with_shuffled_sampling_differs_from_iid(make_cfg, tmp_path):
+    train(make_cfg("eval_every=0", "sampling=shuffle"), tmp_path / "shuffle")
+    train(make_cfg("eval_every=0"), tmp_path / "iid")
+    assert read_rows(tmp_path / "shuffle") != read_rows(tmp_path / "iid")
+    assert yaml.safe_load((tmp_path / "shuffle" / "config.yaml").read_text())["sampling"] == "shuffle"
+
+
+@pytest.mark.parametrize("left", ["failed", "running-dead"])
+def test_a_relaunch_over_a_failed_or_dead_record_trains_again(make_cfg, tmp_path, left):
+    cfg = make_cfg("eval_every=0")
+    train(cfg, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    if left == "failed":
+        summary |= {"status": "failed", "error": "RuntimeError: out of memory"}
+    else:  # the process that wrote it is gone
+        summary |= {"status": "running", "process": summary["process"] | {"start_ticks": -1}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    again = train(cfg, tmp_path)
+    assert "skipped" not in again and again["status"] == "completed"
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_long_job_names_are_cut_with_a_hash_that_keeps_them_apart():
+    from gradclip.train import _dirname
+
+    base = ",".join(f"model.key{i}=value{i}" for i in range(12))
+    one, two = _dirname(base + ",seed=1"), _dirname(base + ",seed=2")
+    assert one != two and len(one) == len(two) == 133 and one[:120] == two[:120] == base[:120]
+    assert _dirname("clip.threshold=1.0,seed=0") == "clip.threshold=1.0,seed=0"
+    assert _dirname("data.root=/tmp/x y") == "data.root=_tmp_x_y" and _dirname("") == "default"
