@@ -38,21 +38,24 @@ plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "legend.fontsize": 7, 
 # -- loading ----------------------------------------------------------------------------------------
 
 
-def load(args, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load(args, experiment: str, keep_failed: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """An experiment's runs and metrics, local records or W&B. Only results enter a table:
+    completed and diverged runs (and failed ones where ``keep_failed``: the stability table
+    counts them). Interrupted, live and failed runs, and jobs that never had a config (bad
+    input, a corrupt record), are named here and left out."""
     if args.source == "wandb":
-        return load_wandb_runs(args.entity, args.project, {"group": experiment})
-    runs, metrics = load_runs(Path(args.runs) / experiment)
-    # Only results enter a table: completed and diverged runs, and failed ones (crashes), which
-    # the stability table counts. Interrupted and live runs, and jobs that never had a config
-    # (bad input, a corrupt record), are named here and left out.
+        runs, metrics = load_wandb_runs(args.entity, args.project, {"group": experiment})
+    else:
+        runs, metrics = load_runs(Path(args.runs) / experiment)
+    statuses = ["completed", "diverged"] + (["failed"] if keep_failed else [])
     configured = runs["seed"].notna() if "seed" in runs else pd.Series(False, index=runs.index)
-    kept = runs["summary.status"].isin(["completed", "diverged", "failed"]) & configured
+    kept = runs["summary.status"].isin(statuses) & configured
     for _, run in runs[~kept].iterrows():
         print(f"figures: {experiment}: left out {run['run_id']} ({run['summary.status']}: {run['reason']})")
     runs = runs[kept]
     if runs.empty:
-        raise SystemExit(f"no run records under {Path(args.runs) / experiment}: run the sweep first")
-    return runs, metrics
+        raise SystemExit(f"no finished runs of {experiment} in {args.source} records: run the sweep first")
+    return runs, metrics[metrics["run_id"].isin(runs["run_id"])]
 
 
 def problem(runs: pd.DataFrame) -> pd.Series:
@@ -72,7 +75,7 @@ NOISE_LABEL = {"gaussian": "gaussian noise", "lognormal": "skewed noise (lognorm
 
 
 def collect_stability(args) -> None:
-    runs, metrics = load(args, "stability")
+    runs, metrics = load(args, "stability", keep_failed=True)
     runs["model.name"] = problem(runs)
     bounds = runs["divergence.max_norm"].unique()
     if len(bounds) != 1:

@@ -93,8 +93,11 @@ def run(command: list[str]) -> None:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if code < 0:  # killed by a signal it did not handle (SIGKILL): report it as a shell would
+        code = 128 - code
     if code:
-        what = f"stopped by {signal.Signals(code - 128).name}" if code > 128 else f"failed (exit {code})"
+        names = {int(s): s.name for s in signal.Signals}
+        what = f"stopped by {names[code - 128]}" if code - 128 in names else f"failed (exit {code})"
         print(f"reproduce: {what} in: {' '.join(command[1:5])}; the same command resumes, training only what "
               "is missing", file=sys.stderr)
         sys.exit(code)

@@ -89,7 +89,8 @@ def test_ctrl_c_stops_a_sweep_which_reports_and_a_relaunch_finishes_it(tmp_path)
     """SIGINT to a sweep run by Hydra's basic launcher: the running job ends interrupted, no
     other job starts, the report counts them, exit 130; the same command then trains what is
     missing (the interrupted run afresh) and exits 0."""
-    command = [sys.executable, "-m", "gradclip.train", "-m", *FAST, "steps=1500,40", "seed=0", "name=ctrlc"]
+    mirrored = [a for a in FAST if a != "logger=none"] + ["logger=wandb"]  # W&B offline
+    command = [sys.executable, "-m", "gradclip.train", "-m", *mirrored, "steps=1500,40", "seed=0", "name=ctrlc"]
     proc = subprocess.Popen(command, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     root = tmp_path / "runs" / "ctrlc"
     wait_for_rows(root, "*steps=1500/metrics.jsonl")
@@ -101,6 +102,12 @@ def test_ctrl_c_stops_a_sweep_which_reports_and_a_relaunch_finishes_it(tmp_path)
     assert json.loads((long_run / "summary.json").read_text())["status"] == "interrupted"
     assert not (root / f"{JOB}seed=0,steps=40" / "summary.json").exists()  # never launched
     assert "gradclip: sweep runs/ctrlc: stopped by SIGINT; 1 job: 1 interrupted" in err
+    # its W&B run was finished too, with the run's exit code and status (W&B's own reader)
+    wandb_run = json.loads((long_run / "summary.json").read_text())["wandb"]
+    state = json.loads(subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary",
+                                       "--json", wandb_run], capture_output=True, text=True, check=True).stdout)
+    assert state["exit_code"] == 130, state  # W&B calls a run that ends non-zero "failed"
+    assert state["summary"]["status"] == "interrupted"
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert {d.name: run_state(d).status for d in root.iterdir() if d.name.startswith(JOB)} == {
@@ -145,6 +152,16 @@ def test_a_run_killed_without_a_word_reads_interrupted_and_trains_again(tmp_path
     # the sweep's report (what its parent prints at the end) counts it as interrupted too
     assert sweep.report(root) == 1
     assert "1 job: 1 interrupted" in capsys.readouterr().err
+    # and the same command trains it again, in the same folder: a new attempt by a new process
+    relaunch = launch("-m", *FAST, "steps=1000000", "seed=0", "name=killed", cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while run_state(metrics.parent).summary.get("process", {}).get("pid") != relaunch.pid:
+        assert time.monotonic() < deadline and relaunch.poll() is None
+        time.sleep(0.05)
+    assert run_state(metrics.parent).status == "running"
+    relaunch.send_signal(signal.SIGTERM)
+    relaunch.communicate(timeout=60)
+    assert run_state(metrics.parent).status == "interrupted"
 
 
 # -- full disk, write errors -------------------------------------------------------------------------
@@ -152,24 +169,30 @@ def test_a_run_killed_without_a_word_reads_interrupted_and_trains_again(tmp_path
 
 def full_disk_after(monkeypatch, budget: int) -> None:
     """Let new files take ``budget`` more bytes, then fail as a full disk does: part of a write
-    first, then ENOSPC. Rewriting a file that exists (blocks already allocated) still works."""
+    first, then ENOSPC. An existing file can be rewritten within the blocks it already holds,
+    and no further."""
     real_write, real_open = os.write, os.open
-    left, growing = {"bytes": budget}, set()
+    left, room = {"bytes": budget}, {}  # room: fd of an existing file -> bytes it may still take
 
     def open_(path, flags, mode=0o777, **kwargs):
         if flags & os.O_CREAT and left["bytes"] <= 0:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         fd = real_open(path, flags, mode, **kwargs)
-        (growing.add if flags & os.O_CREAT else growing.discard)(fd)
+        if flags & os.O_CREAT:
+            room.pop(fd, None)
+        else:
+            room[fd] = os.fstat(fd).st_blocks * 512
         return fd
 
     def write(fd, data):
-        if fd not in growing:
-            return real_write(fd, data)
-        if left["bytes"] <= 0:
+        limit = room.get(fd, left["bytes"])
+        if limit <= 0:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        n = real_write(fd, bytes(data[: left["bytes"]]))
-        left["bytes"] -= n
+        n = real_write(fd, bytes(data[:limit]))
+        if fd in room:
+            room[fd] -= n
+        else:
+            left["bytes"] -= n
         return n
 
     monkeypatch.setattr(records.os, "write", write)
@@ -194,6 +217,27 @@ def test_a_full_disk_records_the_run_as_failed_with_whole_rows(cfg, tmp_path, mo
     assert {p.name: p.read_bytes() for p in (tmp_path / "earlier").iterdir()} == earlier
 
 
+def test_a_full_disk_keeps_the_essentials_of_a_summary_too_big_to_rewrite(cfg, tmp_path, monkeypatch):
+    """The disk fills after the last row: the final summary (61 logged parameters make it larger
+    than the blocks the first one holds) cannot be rewritten in place; its essentials are."""
+    close_rows = records.RunRecorder.close_rows
+
+    def close_rows_then_fill(self):
+        close_rows(self)
+        full_disk_after(monkeypatch, 0)
+
+    monkeypatch.setattr(records.RunRecorder, "close_rows", close_rows_then_fill)
+    summary = train(cfg("model=linear", "data=linreg", "data.dim=60", "model.bias=true", "log_theta=true",
+                        "steps=20"), tmp_path)
+    monkeypatch.undo()
+    assert len(json.dumps(summary, indent=2)) > (tmp_path / "summary.json").stat().st_blocks * 512
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == saved["status"] == "completed" and saved["truncated"] is True
+    assert saved["steps_completed"] == 20 and {"finished_at", "process"} <= set(saved)
+    assert "initial_theta" not in saved and "summary_write_error" not in summary
+    assert run_state(tmp_path).status == "completed"
+
+
 @pytest.mark.slow
 def test_a_write_error_in_a_sweep_fails_that_job_and_the_sweep_goes_on(tmp_path):
     """A real OS write error in a real sweep: a file size limit (RLIMIT_FSIZE, EFBIG) that each
@@ -214,6 +258,24 @@ def test_a_write_error_in_a_sweep_fails_that_job_and_the_sweep_goes_on(tmp_path)
         assert all(json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())
         assert not list(run_dir.glob(".*.tmp"))
     assert "gradclip: sweep runs/efbig: 2 jobs: 2 failed" in result.stderr
+
+
+def test_a_write_error_reported_only_at_close_fails_the_run(cfg, tmp_path, monkeypatch):
+    """Network file systems report quota and full-disk errors at fsync/close: the rows are closed
+    before the final summary, so such a run is recorded failed, never completed."""
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("metrics.jsonl"):
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(records.os, "fsync", fsync)
+    summary = train(cfg("clip=norm"), tmp_path)
+    monkeypatch.undo()
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == saved["status"] == "failed"
+    assert saved["error"] == f"cannot write {tmp_path / 'metrics.jsonl'}: Disk quota exceeded"
 
 
 def test_when_not_even_the_summary_can_be_written_the_run_says_so(cfg, tmp_path, monkeypatch):
@@ -237,7 +299,11 @@ def test_when_not_even_the_summary_can_be_written_the_run_says_so(cfg, tmp_path,
 
 
 def test_summary_has_the_mode_of_the_other_record_files(cfg, tmp_path):
-    train(cfg("clip=agc", "unit_log_every=10"), tmp_path)
+    previous = os.umask(0o022)  # the usual umask: every record file then reads 0644
+    try:
+        train(cfg("clip=agc", "unit_log_every=10"), tmp_path)
+    finally:
+        os.umask(previous)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
     assert set(modes) == {"config.yaml", "metrics.jsonl", "summary.json", "units.jsonl"}
     assert len(set(modes.values())) == 1 and modes["summary.json"] & 0o044 == 0o044  # others can read

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import yaml
 
-from gradclip.records import RunRecorder, find_run_dirs, is_finished, load_runs, load_wandb_runs
+from gradclip.records import RunRecorder, find_run_dirs, load_runs, load_wandb_runs, run_state
 
 
 def write_run(run_dir, config, rows, status="completed"):
@@ -21,9 +21,9 @@ def test_recorder_writes_and_flags_finished_runs(tmp_path):
     write_run(tmp_path / "a", {"clip": {"method": "norm"}}, [{"step": 1, "train/loss": 2.0}])
     assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text()) == {"clip": {"method": "norm"}}
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["final"] == {"step": 1, "train/loss": 2.0}
-    assert is_finished(tmp_path / "a")
+    assert run_state(tmp_path / "a").finished
     write_run(tmp_path / "b", {}, [], status="failed")
-    assert not is_finished(tmp_path / "b") and not is_finished(tmp_path / "never-ran")
+    assert not run_state(tmp_path / "b").finished and not run_state(tmp_path / "never-ran").finished
 
 
 def test_load_runs_from_directories_and_globs(tmp_path):
@@ -45,10 +45,36 @@ def test_load_runs_from_directories_and_globs(tmp_path):
         tmp_path / "sweep" / "clip=none,seed=0"]
 
 
+class HistoryService:
+    """What W&B's HistoryScan asks of wandb-core, answered with W&B's own protobuf messages."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def send_api_request(self, request):
+        from wandb.proto import wandb_api_pb2 as pb
+
+        asked, response = request.read_run_history_request, pb.ApiResponse()
+        if asked.HasField("scan_run_history_init"):
+            response.read_run_history_response.scan_run_history_init.request_id = 1
+            return response
+        low, high = asked.scan_run_history.min_step, asked.scan_run_history.max_step
+        for row in self.rows:
+            if low <= row["_step"] < high:
+                history_row = response.read_run_history_response.run_history.history_rows.add()
+                for key, value in row.items():
+                    history_row.history_items.add(key=key, value_json=json.dumps(value))
+        return response
+
+    def finalize(self, owner, request):
+        pass
+
+
 def test_load_wandb_runs_reads_every_row_through_the_api(tmp_path):
-    """A stand-in for wandb.Api around W&B's own summary type (HTTPSummary, whose nested values
-    come as SummarySubDict, not a Mapping): configs, summaries flattened like local records, and
-    scan_history (never the sampled history; its rows are plain dicts in the API too)."""
+    """A stand-in for wandb.Api around W&B's own types: the summary as HTTPSummary (whose nested
+    values come as SummarySubDict, not a Mapping), flattened like a local record; every row
+    through HistoryScan, the iterator behind scan_history (never the sampled history), paged."""
+    from wandb.apis.public.history import HistoryScan
     from wandb.apis.public.summary import HTTPSummary, SummarySubDict
 
     rows = [{"_step": s, "step": s, "train/loss": float(s), "_runtime": 0.1} for s in range(1, 701)]
@@ -57,10 +83,11 @@ def test_load_wandb_runs_reads_every_row_through_the_api(tmp_path):
         "final": {"step": 700, "train/loss": float("inf")}})
     assert isinstance(summary["final"], SummarySubDict)
     run = SimpleNamespace(
-        id="abc123",
+        id="abc123", entity="me", project="gradclip",
         config={"clip": {"method": "agc", "clip_factor": 0.01}, "seed": 2, "_wandb": {"x": 1}},
         summary=summary,
-        scan_history=lambda: iter(rows),
+        scan_history=lambda: HistoryScan(run, service_api=HistoryService(rows), min_step=1, max_step=701,
+                                         page_size=250),
         history=lambda: (_ for _ in ()).throw(AssertionError("history() is down-sampled")),
     )
     calls = []

@@ -54,12 +54,6 @@ def received() -> int | None:
     return _received
 
 
-def reset() -> None:
-    """Forget a received signal (a new sweep in the same process)."""
-    global _received
-    _received = None
-
-
 def installed() -> bool:
     return signal.getsignal(signal.SIGTERM) is _handle
 

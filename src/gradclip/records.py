@@ -60,6 +60,11 @@ HEARTBEAT_S = 30.0
 HEARTBEAT_STALE_S = 600.0
 
 
+# What a summary keeps when a full disk leaves room for no more (``truncated``: true).
+ESSENTIAL_KEYS = ("status", "error", "bad_input", "diverged_step", "diverged_reason", "interrupted_reason",
+                  "steps_completed", "seed", "started_at", "finished_at", "process", "wandb")
+
+
 class RecordError(Exception):
     """A record on disk that cannot be read. The message names the file and the remedy."""
 
@@ -91,6 +96,7 @@ def write_text_atomic(path: Path, text: str, in_place_on_full_disk: bool = False
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             _write_all(fd, data)
+            os.fsync(fd)  # on disk before it replaces the old file: a power cut leaves one or the other
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -98,18 +104,29 @@ def write_text_atomic(path: Path, text: str, in_place_on_full_disk: bool = False
         _unlink_quietly(tmp)
         if not (in_place_on_full_disk and error.errno in (errno.ENOSPC, errno.EDQUOT) and path.is_file()):
             raise RecordWriteError(path, error) from None
-        try:
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                _write_all(fd, data)
-                os.ftruncate(fd, len(data))
-            finally:
-                os.close(fd)
-        except OSError:
+        if not _overwrite_in_place(path, data):
             raise RecordWriteError(path, error) from None
     except BaseException:
         _unlink_quietly(tmp)
         raise
+
+
+def _overwrite_in_place(path: Path, data: bytes) -> bool:
+    """Overwrite a file with ``data`` only where that needs no new block (``data`` fits in what
+    the file already holds): then a full disk cannot cut the write. False if it would not fit."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            if len(data) > os.fstat(fd).st_blocks * 512:
+                return False
+            _write_all(fd, data)
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
 
 
 def write_json_atomic(path: Path, obj: Any, in_place_on_full_disk: bool = False) -> None:
@@ -154,7 +171,18 @@ class _JsonLines:
             raise RecordWriteError(self.path, error) from None
 
     def close(self) -> None:
-        os.close(self.fd)
+        """fsync and close: a write error that a network file system reports only now (NFS
+        defers quota and full-disk errors to close) is raised here, before the run's final
+        summary can call it complete."""
+        try:
+            os.fsync(self.fd)
+        except OSError as error:
+            os.close(self.fd)
+            raise RecordWriteError(self.path, error) from None
+        try:
+            os.close(self.fd)
+        except OSError as error:
+            raise RecordWriteError(self.path, error) from None
 
 
 def process_identity() -> dict:
@@ -240,16 +268,41 @@ class RunRecorder:
         return dict(self._final)
 
     def write_summary(self, summary: Mapping) -> None:
-        write_json_atomic(self.run_dir / SUMMARY_FILE, dict(summary), in_place_on_full_disk=True)
+        """Replace summary.json atomically. On a full disk, overwrite it in place where that needs
+        no new block, or else with its essentials only (status, reason, steps), which fit."""
+        try:
+            write_json_atomic(self.run_dir / SUMMARY_FILE, dict(summary), in_place_on_full_disk=True)
+        except RecordWriteError as error:
+            if error.error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            essentials = {k: summary[k] for k in ESSENTIAL_KEYS if k in summary} | {"truncated": True}
+            text = json.dumps(essentials, indent=2, sort_keys=True) + "\n"
+            if not _overwrite_in_place(self.run_dir / SUMMARY_FILE, text.encode()):
+                raise
+
+    def close_rows(self) -> None:
+        """Close metrics.jsonl and units.jsonl (before the final summary: see _JsonLines.close);
+        raises RecordWriteError if a deferred write error shows up now."""
+        handles, self._metrics, self._units = (self._metrics, self._units), None, None
+        errors = []
+        for handle in handles:
+            if handle is not None:
+                try:
+                    handle.close()
+                except RecordWriteError as error:
+                    errors.append(error)
+        if errors:
+            raise errors[0]
 
     def close(self) -> None:
+        """Stop the heartbeat and close the rows (call it last, from a ``finally``)."""
         if self._beat is not None:
             self._beat.set()
             self._beat = None
-        for handle in (self._metrics, self._units):
-            if handle is not None:
-                handle.close()
-        self._metrics = self._units = None
+        try:
+            self.close_rows()
+        except RecordWriteError:
+            pass
 
     def _start_heartbeat(self) -> None:
         """Touch summary.json every HEARTBEAT_S seconds from a daemon thread, so that a reader on
@@ -282,8 +335,8 @@ def read_summary(run_dir: Path) -> dict | None:
         text = path.read_text()
     except FileNotFoundError:
         return None
-    except OSError as error:
-        raise RecordError(f"{path} cannot be read ({error.strerror or error})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RecordError(f"{path} cannot be read ({getattr(error, 'strerror', None) or error})") from None
     try:
         summary = json.loads(text)
     except json.JSONDecodeError as error:
@@ -302,8 +355,8 @@ def read_config(run_dir: Path) -> dict | None:
         text = path.read_text()
     except FileNotFoundError:
         return None
-    except OSError as error:
-        raise RecordError(f"{path} cannot be read ({error.strerror or error})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RecordError(f"{path} cannot be read ({getattr(error, 'strerror', None) or error})") from None
     try:
         config = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -344,16 +397,27 @@ def run_state(run_dir: Path) -> RunState:
     if summary is None:
         return RunState("failed", f"no {SUMMARY_FILE} in {run_dir}", {}, config)
     status = summary.get("status")
+    if not isinstance(status, str) or status not in STATUSES:
+        return RunState("failed", f"corrupt record: {run_dir / SUMMARY_FILE} has status {status!r}, not one of "
+                        f"{', '.join(STATUSES)}: {_remedy(run_dir)}", summary, config, corrupt=True)
+    if not isinstance(summary.get("process", {}), dict):
+        summary = summary | {"process": {}}
     if status == "running":
         alive, why = _liveness(run_dir, summary)
         return RunState("running" if alive else "interrupted", why, summary, config)
-    if status == "failed" and summary.get("bad_input"):
-        return RunState("failed", f"bad input: {summary.get('error')}", summary, config)
-    reason = {"failed": summary.get("error"), "diverged": summary.get("diverged_reason"),
-              "interrupted": summary.get("interrupted_reason")}.get(status, "")
-    if status not in STATUSES:
-        return RunState("failed", f"unknown status {status!r} in {run_dir / SUMMARY_FILE}", summary, config)
-    return RunState(status, reason or "", summary, config)
+    return RunState(status, summary_reason(summary), summary, config)
+
+
+# Where a summary says why it has its status.
+REASON_KEYS = {"failed": "error", "diverged": "diverged_reason", "interrupted": "interrupted_reason"}
+
+
+def summary_reason(summary: Mapping) -> str:
+    """Why a recorded run has its status, in words ("" for a completed run)."""
+    if summary.get("bad_input"):
+        return f"bad input: {summary.get('error')}"
+    key = REASON_KEYS.get(summary.get("status"))
+    return str(summary.get(key) or "") if key else ""
 
 
 def _liveness(run_dir: Path, summary: Mapping) -> tuple[bool, str]:
@@ -371,12 +435,6 @@ def _liveness(run_dir: Path, summary: Mapping) -> tuple[bool, str]:
         return True, f"{who} is writing it (last write {age:.0f} s ago)"
     return False, (f"{who} died without a word (SIGKILL, out of memory, a power cut) "
                    f"{age:.0f} s after its last write; a relaunch trains it again")
-
-
-def is_finished(run_dir: Path) -> bool:
-    """True if the run already completed or diverged: a re-launched sweep skips it. A record
-    that cannot be read is not finished (and is left alone by the caller)."""
-    return run_state(run_dir).finished
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -511,18 +569,9 @@ def load_wandb_runs(
     configs = [{k: v for k, v in dict(r.config).items() if not k.startswith("_")} for r in runs]
     summaries = [_clean_summary(r.summary) for r in runs]
     ids = [f"{entity}/{project}/{r.id}" for r in runs]
-    reasons = [_summary_reason(s) for s in summaries]
+    reasons = [summary_reason(s) for s in summaries]
     metrics = metrics_frame((i, list(r.scan_history())) for i, r in zip(ids, runs))
     return runs_frame(configs, summaries, ids, reasons), metrics
-
-
-def _summary_reason(summary: Mapping) -> str:
-    """The reason column for a W&B run, from the summary its local run wrote at the end."""
-    status = summary.get("status")
-    if summary.get("bad_input"):
-        return f"bad input: {summary.get('error')}"
-    key = {"failed": "error", "diverged": "diverged_reason", "interrupted": "interrupted_reason"}.get(status)
-    return str(summary.get(key) or "") if key else ""
 
 
 def _clean_summary(summary) -> dict:

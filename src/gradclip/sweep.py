@@ -9,7 +9,8 @@ tells the truth:
 
     128 + signal  the sweep was stopped by a signal (SIGINT: 130, SIGTERM: 143)
     2             a job had bad input, or its folder holds a finished record of another config
-    1             a job failed (a crash, a write error, a corrupt record) or was interrupted
+    1             a job failed (a crash, a write error, a corrupt record), was interrupted,
+                  did not start, or never ended
     0             every job completed or diverged (divergence is a result), now or before
 
 Run records themselves (gradclip.records) are the results; the journal only says what this
@@ -91,22 +92,25 @@ def report(sweep_dir: Path, signum: int | None = None) -> int:
     for entry in entries:
         if entry["outcome"] == "started":
             state = run_state(Path(sweep_dir) / entry["job"])
-            entry["outcome"] = state.status if state.status in OUTCOMES else "started"
-            entry["detail"] = state.reason
+            if state.summary.get("process") == entry.get("process"):  # this launch's attempt
+                entry["outcome"] = state.status if state.status in OUTCOMES else "started"
+                entry["detail"] = state.reason
+            else:  # its process died before it wrote a record (the folder may hold an older one)
+                entry["detail"] = "its process died before the run wrote its record"
     counts = {outcome: sum(e["outcome"] == outcome for e in entries) for outcome in OUTCOMES}
     parts = [f"{n} {LABELS.get(outcome, outcome)}" for outcome, n in counts.items() if n]
     stopped = f"stopped by {interrupts.name(signum)}; " if signum else ""
     jobs = f"{len(entries)} job{'' if len(entries) == 1 else 's'}"
     print(f"gradclip: sweep {sweep_dir}: {stopped}{jobs}: {', '.join(parts) or 'none'}", file=sys.stderr)
     for entry in entries:
-        if entry["outcome"] in ("failed", "interrupted", "bad_input", "running", "started"):
+        if entry["outcome"] in ("failed", "interrupted", "bad_input", "not_started", "running", "started"):
             label = LABELS.get(entry["outcome"], entry["outcome"])
             print(f"  {label}: {entry['job']}: {entry.get('detail') or 'no detail'}", file=sys.stderr)
     if signum:
         return interrupts.exit_code(signum)
     if counts["bad_input"]:
         return 2
-    if counts["failed"] or counts["interrupted"] or counts["running"] or counts["started"]:
+    if any(counts[outcome] for outcome in ("failed", "interrupted", "not_started", "running", "started")):
         return 1
     return 0
 
@@ -130,9 +134,10 @@ class SweepReport(Callback):
         _sweep_dir, _sweep_pid = Path(config.hydra.sweep.dir), os.getpid()
         folder = journal(_sweep_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("*.json"):  # the journal of an earlier launch
+        for old in folder.iterdir():  # the journal of an earlier launch (and any half-written entry)
             old.unlink(missing_ok=True)
-        interrupts.reset()
+        if interrupts.received():  # a signal while Hydra was starting: launch nothing
+            raise interrupts.SweepInterrupted(interrupts.received())
         in_process = config.hydra.launcher._target_.endswith("BasicLauncher")
         # Jobs in this process stop at their next step and raise SweepInterrupted themselves
         # (gradclip.train._job); jobs in workers must be told, then the pool aborted.

@@ -20,6 +20,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
+from urllib.request import getproxies
 
 from gradclip.checks import require_choice, require_known_keys
 
@@ -146,6 +147,8 @@ def _unreachable(base_url: str) -> str | None:
     Asked once per process: the jobs a worker runs after the first do not wait again."""
     if base_url not in _probed:
         url = urlsplit(base_url)
+        if getproxies().get(url.scheme):  # behind a proxy a direct connection proves nothing:
+            return None  # wandb.init's own (short) timeout decides
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
             socket.create_connection((url.hostname, port), timeout=PROBE_TIMEOUT_S).close()

@@ -19,6 +19,7 @@ import importlib.metadata
 import itertools
 import logging
 import math
+import multiprocessing
 import os
 import platform
 import re
@@ -131,8 +132,7 @@ def _existing_record(run_dir: Path, config: dict, rerun: bool) -> dict | None:
     state = run_state(run_dir)
     if state.corrupt and not rerun:
         raise RecordError(state.reason.removeprefix("corrupt record: "))
-    writer = state.summary.get("process") or {}
-    if state.status == "running" and writer.get("pid") != os.getpid():
+    if state.status == "running" and state.summary.get("process") != process_identity():
         raise RecordError(f"{run_dir} is being written by a live process ({state.reason}): not starting a "
                           "second copy; wait for it or stop it")
     if rerun or not state.finished:
@@ -225,7 +225,8 @@ def train(cfg: DictConfig, run_dir: Path, reraise: bool = True, wandb_dir: Path 
 
     Bad input raises ConfigError, and a record that must not be touched RecordError, before
     anything is written. A diverged run is a result. A stop signal (gradclip.interrupts) ends
-    the run at a step boundary as ``interrupted``. Any other error is recorded as ``failed``
+    the run at a step boundary as ``interrupted``. An error while building the data or the
+    model raises before the record begins; any error after that is recorded as ``failed``
     and re-raised when ``reraise``, except a write error (a full disk), whose message names the
     file. If even the final summary cannot be written, the returned summary says so under
     ``summary_write_error``.
@@ -290,6 +291,12 @@ def train(cfg: DictConfig, run_dir: Path, reraise: bool = True, wandb_dir: Path 
         if reraise and not isinstance(error, RecordWriteError):
             raise
     finally:
+        try:  # the rows reach the disk before a summary can call the run complete
+            recorder.close_rows()
+        except RecordWriteError as error:
+            if summary["status"] != "failed":
+                summary |= {"status": "failed", "error": str(error)}
+                exit_code = 1
         summary["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         try:
             recorder.write_summary(summary)
@@ -429,7 +436,7 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
 
         # A stop signal (SIGTERM from SLURM, Ctrl-C) ends the run here, at a step boundary, with
         # this step's row written: the record says how far it got.
-        stop = interrupts.received()
+        stop = interrupts.received() if step < steps else None  # after the last step it is done
         if reason or stop or step % log_every == 0 or step == steps:
             row = {"step": step, "train/loss": loss_value,
                    "train/scaled_loss": (losses / stats.factor).mean().item(),
@@ -531,6 +538,8 @@ def _job(cfg: DictConfig) -> None:
     """One Hydra job: train, then say in one line what happened, and exit with a code that says
     it (a single run) or note it in the sweep's journal (gradclip.sweep: a job's failure never
     stops the other jobs, and the sweep's report and exit code count it)."""
+    global _job_began
+    _job_began = True
     if not interrupts.installed():  # a worker process of the joblib launcher
         interrupts.install()
     hydra_cfg = HydraConfig.get()
@@ -611,7 +620,13 @@ def _stop_sweep(signum: int) -> None:
         raise interrupts.SweepInterrupted(signum)
 
 
+# A loky worker of the joblib launcher imports this module to run its first job: from then on
+# a stop signal is noted, not a KeyboardInterrupt (or, for SIGTERM, the worker's death).
+if multiprocessing.current_process().name.startswith("LokyProcess"):
+    interrupts.install()
+
 _hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(_job)
+_job_began = False  # set by _job: an error after it is the run's, not Hydra's
 _hydra_run_and_report = hydra_utils.run_and_report
 
 
@@ -627,12 +642,25 @@ def _run_and_report(func):
         except CompactHydraException as error:
             print(f"gradclip: bad input: {_hydra_message(error)}", file=sys.stderr)
             sys.exit(2)
-        except OSError as error:  # e.g. a full disk when Hydra writes a job's .hydra/ folder
-            where = f" {error.filename}" if error.filename else " its files"
-            print(f"gradclip: Hydra cannot write{where}: {error.strerror or error}", file=sys.stderr)
-            sys.exit(sweep.report_stopped() or 1)
+        except Exception as error:
+            if sweep.in_sweep_process():  # a sweep's jobs never raise: this is the launcher's error
+                print(f"gradclip: the sweep stopped: {_launcher_error(error)}", file=sys.stderr)
+                sys.exit(sweep.report_stopped() or 1)
+            if isinstance(error, OSError) and not _job_began:  # Hydra could not make the run's folder
+                where = f" {error.filename}" if error.filename else " its files"
+                print(f"gradclip: Hydra cannot write{where}: {error.strerror or error}", file=sys.stderr)
+                sys.exit(1)
+            raise  # a single run's crash: Hydra prints the traceback
 
     return _hydra_run_and_report(guarded)
+
+
+def _launcher_error(error: Exception) -> str:
+    """What stopped a sweep outside its jobs, in one line: Hydra that could not write a job's
+    folder (a full disk), or a worker process that died (joblib's TerminatedWorkerError)."""
+    if isinstance(error, OSError) and error.filename:
+        return f"Hydra cannot write {error.filename}: {error.strerror or error}"
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 def _hydra_message(error: Exception) -> str:
