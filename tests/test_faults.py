@@ -61,23 +61,25 @@ def no_traceback(stderr: str) -> None:
 # -- signals ---------------------------------------------------------------------------------------
 
 
-def test_sigterm_ends_a_run_at_a_step_boundary_as_interrupted(tmp_path):
-    """What SLURM sends before it kills a job: the record says interrupted, with the step reached,
-    its rows whole; one line, exit 143; nothing of W&B is imported or left in TMPDIR."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2])
+def test_a_stop_signal_ends_a_run_at_a_step_boundary_as_interrupted(tmp_path, signum):
+    """What SLURM sends before it kills a job (SIGTERM, or the --signal of a cluster: SIGUSR2):
+    the record says interrupted, with the step reached, its rows whole; one line, exit 128 +
+    signal; nothing of W&B is imported or left in TMPDIR."""
     (tmp_path / "tmp").mkdir()
     proc = launch(*FAST, "steps=1000000", "name=term", cwd=tmp_path, TMPDIR=str(tmp_path / "tmp"))
     metrics = wait_for_rows(tmp_path / "runs" / "single" / "term", "*/metrics.jsonl")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM
+    assert proc.returncode == 128 + signum
     no_traceback(err)
     run_dir = metrics.parent
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["finished_at"]
     step = summary["steps_completed"]
-    assert summary["interrupted_reason"] == f"SIGTERM after step {step} of 1000000"
+    assert summary["interrupted_reason"] == f"{signum.name} after step {step} of 1000000"
     assert rows(run_dir)[-1]["step"] == step  # the step reached has its row, and every row is whole
-    assert err.strip().splitlines() == [f"gradclip: interrupted by SIGTERM after step {step} of 1000000; "
+    assert err.strip().splitlines() == [f"gradclip: interrupted by {signum.name} after step {step} of 1000000; "
                                         f"recorded in {run_dir / 'summary.json'}"]
     assert run_state(run_dir).status == "interrupted"
     assert not list((tmp_path / "tmp").glob("*wandb*"))  # logger=none: no wandb-* temporary folders
@@ -132,6 +134,26 @@ def test_a_signal_to_a_joblib_sweep_stops_its_workers_too(tmp_path):
     statuses = {d.name: run_state(d).status for d in root.iterdir() if (d / "summary.json").exists()}
     assert statuses == {f"{JOB}seed=0,steps=1000000": "interrupted", f"{JOB}seed=1,steps=1000000": "interrupted"}
     assert "stopped by SIGUSR1; 2 jobs: 2 interrupted" in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_terminal_of_a_joblib_sweep_reaches_every_process(tmp_path):
+    """Ctrl-C sends SIGINT to the terminal's whole process group: the parent, its loky workers
+    (and their resource trackers, which ignore it). Each worker's run ends interrupted, the
+    parent reports, exit 130, and no traceback or warning is printed."""
+    proc = subprocess.Popen([sys.executable, "-m", "gradclip.train", "-m", *FAST, "steps=1000000", "seed=0,1,2",
+                             "name=group", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], cwd=tmp_path,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    root = tmp_path / "runs" / "group"
+    wait_for_rows(root, "*seed=0*/metrics.jsonl")
+    wait_for_rows(root, "*seed=1*/metrics.jsonl")
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    no_traceback(err)
+    assert "UserWarning" not in err and "stopped by SIGINT; 2 jobs: 2 interrupted" in err
+    assert {run_state(d).status for d in root.glob(f"{JOB}seed=[01]*")} == {"interrupted"}
+    assert not (root / f"{JOB}seed=2,steps=1000000" / "summary.json").exists()
 
 
 @pytest.mark.slow
@@ -357,13 +379,20 @@ def test_a_record_a_live_process_writes_is_never_touched(cfg, tmp_path):
     assert train(cfg("clip=norm"), tmp_path)["status"] == "completed"
 
 
-def test_a_record_of_another_host_is_judged_by_its_heartbeat(tmp_path):
-    (tmp_path / "summary.json").write_text(json.dumps({"status": "running", "process": {"host": "node-7", "pid": 1}}))
-    assert run_state(tmp_path).status == "running"
+@pytest.mark.parametrize("where", ["another host", "another PID namespace", "an earlier boot"])
+def test_a_record_this_process_cannot_check_is_judged_by_its_heartbeat(tmp_path, where):
+    """Another host, or a container with this host name but its own PIDs: the heartbeat (the
+    summary's age) decides. A record of an earlier boot of this host is dead at once."""
+    mine = records.process_identity()
+    writer = {"another host": {"host": "node-7", "pid": 1},
+              "another PID namespace": mine | {"pid_ns": mine["pid_ns"] + 1},
+              "an earlier boot": mine | {"boot_id": "an-earlier-boot"}}[where]
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "running", "process": writer}))
+    assert run_state(tmp_path).status == ("interrupted" if where == "an earlier boot" else "running")
     old = time.time() - records.HEARTBEAT_STALE_S - 1
     os.utime(tmp_path / "summary.json", (old, old))
     state = run_state(tmp_path)
-    assert state.status == "interrupted" and "process 1 on node-7 died without a word" in state.reason
+    assert state.status == "interrupted" and f"process {writer['pid']} on {writer['host']} died without a word" in state.reason
 
 
 @pytest.mark.slow
@@ -413,8 +442,7 @@ def test_load_runs_reads_every_state_a_fault_can_leave(cfg, tmp_path, caplog):
     summary = json.loads((root / "dead" / "summary.json").read_text())
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    summary |= {"status": "running", "process": {"host": socket.gethostname(), "pid": gone.pid, "start_ticks": 1,
-                                                 "boot_id": "x"}}
+    summary |= {"status": "running", "process": summary["process"] | {"pid": gone.pid}}  # this boot, pid gone
     (root / "dead" / "summary.json").write_text(json.dumps(summary))
     runs, metrics = load_runs(root)
     got = {Path(r).name: (s, reason) for r, s, reason in zip(runs.run_id, runs["summary.status"], runs.reason)}
@@ -483,6 +511,21 @@ def test_hydra_composition_errors_are_bad_input_too(tmp_path, monkeypatch, capsy
         assert stop.value.code == 2
         assert capsys.readouterr().err.strip().splitlines() == [line]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_folder_hydra_cannot_make_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    """output_root names a file: Hydra cannot create the run's folder, before any job."""
+    (tmp_path / "taken").write_text("a file, not a folder")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(interrupts, "install", lambda on_signal=None: True)
+    monkeypatch.setattr(logging, "raiseExceptions", logging.raiseExceptions)
+    monkeypatch.setattr(hydra_utils, "run_and_report", hydra_utils.run_and_report)
+    monkeypatch.setattr(sys, "argv", ["gradclip-train", "output_root=taken", "logger=none", "steps=1"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gradclip: Hydra cannot write ") and "taken" in lines[0]
 
 
 # -- W&B without a server ----------------------------------------------------------------------------

@@ -194,31 +194,38 @@ def process_identity() -> dict:
 
 
 def _proc_start(pid: int) -> dict | None:
-    """{"boot_id", "start_ticks"} of a live process on this host, or None (gone, or no /proc)."""
+    """{"boot_id", "pid_ns", "start_ticks"} of a live process on this host, or None (gone, or no
+    /proc). The PID namespace tells two containers that share a host name apart."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pid_ns = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         return None
     # Field 22, counted after the command name, which may hold spaces and is closed by ')'.
-    return {"boot_id": boot, "start_ticks": int(stat.rsplit(")", 1)[1].split()[19])}
+    return {"boot_id": boot, "pid_ns": pid_ns, "start_ticks": int(stat.rsplit(")", 1)[1].split()[19])}
 
 
 def process_alive(identity: Mapping) -> bool | None:
-    """Whether the process that wrote a record still runs: True/False on its own host, None on
-    another host (the caller falls back to the heartbeat)."""
+    """Whether the process that wrote a record still runs: True/False where this process can
+    see it (same host, boot and PID namespace), None otherwise (the caller then judges by the
+    heartbeat). A record of an earlier boot is dead."""
     if identity.get("host") != socket.gethostname() or not isinstance(identity.get("pid"), int):
         return None
-    pid = identity["pid"]
-    if "start_ticks" in identity:
-        return _proc_start(pid) == {"boot_id": identity.get("boot_id"), "start_ticks": identity["start_ticks"]}
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    mine = _proc_start(os.getpid())
+    if mine is None or "start_ticks" not in identity:  # no /proc here (or an old record): ask the kernel
+        try:
+            os.kill(identity["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
+    if identity.get("boot_id") != mine["boot_id"]:
+        return False
+    if identity.get("pid_ns") != mine["pid_ns"]:
+        return None
+    return _proc_start(identity["pid"]) == {key: identity.get(key) for key in ("boot_id", "pid_ns", "start_ticks")}
 
 
 class RunRecorder:

@@ -679,6 +679,8 @@ def main() -> None:
     """``python -m gradclip.train`` and ``gradclip-train``: Hydra's main, with stop signals noted
     rather than raised (gradclip.interrupts), Hydra's own input errors exiting 2, and a sweep
     stopped by a signal still printing its report (exit 128 + the signal)."""
+    global _job_began
+    _job_began = False
     interrupts.install()
     # A log handler that cannot write (Hydra's job log on a full disk) must not print a
     # traceback per line: the run's own record says what failed.
