@@ -24,14 +24,19 @@ def gradclip_train(*args, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
-def leet_screen(wandb_dir: Path, seconds: float = 4.0) -> str:
-    """What `wandb leet WANDB_DIR` (W&B's terminal UI) draws in a pseudo-terminal, as text."""
+def leet_screen(wandb_dir: Path, until: str, seconds: float = 20.0) -> str:
+    """What `wandb leet WANDB_DIR` (W&B's terminal UI) draws in a pseudo-terminal, as text, once
+    it shows ``until`` (or after ``seconds``)."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: W&B's CLI in the venv of this interpreter
         os.execv(str(Path(sys.executable).parent / "wandb"), ["wandb", "leet", str(wandb_dir)])
     screen, deadline = b"", time.monotonic() + seconds
+
+    def text() -> str:  # the screen without its escape sequences
+        return re.sub(rb"\x1b\[[0-9;?$>]*[a-zA-Z]", b"", screen).decode(errors="replace")
+
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and until not in text():
             if select.select([fd], [], [], 0.2)[0]:
                 try:
                     screen += os.read(fd, 1 << 16)
@@ -40,7 +45,7 @@ def leet_screen(wandb_dir: Path, seconds: float = 4.0) -> str:
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-    return re.sub(rb"\x1b\[[0-9;?$>]*[a-zA-Z]", b"", screen).decode(errors="replace")
+    return text()
 
 
 def summaries(root):
@@ -94,7 +99,7 @@ def test_joblib_sweep_with_wandb_offline_loads_back_and_resumes(tmp_path):
     assert len(offline) == 4 and sorted(runs["summary.wandb"]) == offline
     assert all(len(list(Path(p).glob("run-*.wandb"))) == 1 for p in offline)
     # ... so that W&B's own terminal UI browses the whole sweep, offline
-    assert "Runs [4 items]" in leet_screen(root / "wandb")
+    assert "Runs [4 items]" in leet_screen(root / "wandb", until="Runs [4 items]")
     # Jobs are named by their overrides, so a relaunch finds every finished record.
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("summary.json")}
     os.remove(next(iter(stamps)))  # as if that job had been interrupted

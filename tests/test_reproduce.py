@@ -1,5 +1,7 @@
 """`make reproduce` at smoke scale, end to end: sweeps, tables, every figure and the report."""
 
+import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +10,9 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
+REPRODUCE = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(REPRODUCE)
 FIGURES = ["stability", "increments", "agc_small_weights", "convergence", "step_sizes", "limit_set", "ode_tracking"]
 TABLES = ["stability.csv", "increments.csv", "stability_trajectories.csv", "agc_units.csv",
           "agc_units_by_decade.csv", "agc_settings.csv", "convergence.csv", "convergence_summary.csv",
@@ -37,11 +42,15 @@ def test_smoke_reproduce_writes_every_figure_and_the_report(tmp_path):
         assert "**Verdict: " in section, f"section {number} has no verdict"
     increments = report.split("## 1. ")[1].split("## 2. ")[0]
     assert increments.splitlines()[2].startswith("**Verdict: holds.**")  # bounded increments hold at any scale
-    # A second run trains nothing: every job finds its finished record (checked on one experiment's
-    # two sweeps, a group override included, to keep the test short).
+    # A second launch trains nothing: every job finds its finished record (checked on one sweep,
+    # with a group override, launched as reproduce launches it, to keep the test short).
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")}
-    second = subprocess.run(command + ["--only", "limit_set"], capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0
+    overrides = REPRODUCE.limit_set_sweeps("smoke")[1]
+    second = subprocess.run([sys.executable, "-m", "gradclip.train", "-m", "+experiment=limit_set", *overrides,
+                             f"output_root={runs}", "logger=wandb", "hydra/launcher=joblib",
+                             "hydra.launcher.n_jobs=1"], capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert re.search(r"gradclip: sweep .*: (\d+) jobs: \1 already finished \(skipped\)$", second.stderr.strip())
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")} == stamps
     # make figures: the plots are rebuilt from the tables alone.
     for path in figures.iterdir():
