@@ -16,7 +16,6 @@ from pathlib import Path
 
 import hydra._internal.utils as hydra_utils
 import pytest
-import yaml
 
 from gradclip import interrupts, records, sweep
 from gradclip.checks import ConfigError
@@ -493,36 +492,40 @@ def test_every_setting_is_finite_known_and_in_range_before_any_work(cfg, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
-def test_hydra_composition_errors_are_bad_input_too(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def in_process_main(monkeypatch):
+    """gradclip.train.main run in this process, with what it changes process-wide put back:
+    pytest keeps its own Ctrl-C handler, the logging flag and Hydra's error reporting."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(interrupts, "install", lambda on_signal=None: True)
+    monkeypatch.setattr(logging, "raiseExceptions", logging.raiseExceptions)
+    monkeypatch.setattr(hydra_utils, "run_and_report", hydra_utils.run_and_report)
+    return main
+
+
+def test_hydra_composition_errors_are_bad_input_too(tmp_path, monkeypatch, capsys, in_process_main):
     """The console entry point, in this process: an unknown group option, or an override of a
     key the config lacks, is one line of bad input and exit 2, before any folder is made."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(interrupts, "install", lambda on_signal=None: True)  # keep pytest's Ctrl-C
-    monkeypatch.setattr(logging, "raiseExceptions", logging.raiseExceptions)
-    monkeypatch.setattr(hydra_utils, "run_and_report", hydra_utils.run_and_report)
     for override, line in [("clip=clamp", "gradclip: bad input: In 'train': Could not find 'clip/clamp'; available "
                                           "options in 'clip': agc, none, norm, value"),
                            ("clip.thresh=1", "gradclip: bad input: Could not override 'clip.thresh': Key 'thresh' "
                                              "is not in struct")]:
         monkeypatch.setattr(sys, "argv", ["gradclip-train", override])
         with pytest.raises(SystemExit) as stop:
-            main()
+            in_process_main()
         assert stop.value.code == 2
         assert capsys.readouterr().err.strip().splitlines() == [line]
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_folder_hydra_cannot_make_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+def test_a_folder_hydra_cannot_make_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys, in_process_main):
     """output_root names a file: Hydra cannot create the run's folder, before any job."""
     (tmp_path / "taken").write_text("a file, not a folder")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(interrupts, "install", lambda on_signal=None: True)
-    monkeypatch.setattr(logging, "raiseExceptions", logging.raiseExceptions)
-    monkeypatch.setattr(hydra_utils, "run_and_report", hydra_utils.run_and_report)
     monkeypatch.setattr(sys, "argv", ["gradclip-train", "output_root=taken", "logger=none", "steps=1"])
     with pytest.raises(SystemExit) as stop:
-        main()
+        in_process_main()
     assert stop.value.code == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gradclip: Hydra cannot write ") and "taken" in lines[0]

@@ -334,16 +334,23 @@ def _remedy(run_dir: Path) -> str:
     return f"rerun=true trains this run again, or delete {run_dir}"
 
 
-def read_summary(run_dir: Path) -> dict | None:
-    """The run's summary, or None if it has none (yet). A summary that cannot be parsed raises
-    RecordError naming the file and the remedy."""
-    path = Path(run_dir) / SUMMARY_FILE
+def _read_text(path: Path) -> str | None:
+    """A record file's text, None if it does not exist; RecordError if it cannot be read."""
     try:
-        text = path.read_text()
+        return path.read_text()
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as error:
         raise RecordError(f"{path} cannot be read ({getattr(error, 'strerror', None) or error})") from None
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """The run's summary, or None if it has none (yet). A summary that cannot be parsed raises
+    RecordError naming the file and the remedy."""
+    path = Path(run_dir) / SUMMARY_FILE
+    text = _read_text(path)
+    if text is None:
+        return None
     try:
         summary = json.loads(text)
     except json.JSONDecodeError as error:
@@ -358,12 +365,9 @@ def read_config(run_dir: Path) -> dict | None:
     """The run's resolved config, or None if it has none (a job stopped by bad input). A config
     that cannot be parsed raises RecordError naming the file and the remedy."""
     path = Path(run_dir) / CONFIG_FILE
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
+    text = _read_text(path)
+    if text is None:
         return None
-    except (OSError, UnicodeDecodeError) as error:
-        raise RecordError(f"{path} cannot be read ({getattr(error, 'strerror', None) or error})") from None
     try:
         config = yaml.safe_load(text)
     except yaml.YAMLError as error:
