@@ -652,19 +652,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     collect = sub.add_parser("collect", help="run records -> results/*.csv")
-    collect.add_argument("experiment", choices=[*COLLECT, "all"])
+    collect.add_argument("experiment", nargs="+", choices=[*COLLECT, "all"])
     collect.add_argument("--runs", default=str(ROOT / "runs" / "default"), help="output_root of the sweeps")
     collect.add_argument("--source", choices=["local", "wandb"], default="local")
     collect.add_argument("--entity")
     collect.add_argument("--project", default="gradclip")
     plot = sub.add_parser("plot", help="results/*.csv -> paper_figures/*.png, *.pdf")
-    plot.add_argument("experiment", choices=[*PLOT, "all"])
+    plot.add_argument("experiment", nargs="+", choices=[*PLOT, "all"])
     plot.add_argument("--figures", default=str(ROOT / "paper_figures"))
     for p in (collect, plot):
         p.add_argument("--results", default=str(ROOT / "results"))
     args = parser.parse_args()
     Path(args.results).mkdir(parents=True, exist_ok=True)
-    names = list(COLLECT if args.command == "collect" else PLOT) if args.experiment == "all" else [args.experiment]
+    names = list(COLLECT if args.command == "collect" else PLOT) if "all" in args.experiment else args.experiment
     for name in names:
         if args.command == "collect":
             COLLECT[name](args)

@@ -87,7 +87,14 @@ def run(command: list[str]) -> None:
     that fails or is stopped ends reproduce with its exit code and one line."""
     print("+", " ".join(command), flush=True)
     child = subprocess.Popen(command, cwd=ROOT)
-    previous = {s: signal.signal(s, lambda signum, frame: child.send_signal(signum)) for s in STOP_SIGNALS}
+    received = []
+
+    def pass_on(signum, frame):
+        received.append(signum)
+        if len(received) == 1:  # (a Ctrl-C reaches the child too: it notes a signal once)
+            child.send_signal(signum)
+
+    previous = {s: signal.signal(s, pass_on) for s in STOP_SIGNALS}
     try:
         code = child.wait()
     finally:
@@ -95,10 +102,12 @@ def run(command: list[str]) -> None:
             signal.signal(s, handler)
     if code < 0:  # killed by a signal it did not handle (SIGKILL): report it as a shell would
         code = 128 - code
+    if received and not code:  # the step had just finished: stop here all the same
+        code = 128 + received[0]
     if code:
         names = {int(s): s.name for s in signal.Signals}
         what = f"stopped by {names[code - 128]}" if code - 128 in names else f"failed (exit {code})"
-        print(f"reproduce: {what} in: {' '.join(command[1:5])}; the same command resumes, training only what "
+        print(f"reproduce: {what} in: {' '.join(command[1:6])}; the same command resumes, training only what "
               "is missing", file=sys.stderr)
         sys.exit(code)
 
@@ -114,8 +123,8 @@ def main() -> None:
     parser.add_argument("--logger", choices=["wandb", "none"], default="wandb",
                         help="W&B offline mirror of every run (the local records are kept either way)")
     parser.add_argument("--only", nargs="+", choices=list(EXPERIMENTS), default=list(EXPERIMENTS),
-                        help="run these experiments' sweeps only (the tables, figures and report are rebuilt "
-                             "from every experiment's records under --runs)")
+                        help="run these experiments' sweeps only (then the tables and figures of every "
+                             "experiment with records under --runs, and the report once all have them)")
     parser.add_argument("--runs", default=None, help="output root (default runs/<scale>)")
     parser.add_argument("--results", default=None)
     parser.add_argument("--figures", default=None)
@@ -132,10 +141,19 @@ def main() -> None:
             run([sys.executable, "-m", "gradclip.train", "-m", f"+experiment={name}", *overrides,
                  f"output_root={runs}", f"logger={args.logger}", *launcher])
     trained = time.perf_counter() - start
+    # Tables and figures of every experiment that has records under --runs (with --only, the
+    # others may not); the report needs them all.
+    present = [name for name in EXPERIMENTS if (runs / name).is_dir()]
+    missing = [name for name in EXPERIMENTS if name not in present]
     figures_py = [sys.executable, str(ROOT / "scripts" / "figures.py")]
-    run([*figures_py, "collect", "all", "--runs", str(runs), "--results", str(results)])
-    run([*figures_py, "plot", "all", "--results", str(results), "--figures", str(figures)])
-    run([sys.executable, str(ROOT / "scripts" / "report.py"), "--results", str(results), "--scale", args.scale])
+    run([*figures_py, "collect", *present, "--runs", str(runs), "--results", str(results)])
+    run([*figures_py, "plot", *present, "--results", str(results), "--figures", str(figures)])
+    if missing:
+        verb = "has" if len(missing) == 1 else "have"
+        print(f"reproduce: no report: {', '.join(missing)} {verb} no records under {runs} yet (run with --only)",
+              file=sys.stderr)
+    else:
+        run([sys.executable, str(ROOT / "scripts" / "report.py"), "--results", str(results), "--scale", args.scale])
     print(f"reproduce ({args.scale}): sweeps {trained:.0f} s, total {time.perf_counter() - start:.0f} s")
 
 

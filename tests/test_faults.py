@@ -484,6 +484,7 @@ def test_load_runs_reads_every_state_a_fault_can_leave(cfg, tmp_path, caplog):
         (["+logger.projet=x"], r"logger.projet is not a key of logger.name=none; known keys: name"),
         (["logger=wandb", "logger.mode=sync"], r"logger.mode='sync' is not one of: offline, online, disabled"),
         (["deterministic=maybe"], r"deterministic='maybe' is not one of: True, False"),
+        (["schedule.a0=${oops}"], r"the config cannot be resolved: Interpolation key 'oops' not found \(key schedule.a0\)"),
     ],
 )
 def test_every_setting_is_finite_known_and_in_range_before_any_work(cfg, tmp_path, overrides, message):

@@ -341,7 +341,8 @@ def _read_text(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as error:
-        raise RecordError(f"{path} cannot be read ({getattr(error, 'strerror', None) or error})") from None
+        raise RecordError(f"{path} cannot be read ({getattr(error, 'strerror', None) or error}): "
+                          f"{_remedy(path.parent)}") from None
 
 
 def read_summary(run_dir: Path) -> dict | None:
@@ -411,6 +412,9 @@ def run_state(run_dir: Path) -> RunState:
     if not isinstance(status, str) or status not in STATUSES:
         return RunState("failed", f"corrupt record: {run_dir / SUMMARY_FILE} has status {status!r}, not one of "
                         f"{', '.join(STATUSES)}: {_remedy(run_dir)}", summary, config, corrupt=True)
+    if status == "running" and not isinstance(summary.get("process"), dict):
+        return RunState("failed", f"corrupt record: {run_dir / SUMMARY_FILE} says running but names no process: "
+                        f"{_remedy(run_dir)}", summary, config, corrupt=True)
     if not isinstance(summary.get("process", {}), dict):
         summary = summary | {"process": {}}
     if status == "running":

@@ -50,6 +50,7 @@ _sweep_dir: Path | None = None
 _sweep_pid: int | None = None
 # True while a job runs in this process (gradclip.train._job sets it).
 job_here = False
+_sweep_ended = False
 
 
 def journal(sweep_dir: Path) -> Path:
@@ -130,8 +131,8 @@ class SweepReport(Callback):
     when a sweep starts; prints the report and exits with its code when the sweep ends."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        global _sweep_dir, _sweep_pid
-        _sweep_dir, _sweep_pid = Path(config.hydra.sweep.dir), os.getpid()
+        global _sweep_dir, _sweep_pid, _sweep_ended
+        _sweep_dir, _sweep_pid, _sweep_ended = Path(config.hydra.sweep.dir), os.getpid(), False
         folder = journal(_sweep_dir)
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.iterdir():  # the journal of an earlier launch (and any half-written entry)
@@ -150,6 +151,8 @@ class SweepReport(Callback):
             os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        global _sweep_ended
+        _sweep_ended = True  # a signal from now on has nothing left to stop
         code = report(Path(config.hydra.sweep.dir), interrupts.received())
         if code:
             sys.exit(code)
@@ -160,7 +163,7 @@ def _stop_workers(signum: int) -> None:
     give their runs a moment to record themselves as interrupted, then abort the pool. (If a
     job runs in this very process, joblib with n_jobs=1, it stops at its next step boundary
     and raises SweepInterrupted itself.)"""
-    if job_here:
+    if job_here or _sweep_ended:
         return
     interrupts.forward_to_workers(signum)
     if _sweep_dir is not None:

@@ -32,8 +32,25 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
-import hydra
-import hydra._internal.utils as hydra_utils
+from gradclip import interrupts  # standard library only: installed before torch loads (~2 s)
+
+
+def _idle_worker_exits(signum: int) -> None:
+    """A joblib worker between jobs has nothing to stop: a signal ends it (an orphaned pool,
+    whose parent was killed, would otherwise ignore SIGTERM and live on)."""
+    from gradclip import sweep
+
+    if not sweep.job_here:
+        os._exit(interrupts.exit_code(signum))
+
+
+if __name__ == "__main__":  # python -m gradclip.train: an early Ctrl-C is noted, not a traceback
+    interrupts.install()
+elif multiprocessing.current_process().name.startswith("LokyProcess"):
+    interrupts.install(_idle_worker_exits)
+
+import hydra  # noqa: E402
+import hydra._internal.utils as hydra_utils  # noqa: E402
 import numpy as np
 import torch
 import yaml
@@ -41,6 +58,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
 import gradclip
@@ -50,7 +68,7 @@ from gradclip.data import load_dataset, validate_data_config
 from gradclip.evaluation import evaluate
 from gradclip.gradients import PerSampleGradients, per_example_loss
 from gradclip.models import build_model, per_sample_unsupported_reason, validate_model_config
-from gradclip import interrupts, sweep
+from gradclip import sweep
 from gradclip.records import (CONFIG_FILE, SUMMARY_FILE, RecordError, RecordWriteError, RunRecorder, flatten, process_identity,
                               run_state)
 from gradclip.schedules import make_schedule, validate_schedule_config
@@ -231,9 +249,13 @@ def train(cfg: DictConfig, run_dir: Path, reraise: bool = True, wandb_dir: Path 
     file. If even the final summary cannot be written, the returned summary says so under
     ``summary_write_error``.
     """
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as error:  # e.g. schedule.a0=${oops}
+        raise ConfigError(f"the config cannot be resolved: {str(error).splitlines()[0]} "
+                          f"(key {getattr(error, 'full_key', '?')})") from None
     validate_config(cfg)
     run_dir = Path(run_dir)
-    config = OmegaConf.to_container(cfg, resolve=True)
     finished = _existing_record(run_dir, config, bool(cfg.rerun))
     if finished:
         return finished | {"skipped": True}
@@ -288,6 +310,7 @@ def train(cfg: DictConfig, run_dir: Path, reraise: bool = True, wandb_dir: Path 
                     else f"{type(error).__name__}: {error}"}
         if not isinstance(error, RecordWriteError):  # a write error needs no traceback: it names the file
             summary["traceback"] = traceback.format_exc()
+        summary.setdefault("steps_completed", recorder.final_values().get("step"))  # the last step logged
         if reraise and not isinstance(error, RecordWriteError):
             raise
     finally:
@@ -541,7 +564,7 @@ def _job(cfg: DictConfig) -> None:
     global _job_began
     _job_began = True
     if not interrupts.installed():  # a worker process of the joblib launcher
-        interrupts.install()
+        interrupts.install(_idle_worker_exits)
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -555,6 +578,9 @@ def _job(cfg: DictConfig) -> None:
 
     signum = interrupts.received()
     if signum:
+        if not multirun:
+            print(f"gradclip: stopped by {interrupts.name(signum)} before the run began; nothing recorded",
+                  file=sys.stderr)
         outcome("not_started", f"{interrupts.name(signum)} before the job began", interrupts.exit_code(signum))
         _stop_sweep(signum)
         return
@@ -619,11 +645,6 @@ def _stop_sweep(signum: int) -> None:
     if sweep.in_sweep_process():
         raise interrupts.SweepInterrupted(signum)
 
-
-# A loky worker of the joblib launcher imports this module to run its first job: from then on
-# a stop signal is noted, not a KeyboardInterrupt (or, for SIGTERM, the worker's death).
-if multiprocessing.current_process().name.startswith("LokyProcess"):
-    interrupts.install()
 
 _hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")(_job)
 _job_began = False  # set by _job: an error after it is the run's, not Hydra's
