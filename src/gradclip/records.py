@@ -86,8 +86,8 @@ def write_text_atomic(path: Path, text: str, in_place_on_full_disk: bool = False
     of any other new file (0666 less the umask), not mkstemp's 0600.
 
     ``in_place_on_full_disk``: where the temporary copy finds no space, overwrite an existing
-    file in place instead: its blocks are already allocated (a summary is a few kB), so a final
-    status still reaches a full disk.
+    file in place instead, if the new text fits in the blocks the file already holds (a summary
+    is a few kB), so that a final status still reaches a full disk.
     """
     path = Path(path)
     data = text.encode()
@@ -330,7 +330,8 @@ class RunRecorder:
 # -- reading --------------------------------------------------------------------------------------
 
 
-def _remedy(run_dir: Path) -> str:
+def remedy(run_dir: Path) -> str:
+    """What to do about a record that cannot be used as it is."""
     return f"rerun=true trains this run again, or delete {run_dir}"
 
 
@@ -342,7 +343,7 @@ def _read_text(path: Path) -> str | None:
         return None
     except (OSError, UnicodeDecodeError) as error:
         raise RecordError(f"{path} cannot be read ({getattr(error, 'strerror', None) or error}): "
-                          f"{_remedy(path.parent)}") from None
+                          f"{remedy(path.parent)}") from None
 
 
 def read_summary(run_dir: Path) -> dict | None:
@@ -356,9 +357,9 @@ def read_summary(run_dir: Path) -> dict | None:
         summary = json.loads(text)
     except json.JSONDecodeError as error:
         what = "is empty" if not text.strip() else f"is not valid JSON ({error})"
-        raise RecordError(f"{path} {what}: {_remedy(Path(run_dir))}") from None
+        raise RecordError(f"{path} {what}: {remedy(Path(run_dir))}") from None
     if not isinstance(summary, dict):
-        raise RecordError(f"{path} holds a {type(summary).__name__}, not a run summary: {_remedy(Path(run_dir))}")
+        raise RecordError(f"{path} holds a {type(summary).__name__}, not a run summary: {remedy(Path(run_dir))}")
     return summary
 
 
@@ -372,9 +373,9 @@ def read_config(run_dir: Path) -> dict | None:
     try:
         config = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise RecordError(f"{path} is not valid YAML ({str(error).splitlines()[0]}): {_remedy(Path(run_dir))}") from None
+        raise RecordError(f"{path} is not valid YAML ({str(error).splitlines()[0]}): {remedy(Path(run_dir))}") from None
     if not isinstance(config, dict):
-        raise RecordError(f"{path} holds no config: {_remedy(Path(run_dir))}")
+        raise RecordError(f"{path} holds no config: {remedy(Path(run_dir))}")
     return config
 
 
@@ -411,10 +412,10 @@ def run_state(run_dir: Path) -> RunState:
     status = summary.get("status")
     if not isinstance(status, str) or status not in STATUSES:
         return RunState("failed", f"corrupt record: {run_dir / SUMMARY_FILE} has status {status!r}, not one of "
-                        f"{', '.join(STATUSES)}: {_remedy(run_dir)}", summary, config, corrupt=True)
+                        f"{', '.join(STATUSES)}: {remedy(run_dir)}", summary, config, corrupt=True)
     if status == "running" and not isinstance(summary.get("process"), dict):
         return RunState("failed", f"corrupt record: {run_dir / SUMMARY_FILE} says running but names no process: "
-                        f"{_remedy(run_dir)}", summary, config, corrupt=True)
+                        f"{remedy(run_dir)}", summary, config, corrupt=True)
     if not isinstance(summary.get("process", {}), dict):
         summary = summary | {"process": {}}
     if status == "running":
@@ -444,7 +445,7 @@ def _liveness(run_dir: Path, summary: Mapping) -> tuple[bool, str]:
     except OSError:
         age = math.inf
     alive = process_alive(identity)
-    if alive is None:  # another host (or an old record): the heartbeat decides
+    if alive is None:  # another host or PID namespace (or an old record): the heartbeat decides
         alive = age < HEARTBEAT_STALE_S
     if alive:
         return True, f"{who} is writing it (last write {age:.0f} s ago)"

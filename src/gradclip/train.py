@@ -62,15 +62,15 @@ from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
 import gradclip
+from gradclip import sweep
 from gradclip.checks import ConfigError, require_choice, require_int, require_known_keys, require_number
 from gradclip.clipping import Clipper, make_clipper, unit_norms, validate_clip_config
 from gradclip.data import load_dataset, validate_data_config
 from gradclip.evaluation import evaluate
 from gradclip.gradients import PerSampleGradients, per_example_loss
 from gradclip.models import build_model, per_sample_unsupported_reason, validate_model_config
-from gradclip import sweep
-from gradclip.records import (CONFIG_FILE, SUMMARY_FILE, RecordError, RecordWriteError, RunRecorder, flatten, process_identity,
-                              run_state)
+from gradclip.records import (CONFIG_FILE, SUMMARY_FILE, RecordError, RecordWriteError, RunRecorder, RunState, flatten,
+                              process_identity, remedy, run_state)
 from gradclip.schedules import make_schedule, validate_schedule_config
 from gradclip.tracking import NullTracker, make_tracker, validate_logger_config
 
@@ -139,15 +139,15 @@ def _result_config(config: dict) -> dict:
             if not any(key == skip or key.startswith(skip + ".") for skip in NON_RESULT_KEYS)}
 
 
-def _existing_record(run_dir: Path, config: dict, rerun: bool) -> dict | None:
-    """The summary of a finished run of this same config in run_dir, or None: train afresh.
+def _existing_record(state: RunState, run_dir: Path, config: dict, rerun: bool) -> dict | None:
+    """The summary of a finished run of this same config (``state``: what run_dir holds), or
+    None: train afresh.
 
     Nothing is overwritten that a relaunch should keep: a finished record of a different config
     is bad input (re-launching after a change of defaults must not return stale results), a
     record that cannot be read is an error until ``rerun=true``, and a record that a live
     process is writing is never touched. Interrupted, dead and failed runs train again.
     """
-    state = run_state(run_dir)
     if state.corrupt and not rerun:
         raise RecordError(state.reason.removeprefix("corrupt record: "))
     if state.status == "running" and state.summary.get("process") != process_identity():
@@ -156,8 +156,7 @@ def _existing_record(run_dir: Path, config: dict, rerun: bool) -> dict | None:
     if rerun or not state.finished:
         return None
     if state.config is None:
-        raise RecordError(f"{run_dir} holds a finished summary but no {CONFIG_FILE}: rerun=true trains this "
-                          f"run again, or delete {run_dir}")
+        raise RecordError(f"{run_dir} holds a finished summary but no {CONFIG_FILE}: {remedy(run_dir)}")
     recorded, current = _result_config(state.config), _result_config(config)
     differ = sorted(key for key in recorded.keys() | current.keys() if recorded.get(key) != current.get(key))
     if differ:
@@ -256,7 +255,8 @@ def train(cfg: DictConfig, run_dir: Path, reraise: bool = True, wandb_dir: Path 
                           f"(key {getattr(error, 'full_key', '?')})") from None
     validate_config(cfg)
     run_dir = Path(run_dir)
-    finished = _existing_record(run_dir, config, bool(cfg.rerun))
+    state = run_state(run_dir)  # read once: the existing record, and an earlier attempt's W&B files
+    finished = _existing_record(state, run_dir, config, bool(cfg.rerun))
     if finished:
         return finished | {"skipped": True}
 
@@ -285,7 +285,7 @@ def train(cfg: DictConfig, run_dir: Path, reraise: bool = True, wandb_dir: Path 
     clipper = make_clipper(cfg.clip, names)
     schedule = make_schedule(cfg.schedule, cfg.steps)
 
-    previous_wandb = run_state(run_dir).summary.get("wandb")  # an earlier attempt's W&B files
+    previous_wandb = state.summary.get("wandb")
     summary = {"status": "running", "diverged_step": None, "seed": cfg.seed, "device": str(device),
                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "host": socket.gethostname(), "process": process_identity(), "git": _git_state(),
