@@ -112,7 +112,7 @@ def unit_norms(tensor: Tensor, batched: bool = False) -> Tensor:
     return torch.linalg.vector_norm(tensor, dim=dims, keepdim=True)
 
 
-def _effective_factor(before: Tensor, after: Tensor) -> Tensor:
+def effective_factor(before: Tensor, after: Tensor) -> Tensor:
     """||g|| / ||g_clipped||: 1 for a zero gradient, inf if clipping zeroed a non-zero one."""
     return torch.where(before == 0, 1.0, before / after)
 
@@ -174,11 +174,11 @@ class Clipper:
             for g in grads:
                 g.clamp_(-self.threshold, self.threshold)
             after = total_norm(grads)
-            return ClipStats(before, after, _effective_factor(before, after), n_clipped / _numel(grads))
+            return ClipStats(before, after, effective_factor(before, after), n_clipped / _numel(grads))
         clipped, fraction = self._agc_clip(grads, params, batched=False)
         torch._foreach_copy_(grads, clipped)
         after = total_norm(grads)
-        return ClipStats(before, after, _effective_factor(before, after), fraction)
+        return ClipStats(before, after, effective_factor(before, after), fraction)
 
     # -- sample granularity --------------------------------------------------------------------
 
@@ -187,10 +187,7 @@ class Clipper:
         batch = grads[0].shape[0]
         sample_norms = per_sample_norms(grads)
         if self.method in ("none", "norm"):
-            if self.method == "none":
-                scale = torch.ones_like(sample_norms)
-            else:
-                scale = (self.threshold / (sample_norms + self.eps)).clamp(max=1.0)
+            scale = self.sample_scale(sample_norms)
             # One factor per example: the clipped mean is a weighted sum, with no clipped copy.
             mean = [torch.tensordot(scale, g, dims=1) / batch for g in grads]
             factor, fraction = (lambda: 1.0 / scale), (lambda: (scale < 1).float().mean())
@@ -201,11 +198,17 @@ class Clipper:
             else:
                 clipped, fraction = self._agc_clip(grads, params, batched=True)
             mean = [c.mean(0) for c in clipped]
-            factor = _effective_factor(sample_norms, per_sample_norms(clipped))
+            factor = effective_factor(sample_norms, per_sample_norms(clipped))
         before = lambda: total_norm([g.mean(0) for g in grads])  # noqa: E731 - a pass over all gradients
         return mean, ClipStats(before, lambda: total_norm(mean), factor, fraction, sample_norms)
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def sample_scale(self, norms: Tensor) -> Tensor:
+        """Per-example factors 1 / c_i of ``none`` (1) and ``norm``: min(1, tau / (||g_i|| + eps))."""
+        if self.method == "none":
+            return torch.ones_like(norms)
+        return (self.threshold / (norms + self.eps)).clamp(max=1.0)
 
     def _agc_clip(
         self, grads: list[Tensor], params: list[Tensor], batched: bool
@@ -217,13 +220,13 @@ class Clipper:
             if not active:
                 clipped.append(g)
                 continue
-            scale = self._agc_scale(unit_norms(g, batched=batched), unit_norms(p.detach()))
+            scale = self.agc_scale(unit_norms(g, batched=batched), unit_norms(p.detach()))
             clipped.append(g * scale)
             clipped_units = clipped_units + (scale < 1).sum()
             units += scale.numel()
         return clipped, torch.as_tensor(clipped_units / max(units, 1), dtype=torch.float32)
 
-    def _agc_scale(self, grad_norm: Tensor, weight_norm: Tensor) -> Tensor:
+    def agc_scale(self, grad_norm: Tensor, weight_norm: Tensor) -> Tensor:
         """timm's rule: scale max_norm / max(||G_i||, 1e-6) where ||G_i|| > max_norm, else 1."""
         max_norm = weight_norm.clamp(min=self.agc_eps) * self.clip_factor
         scale = max_norm / grad_norm.clamp(min=_AGC_MIN_GRAD_NORM)

@@ -67,6 +67,7 @@ from gradclip.checks import ConfigError, require_choice, require_int, require_kn
 from gradclip.clipping import Clipper, make_clipper, unit_norms, validate_clip_config
 from gradclip.data import load_dataset, validate_data_config
 from gradclip.evaluation import evaluate
+from gradclip.ghost import make_sample_clipping
 from gradclip.gradients import PerSampleGradients, per_example_loss
 from gradclip.models import build_model, per_sample_unsupported_reason, validate_model_config
 from gradclip.records import (CONFIG_FILE, SUMMARY_FILE, RecordError, RecordWriteError, RunRecorder, RunState, flatten,
@@ -372,6 +373,9 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
     # Evaluation runs in eval mode, where torch.func handles BatchNorm too.
     per_sample = PerSampleGradients(model, loss_fn)
     sample_granularity = cfg.clip.granularity == "sample"
+    # Per-sample clipping from ghost norms where they cover the model, else vmap(grad).
+    sample_clipping, per_sample_how = (make_sample_clipping(model, loss_fn, clipper) if sample_granularity
+                                       else (None, None))
     optimizer = torch.optim.SGD(params, lr=schedule(0), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sampler = BatchSampler(data.num_train, cfg.batch_size, cfg.sampling,
                            torch.Generator().manual_seed(cfg.seed), device)
@@ -413,8 +417,7 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
         idx = sampler()
         x, y = data.x_train[idx], data.y_train[idx]
         if sample_granularity:
-            grads, losses = per_sample(x, y)
-            mean, stats = clipper.clip_samples(grads, params)
+            mean, stats, losses = sample_clipping(x, y)
             for p, g in zip(params, mean):
                 p.grad = g
             loss = losses.mean()
@@ -486,7 +489,7 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
             break
         # Drop this step's per-example tensors before the next step allocates its own: holding
         # both makes glibc map and unmap them every step (measured: a quarter of the speed).
-        grads = mean = stats = losses = None
+        mean = stats = losses = None
         if step != steps:
             eval_seconds += eval_row(step)
     bar.close()
@@ -502,7 +505,7 @@ def _train_loop(cfg, model, names, params, clipper: Clipper, schedule, data, dev
             "steps_completed": step, "initial_param_norm": initial.norm().item(),
             **({"initial_theta": initial.tolist()} if log_theta else {}),
             **{f"max_{key}": value for key, value in maxima.run.items()},
-            "sum_lr": sum_a, "sum_lr_sq": sum_a2, "wall_time_s": wall,
+            "sum_lr": sum_a, "sum_lr_sq": sum_a2, "per_sample_gradients": per_sample_how, "wall_time_s": wall,
             "steps_per_s": step / wall if wall > 0 else None, "final": recorder.final_values()}
 
 
