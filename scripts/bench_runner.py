@@ -1,19 +1,30 @@
-"""`make bench`: steps/s of the runner against a minimal hand-written loop doing the same work.
+"""`make bench`: the speed and memory of the training loop, as ratios measured side by side.
 
-Both train the default MLP (40-100-100-10) on MNIST-1D, batch 64, norm clipping (tau = 1), SGD,
-with W&B offline logging every 10 steps, at batch and at sample granularity. The runner also
-does what the plain loop does not: divergence checks, step-size and increment bookkeeping and
-the local record. Timings cover the training loop only (start-up and evaluation excluded); the
-two are run alternately and the median of the per-pair ratios is reported, since this machine's
-speed drifts. Target: runner >= 0.9x the plain loop.
+All on the default MLP (40-100-100-10) on MNIST-1D, batch 64, norm clipping (tau = 1), SGD:
 
-    python scripts/bench_runner.py [--steps 1000] [--repeats 5]
+1. a single run against a minimal hand-written loop doing the same work (W&B offline every 10
+   steps), at batch and at sample granularity; target: runner >= 0.9x the plain loop;
+2. a single run's per-sample step (ghost norms) against its batch step; target: <= 1.5x the time;
+3. a population of 32 members (seeds 0-31) against single runs, in model-steps/s: batch
+   clipping against the single runner's batch steps/s (target >= 3x), and per-sample clipping
+   against the single runner with per-example gradients from vmap(grad) (``per_sample=vmap``,
+   the only per-sample path before ghost norms; target >= 8x);
+4. the peak memory of a population of 128 deep tanh MLPs with per-sample clipping (< 4 GB).
+
+Timings cover the training loop only (start-up and evaluation excluded). Single runs and the plain
+loop alternate and the median of the per-pair ratios is reported, since this machine's speed
+drifts. Everything runs at 1 and at 2 threads (torch.set_num_threads).
+
+    python scripts/bench_runner.py [--steps 1000] [--repeats 5] [--threads 1 2] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,30 +33,40 @@ import torch
 import wandb
 from hydra import compose, initialize_config_dir
 
+from gradclip.config import CONFIG_DIR
 from gradclip.data import load_dataset
 from gradclip.gradients import PerSampleGradients, per_example_loss
 from gradclip.models import build_model
-from gradclip.train import CONFIG_DIR, train
+from gradclip.runner import train, train_population
 
 
-def runner_steps_per_s(granularity: str, steps: int, workdir: Path, seed: int) -> float:
+def compose_run(*overrides: str):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "clip=norm", f"clip.granularity={granularity}", "schedule=constant", "logger=wandb",
-            "logger.mode=offline", f"steps={steps}", "log_every=10", "eval_every=0", f"seed={seed}",
-            "progress=false",
-        ])
-    summary = train(cfg, workdir / f"runner-{granularity}-{seed}")
-    return summary["steps_per_s"]
+        return compose("train", overrides=["clip=norm", "schedule=constant", "eval_every=0", "progress=false",
+                                           *overrides])
 
 
-def plain_steps_per_s(granularity: str, steps: int, workdir: Path, seed: int) -> float:
+def runner_steps_per_s(granularity: str, steps: int, workdir: Path, seed: int, device: str, *extra: str) -> float:
+    cfg = compose_run(f"clip.granularity={granularity}", "logger=wandb", "logger.mode=offline", f"steps={steps}",
+                      "log_every=10", f"seed={seed}", f"device={device}", *extra)
+    return train(cfg, workdir / f"runner-{granularity}-{seed}-{'-'.join(extra)}", reraise=True)["steps_per_s"]
+
+
+def population_model_steps_per_s(granularity: str, members: int, steps: int, workdir: Path, device: str,
+                                 *extra: str) -> float:
+    cfgs = [compose_run(f"clip.granularity={granularity}", "logger=none", f"steps={steps}", "log_every=10",
+                        f"seed={seed}", f"device={device}", *extra) for seed in range(members)]
+    name = f"population-{granularity}-{members}-{time.monotonic_ns()}"
+    summaries = train_population(cfgs, [workdir / name / str(seed) for seed in range(members)])
+    return members * steps / summaries[0]["wall_time_s"]
+
+
+def plain_steps_per_s(granularity: str, steps: int, workdir: Path, seed: int, device: str) -> float:
     """The loop a researcher would write by hand, with torch's own clipping."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train")
+    cfg = compose_run()
     torch.manual_seed(seed)
-    data = load_dataset(cfg.data)
-    model = build_model(cfg.model, data.input_shape, data.num_outputs)
+    data = load_dataset(cfg.data).to(device)
+    model = build_model(cfg.model, data.input_shape, data.num_outputs).to(device)
     loss_fn = per_example_loss(data.task)
     per_sample = PerSampleGradients(model, loss_fn)
     params = list(model.parameters())
@@ -55,7 +76,7 @@ def plain_steps_per_s(granularity: str, steps: int, workdir: Path, seed: int) ->
                      settings=wandb.Settings(console="off", silent=True, x_disable_stats=True))
     start = time.perf_counter()
     for step in range(1, steps + 1):
-        idx = torch.randint(data.num_train, (64,), generator=generator)
+        idx = torch.randint(data.num_train, (64,), generator=generator).to(device)
         x, y = data.x_train[idx], data.y_train[idx]
         if granularity == "sample":
             grads, losses = per_sample(x, y)
@@ -77,25 +98,67 @@ def plain_steps_per_s(granularity: str, steps: int, workdir: Path, seed: int) ->
     return steps / elapsed
 
 
+def peak_memory_gb(members: int, steps: int, threads: int, device: str) -> float:
+    """Peak resident memory (CPU) or peak allocated GPU memory of a population of deep tanh MLPs
+    with per-sample norm clipping, in a process of its own."""
+    code = f"""
+import json, resource, sys, tempfile, torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from bench_runner import compose_run
+from gradclip.runner import train_population
+torch.set_num_threads({threads})
+cfgs = [compose_run("model=deep_tanh", "clip.granularity=sample", "logger=none", "steps={steps}",
+                    "seed=" + str(seed), "device={device}") for seed in range({members})]
+with tempfile.TemporaryDirectory() as tmp:
+    train_population(cfgs, [tmp + "/" + str(seed) for seed in range({members})])
+gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+print(json.dumps({{"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "gpu": gpu}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    return (measured["gpu"] if device == "cuda" else measured["rss"]) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--members", type=int, default=32)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread, {args.steps} steps, {args.repeats} alternating pairs")
+    print(f"torch {torch.__version__}, device {args.device}, {args.steps} steps, {args.repeats} alternating pairs")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        for granularity in ("batch", "sample"):
-            plain_steps_per_s(granularity, 50, workdir, seed=99)  # warm-up: imports, allocator, W&B
-            runner, plain = [], []
-            for seed in range(args.repeats):
-                runner.append(runner_steps_per_s(granularity, args.steps, workdir, seed))
-                plain.append(plain_steps_per_s(granularity, args.steps, workdir, seed))
-            ratios = [r / p for r, p in zip(runner, plain)]
-            print(f"{granularity:>6}: runner {statistics.median(runner):7.0f} steps/s, "
-                  f"plain loop {statistics.median(plain):7.0f} steps/s, "
-                  f"ratio median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            print(f"\n-- {threads} thread(s)")
+            single = {}
+            for granularity in ("batch", "sample"):
+                plain_steps_per_s(granularity, 50, workdir, 99, args.device)  # warm-up: imports, allocator, W&B
+                runner, plain = [], []
+                for seed in range(args.repeats):
+                    runner.append(runner_steps_per_s(granularity, args.steps, workdir, seed, args.device))
+                    plain.append(plain_steps_per_s(granularity, args.steps, workdir, seed, args.device))
+                ratios = [r / p for r, p in zip(runner, plain)]
+                single[granularity] = statistics.median(runner)
+                print(f"1. {granularity:>6}: runner {single[granularity]:7.0f} steps/s, plain loop "
+                      f"{statistics.median(plain):7.0f} steps/s, ratio median {statistics.median(ratios):.3f} "
+                      f"(min {min(ratios):.3f}, max {max(ratios):.3f}; target >= 0.9)")
+            print(f"2. per-sample step / batch step (single run, ghost norms): "
+                  f"{single['batch'] / single['sample']:.2f}x the time (target <= 1.5)")
+            vmap_single = statistics.median(runner_steps_per_s("sample", args.steps // 2, workdir, seed, args.device,
+                                                               "per_sample=vmap") for seed in range(3))
+            steps = max(args.steps // 4, 50)
+            for granularity, baseline, label, target in (
+                    ("batch", single["batch"], "the single runner, batch", 3),
+                    ("sample", vmap_single, "the single runner with vmap(grad) per-sample gradients", 8)):
+                pop = statistics.median(population_model_steps_per_s(granularity, args.members, steps, workdir,
+                                                                     args.device) for _ in range(3))
+                print(f"3. population of {args.members}, {granularity}: {pop:7.0f} model-steps/s against "
+                      f"{baseline:7.0f} of {label}: {pop / baseline:.1f}x (target >= {target})")
+            memory = peak_memory_gb(128, 20, threads, args.device)
+            print(f"4. population of 128 deep tanh MLPs, per-sample: peak memory {memory:.2f} GB (target < 4)")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import os
 import pytest
 from hydra import compose, initialize_config_dir
 
-from gradclip.train import CONFIG_DIR
+from gradclip.config import CONFIG_DIR
 
 # Tiny but real: MNIST-1D, the default MLP, a few dozen steps, W&B off unless a test turns it on.
 TINY = ["steps=30", "batch_size=16", "log_every=5", "eval_every=10", "eval_chunk=1000",

@@ -20,7 +20,8 @@ import pytest
 from gradclip import interrupts, records, sweep
 from gradclip.checks import ConfigError
 from gradclip.records import RecordError, load_runs, run_state
-from gradclip.train import main, train
+from gradclip.runner import train
+from gradclip.train import main
 
 FAST = ["batch_size=16", "log_every=5", "eval_every=0", "progress=false", "logger=none"]
 JOB = "batch_size=16,eval_every=0,log_every=5,"  # how a sweep job's folder name starts, with FAST
@@ -87,9 +88,9 @@ def test_a_stop_signal_ends_a_run_at_a_step_boundary_as_interrupted(tmp_path, si
 
 @pytest.mark.slow
 def test_ctrl_c_stops_a_sweep_which_reports_and_a_relaunch_finishes_it(tmp_path):
-    """SIGINT to a sweep run by Hydra's basic launcher: the running job ends interrupted, no
-    other job starts, the report counts them, exit 130; the same command then trains what is
-    missing (the interrupted run afresh) and exits 0."""
+    """SIGINT to a sweep run by the default launcher (two populations: the step counts differ):
+    the running job ends interrupted, the other does not start, the report counts both, exit
+    130; the same command then trains what is missing (the interrupted run afresh) and exits 0."""
     mirrored = [a for a in FAST if a != "logger=none"] + ["logger=wandb"]  # W&B offline
     command = [sys.executable, "-m", "gradclip.train", "-m", *mirrored, "steps=1500,40", "seed=0", "name=ctrlc"]
     proc = subprocess.Popen(command, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -102,7 +103,8 @@ def test_ctrl_c_stops_a_sweep_which_reports_and_a_relaunch_finishes_it(tmp_path)
     long_run = root / f"{JOB}seed=0,steps=1500"
     assert json.loads((long_run / "summary.json").read_text())["status"] == "interrupted"
     assert not (root / f"{JOB}seed=0,steps=40" / "summary.json").exists()  # never launched
-    assert "gradclip: sweep runs/ctrlc: stopped by SIGINT; 1 job: 1 interrupted" in err
+    assert "gradclip: sweep runs/ctrlc: stopped by SIGINT; 2 jobs: 1 interrupted, 1 not started" in err
+    assert "not started: " + f"{JOB}seed=0,steps=40: SIGINT before its population began" in err
     # its W&B run was finished too, with the run's exit code and status (W&B's own reader)
     wandb_run = json.loads((long_run / "summary.json").read_text())["wandb"]
     state = json.loads(subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary",

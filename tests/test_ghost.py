@@ -1,18 +1,22 @@
 """Ghost norms and book-keeping (gradclip.ghost) against vmap(grad)'s per-example gradients
 clipped by Clipper.clip_samples, which tests/test_models.py checks against one backward pass per
 example and torch's and timm's clipping: per-example norms, AGC's per-unit clipping, the clipped
-mean and the statistics, on every model of configs/model/."""
+mean and the statistics, on every model of configs/model/, for a single run (a population of
+one, as the runner calls it) and for each member of a population of three."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 from test_models import CONFIG_DIR, MNIST1D, load
 
 from gradclip.clipping import Clipper, unit_norms
-from gradclip.ghost import GhostClipping, ghost_unsupported_reason, make_sample_clipping
+from gradclip.ghost import GhostClipping, ghost_unsupported_reason
 from gradclip.gradients import PerSampleGradients, per_example_loss
 from gradclip.models import build_model
+from gradclip.population import Population
 
 # (YAML file, overrides, input shape): every file of configs/model/ and variants. Ghost norms
 # cover the Linear, Conv1d and recurrent-cell models; the others must fall back (GHOSTLESS).
@@ -51,8 +55,16 @@ def between(values: torch.Tensor) -> float:
 
 def agc_factor(grads, params, mask) -> float:
     """An AGC factor that clips about half of the (example, unit) pairs AGC does not exempt."""
-    return between(torch.cat([(unit_norms(g, batched=True) / unit_norms(p.detach()).clamp(min=1e-3)).flatten()
+    return between(torch.cat([(unit_norms(g, lead=1) / unit_norms(p.detach()).clamp(min=1e-3)).flatten()
                               for g, p, active in zip(grads, params, mask) if active]))
+
+
+def ghost(model, loss_fn, clipper, x, y):
+    """Per-sample clipping as a single run does it: (clipped mean, ClipStats, losses) of one run."""
+    population = Population([model], loss_fn, clipper, "sample")
+    assert population.per_sample_gradients == "ghost"
+    mean, stats, losses = population.sample_clipping(x.unsqueeze(0), y.unsqueeze(0))
+    return [m[0] for m in mean], stats.member(0), losses[0]
 
 
 def problem(name, overrides, shape, batch=6, dtype=torch.float32):
@@ -87,7 +99,7 @@ def test_ghost_matches_vmap(name, overrides, shape):
         clipper = Clipper(method, names=names, **kwargs)
         assert ghost_unsupported_reason(model, clipper) is None
         expected, want = clipper.clip_samples(grads, params)
-        mean, stats, ghost_losses = GhostClipping(model, loss_fn, clipper)(x, y)
+        mean, stats, ghost_losses = ghost(model, loss_fn, clipper, x, y)
         label = f"{method} {kwargs.get('exclude', '')}"
         torch.testing.assert_close(ghost_losses, losses, **close)
         torch.testing.assert_close(stats.sample_grad_norm, want.sample_grad_norm, **close, msg=lambda m: f"{label}: {m}")
@@ -103,7 +115,7 @@ def test_ghost_matches_vmap(name, overrides, shape):
 
 def test_the_gram_form_and_the_direct_form_agree(monkeypatch):
     """Conv1d and recurrent layers have both forms (chosen by cost): force each and compare."""
-    from gradclip import ghost
+    from gradclip import ghost as module
 
     for name in ("cnn1d", "lstm"):
         model, x, y, loss_fn = problem(name, {}, MNIST1D)
@@ -111,8 +123,8 @@ def test_the_gram_form_and_the_direct_form_agree(monkeypatch):
         clipper = Clipper("agc", names=names, clip_factor=0.01, exclude=[])
         results = []
         for direct in (False, True):
-            monkeypatch.setattr(ghost, "direct_is_cheaper", lambda *_, direct=direct: direct)
-            results.append(GhostClipping(model, loss_fn, clipper)(x, y))
+            monkeypatch.setattr(module, "direct_is_cheaper", lambda *_, direct=direct: direct)
+            results.append(ghost(model, loss_fn, clipper, x, y))
         (mean_gram, stats_gram, _), (mean_direct, stats_direct, _) = results
         torch.testing.assert_close(stats_gram.sample_grad_norm, stats_direct.sample_grad_norm, rtol=1e-5, atol=0)
         torch.testing.assert_close(stats_gram.factor, stats_direct.factor, rtol=1e-5, atol=0)
@@ -125,31 +137,60 @@ def test_models_ghost_norms_do_not_cover_fall_back_to_vmap_and_say_why(name, ove
     model, x, y, loss_fn = problem(name, overrides, shape, batch=2)
     names, params = map(list, zip(*model.named_parameters()))
     clipper = Clipper("norm", names=names, threshold=0.1)
-    step, how = make_sample_clipping(model, loss_fn, clipper)
-    assert how.startswith("vmap: parameters outside Linear, Conv1d, RNNCell and LSTMCell layers") and parameter in how
-    mean, stats, losses = step(x, y)
     grads, want_losses = PerSampleGradients(model, loss_fn)(x, y)
     expected, want = clipper.clip_samples(grads, params)
-    torch.testing.assert_close(losses, want_losses)
-    for a, b in zip(mean, expected):
-        torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="ghost norms do not cover"):
-        GhostClipping(model, loss_fn, clipper)
+        GhostClipping(Population([model], loss_fn, clipper, "batch"), loss_fn, clipper)
+    population = Population([model], loss_fn, clipper, "sample")
+    how = population.per_sample_gradients
+    assert how.startswith("vmap: parameters outside Linear, Conv1d, RNNCell and LSTMCell layers") and parameter in how
+    mean, stats, losses = population.sample_clipping(x.unsqueeze(0), y.unsqueeze(0))
+    torch.testing.assert_close(losses[0], want_losses)
+    for a, b in zip(mean, expected):
+        torch.testing.assert_close(a[0], b)
 
 
 def test_value_clipping_uses_vmap_and_ghost_is_chosen_otherwise():
     model, _, _, loss_fn = problem("mlp", {}, MNIST1D)
     names = [n for n, _ in model.named_parameters()]
-    assert make_sample_clipping(model, loss_fn, Clipper("value", names=names, threshold=1.0))[1] == (
-        "vmap: value clipping clamps every element of every example's gradient")
-    assert make_sample_clipping(model, loss_fn, Clipper("norm", names=names))[1] == "ghost"
+    assert Population([model], loss_fn, Clipper("value", names=names, threshold=1.0), "sample").per_sample_gradients \
+        == "vmap: value clipping clamps every element of every example's gradient"
+    assert Population([model], loss_fn, Clipper("norm", names=names), "sample").per_sample_gradients == "ghost"
 
 
-def test_hooks_are_removed_and_the_model_is_unchanged():
+@pytest.mark.parametrize("name,method", [("cnn1d", "agc"), ("lstm", "norm"), ("mlp", "agc"), ("resnet", "norm")])
+def test_each_member_of_a_population_is_clipped_as_its_own_run(name, method):
+    """Three members with their own weights, batches and thresholds, clipped in one vmapped call
+    (ghost norms, or vmap(grad) for the ResNet), against each member alone through vmap(grad)."""
+    shape, batch = MNIST1D, 4
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(build_model(load(name), shape, 10))
+    names = [n for n, _ in models[0].named_parameters()]
+    values = [0.02, 0.1, 0.5]
+    key = "threshold" if method == "norm" else "clip_factor"
+    alone = [(copy.deepcopy(m), Clipper(method, names=names, **{key: v})) for m, v in zip(models, values)]
+    loss_fn = per_example_loss("classification")
+    population = Population(models, loss_fn, Clipper.stacked([c for _, c in alone]), "sample")
+    x, y = torch.randn(3, batch, *shape), torch.randint(0, 10, (3, batch))
+    mean, stats, losses = population.sample_clipping(x, y)
+    for k, (model, clipper) in enumerate(alone):
+        grads, want_losses = PerSampleGradients(model, loss_fn)(x[k], y[k])
+        expected, want = clipper.clip_samples(grads, list(model.parameters()))
+        close = dict(rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(losses[k], want_losses, **close)
+        torch.testing.assert_close(stats.sample_grad_norm[k], want.sample_grad_norm, **close)
+        torch.testing.assert_close(stats.factor[k], want.factor, **close)
+        for a, b in zip(mean, expected):
+            torch.testing.assert_close(a[k], b, **close)
+
+
+def test_the_hooks_are_idle_outside_ghost_passes_and_change_nothing():
     model, x, y, loss_fn = problem("lstm", {}, MNIST1D)
     names = [n for n, _ in model.named_parameters()]
     before = model(x)
-    GhostClipping(model, loss_fn, Clipper("norm", names=names, threshold=0.1))(x, y)
-    assert all(not m._forward_hooks for m in model.modules())
-    assert all(p.grad is None for p in model.parameters())  # nothing accumulated into .grad
+    ghost(model, loss_fn, Clipper("norm", names=names, threshold=0.1), x, y)
+    assert any(m._forward_hooks for m in model.modules())
+    assert all(float(p.grad.abs().sum()) == 0 for p in model.parameters())  # nothing accumulated into .grad
     torch.testing.assert_close(model(x), before, rtol=0, atol=0)

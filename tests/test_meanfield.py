@@ -114,7 +114,7 @@ def test_figures_design_matches_the_runners_parameter_order(make_cfg, tmp_path):
     import json
     from pathlib import Path
 
-    from gradclip.train import train
+    from gradclip.runner import train
 
     spec = importlib.util.spec_from_file_location("figures", Path(__file__).resolve().parents[1] / "scripts" / "figures.py")
     figures = importlib.util.module_from_spec(spec)

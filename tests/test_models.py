@@ -159,7 +159,7 @@ def test_every_model_has_a_per_sample_oracle():
 def agc_factor_clipping_some(grads, params, clipped_mask) -> float:
     """An AGC factor lambda that clips about half of the (example, unit) pairs: the median of
     ||G_i|| / max(||W_i||, 1e-3) over the units AGC does not exempt."""
-    ratios = [(unit_norms(g, batched=True) / unit_norms(p.detach()).clamp(min=1e-3)).flatten()
+    ratios = [(unit_norms(g, lead=1) / unit_norms(p.detach()).clamp(min=1e-3)).flatten()
               for g, p, c in zip(grads, params, clipped_mask) if c]
     return float(torch.cat(ratios).median())
 

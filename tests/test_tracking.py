@@ -14,7 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from gradclip.tracking import run_name, run_tags
-from gradclip.train import CONFIG_DIR
+from gradclip.config import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}

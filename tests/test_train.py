@@ -12,7 +12,7 @@ import yaml
 from gradclip.checks import ConfigError
 from gradclip.data import Dataset
 from gradclip.records import load_runs
-from gradclip.train import train
+from gradclip.runner import train
 
 
 def read_rows(run_dir):
@@ -84,7 +84,7 @@ def one_example(monkeypatch, x: float, y: float) -> None:
     reached on purpose by the real loop."""
     data = Dataset("one_example", "regression", torch.tensor([[x]]), torch.tensor([[y]]),
                    torch.tensor([[x]]), torch.tensor([[y]]), 1)
-    monkeypatch.setattr("gradclip.train.load_dataset", lambda cfg: data)
+    monkeypatch.setattr("gradclip.runner.load_dataset", lambda cfg: data)
 
 
 LINEAR = ["model=linear", "clip=none", "batch_size=1", "eval_every=0", "schedule=constant"]
@@ -192,7 +192,7 @@ def test_a_failed_run_is_recorded(make_cfg, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr("gradclip.train.evaluate", boom)
+    monkeypatch.setattr("gradclip.runner.evaluate", boom)
     with pytest.raises(RuntimeError):
         train(make_cfg(), tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -348,7 +348,7 @@ def test_a_finished_record_of_another_config_is_not_returned_as_this_one(make_cf
 def fake_images(monkeypatch):
     images = Dataset("fake_images", "classification", torch.rand(8, 3, 32, 32), torch.randint(10, (8,)),
                      torch.rand(4, 3, 32, 32), torch.randint(10, (4,)), 10)
-    monkeypatch.setattr("gradclip.train.load_dataset", lambda cfg: images)
+    monkeypatch.setattr("gradclip.runner.load_dataset", lambda cfg: images)
 
 
 def test_a_batchnorm_model_trains_at_batch_granularity_and_is_evaluated(make_cfg, tmp_path, monkeypatch):
@@ -424,14 +424,14 @@ def test_scaled_losses_divide_each_loss_by_its_clipping_factor(make_cfg, tmp_pat
 
 
 def test_shuffled_sampling_visits_every_example_once_an_epoch():
-    from gradclip.train import BatchSampler
+    from gradclip.runner import BatchSampler
 
-    sampler = BatchSampler(10, 3, "shuffle", torch.Generator().manual_seed(0), "cpu")
+    sampler = BatchSampler(10, 3, "shuffle", torch.Generator().manual_seed(0))
     epochs = [torch.cat([sampler() for _ in range(3)]) for _ in range(4)]  # 3 batches of 3; 1 left over
     for drawn in epochs:
         assert len(set(drawn.tolist())) == 9  # no repeat within an epoch; the ragged tail is dropped
     assert len({tuple(e.tolist()) for e in epochs}) == 4  # a new order each epoch
-    iid = BatchSampler(10, 3, "iid", torch.Generator().manual_seed(0), "cpu")
+    iid = BatchSampler(10, 3, "iid", torch.Generator().manual_seed(0))
     assert any(len(set(iid().tolist() + iid().tolist() + iid().tolist())) < 9 for _ in range(20))
 
 

@@ -36,13 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradclip.clipping import Clipper, ClipStats, effective_factor, total_norm, unit_norms
-from gradclip.gradients import LossFn, PerSampleGradients
+from gradclip.clipping import Clipper, ClipStats, effective_factor, member_norms, unit_norms
+from gradclip.gradients import LossFn
 
 COVERED = (nn.Linear, nn.Conv1d, nn.RNNCell, nn.LSTMCell)
-
-# (mean of the clipped per-example gradients in parameter order, clip statistics, losses [B])
-SampleClipping = Callable[[Tensor, Tensor], tuple[list[Tensor], ClipStats, Tensor]]
 
 
 def ghost_unsupported_reason(model: nn.Module, clipper: Clipper) -> str | None:
@@ -63,102 +60,111 @@ def ghost_unsupported_reason(model: nn.Module, clipper: Clipper) -> str | None:
     return None
 
 
-def make_sample_clipping(model: nn.Module, loss_fn: LossFn, clipper: Clipper) -> tuple[SampleClipping, str]:
-    """The per-sample clipping step for this model and method, and how it is computed:
-    ``"ghost"``, or ``"vmap: <why ghost norms do not apply>"`` (written to the run's record)."""
-    reason = ghost_unsupported_reason(model, clipper)
-    if reason is None:
-        return GhostClipping(model, loss_fn, clipper), "ghost"
-    per_sample = PerSampleGradients(model, loss_fn)
-    params = list(model.parameters())
-
-    def vmap_clipping(x: Tensor, y: Tensor):
-        grads, losses = per_sample(x, y)
-        mean, stats = clipper.clip_samples(grads, params)
-        return mean, stats, losses
-
-    return vmap_clipping, f"vmap: {reason}"
-
-
 def direct_is_cheaper(positions: int, d_in: int, d_out: int) -> bool:
     """Whether G_i itself (T d_in d_out per example) costs less than the Gram form (T^2 (d_in + d_out))."""
     return positions * (d_in + d_out) >= d_in * d_out
 
 
 class _Piece:
-    """One parameter's share of the per-example gradients: activations ``a`` [B, T, d_in] and
-    output gradients ``b`` [B, T, d_out] (a weight), or ``b`` alone (a bias: G_i = sum_t b_it).
-    ``shared`` is a cache common to the parameters of one layer, which share ``b``."""
+    """One parameter's share of the per-example gradients of every member: activations ``a``
+    [M, B, T, d_in] and output gradients ``b`` [M, B, T, d_out] (a weight), or ``b`` alone (a
+    bias: G_i = sum_t b_it). ``shared`` is a cache common to the parameters of one layer, which
+    share ``b`` (and, per scale, the scaled ``b``)."""
 
     def __init__(self, a: Tensor | None, b: Tensor, shape: torch.Size, shared: dict) -> None:
-        self.a, self.b, self.shape, self.shared = a, b, shape, shared
-        self.single = b.shape[1] == 1  # one position: plain matrices, no Gram form
+        self.shape, self.shared = shape, shared
+        self.single = b.shape[2] == 1  # one position: plain matrices [M, B, d], no Gram form
+        self.a = None if a is None else (a[:, :, 0] if self.single else a)
+        self.b = b[:, :, 0] if self.single else b
         self._direct: Tensor | None = None
-        if a is not None and not self.single and direct_is_cheaper(b.shape[1], a.shape[2], b.shape[2]):
-            self._direct = torch.einsum("btj,bti->bji", b, a)
+        if a is not None and not self.single and direct_is_cheaper(b.shape[2], a.shape[3], b.shape[3]):
+            self._direct = torch.einsum("mbtj,mbti->mbji", b, a)
 
     def _b_summed(self) -> Tensor:
-        """sum_t b_it, [B, d_out]: a bias's per-example gradient."""
+        """sum_t b_it, [M, B, d_out]: a bias's per-example gradient."""
         if "b_summed" not in self.shared:
-            self.shared["b_summed"] = self.b[:, 0] if self.single else self.b.sum(1)
+            self.shared["b_summed"] = self.b if self.single else self.b.sum(2)
         return self.shared["b_summed"]
 
     def _b_sq(self) -> Tensor:
         if "b_sq" not in self.shared:
-            self.shared["b_sq"] = self._b_summed().square().sum(1)
+            summed = self._b_summed()
+            self.shared["b_sq"] = torch.linalg.vecdot(summed, summed)
         return self.shared["b_sq"]
 
     def sq_norm(self) -> Tensor:
-        """||G_i||^2 per example, [B]."""
+        """||G_i||^2 per member and example, [M, B]."""
         if self.a is None:
             return self._b_sq()
         if self._direct is not None:
-            return self._direct.square().sum((1, 2))
+            return self._direct.square().sum((-2, -1))
         if self.single:
-            return self.a[:, 0].square().sum(1) * self._b_sq()
-        return (self.a @ self.a.transpose(1, 2) * (self.b @ self.b.transpose(1, 2))).sum((1, 2))
+            return torch.linalg.vecdot(self.a, self.a) * self._b_sq()
+        return (self.a @ self.a.transpose(-2, -1) * (self.b @ self.b.transpose(-2, -1))).sum((-2, -1))
 
     def unit_sq_norms(self) -> Tensor:
-        """||G_ij||^2 per example and AGC unit: [B, d_out] for a weight, [B, 1] for a bias."""
+        """||G_ij||^2 per member, example and AGC unit: [M, B, d_out] for a weight, [M, B, 1]
+        for a bias."""
         if self.a is None:
-            return self._b_sq().unsqueeze(1)
+            return self._b_sq().unsqueeze(-1)
         if self._direct is not None:
-            return self._direct.square().sum(2)
+            return self._direct.square().sum(-1)
         if self.single:
-            return self.a[:, 0].square().sum(1, keepdim=True) * self.b[:, 0].square()
-        return ((self.a @ self.a.transpose(1, 2)) @ self.b * self.b).sum(1)
+            return torch.linalg.vecdot(self.a, self.a).unsqueeze(-1) * self.b.square()
+        return ((self.a @ self.a.transpose(-2, -1)) @ self.b * self.b).sum(2)
+
+    def _scaled_b(self, scale: Tensor | None) -> Tensor:
+        """b (summed over positions for a bias) times the per-example scale, shared by a layer's
+        parameters that use the same scale (norm clipping: one per example)."""
+        b = self._b_summed() if self.a is None else self.b
+        if scale is None:
+            return b
+        key = ("scaled", id(scale), self.a is None)
+        if key not in self.shared:
+            self.shared[key] = b * (scale if self.single or self.a is None else scale.unsqueeze(2))
+        return self.shared[key]
 
     def weighted_sum(self, scale: Tensor | None) -> Tensor:
-        """sum_i s_i G_i in the parameter's shape; ``scale`` [B, d_out] or [B, 1] (None: 1)."""
+        """sum_i s_i G_i per member, [M, *shape]; ``scale`` [M, B, d_out] or [M, B, 1] (None: 1)."""
+        members = self.b.shape[0]
         if self.a is None:
-            b = self._b_summed()
-            return (b.sum(0) if scale is None else (b * scale).sum(0)).view(self.shape)
+            return self._scaled_b(scale).sum(1).view(members, *self.shape)
         if self._direct is not None:
-            weighted = self._direct if scale is None else self._direct * scale.unsqueeze(2)
-            return weighted.sum(0).view(self.shape)
+            weighted = self._direct if scale is None else self._direct * scale.unsqueeze(-1)
+            return weighted.sum(1).view(members, *self.shape)
         if self.single:
-            b = self.b[:, 0] if scale is None else self.b[:, 0] * scale
-            return torch.mm(b.t(), self.a[:, 0]).view(self.shape)
-        b = self.b if scale is None else self.b * scale.unsqueeze(1)
-        return torch.einsum("btj,bti->ji", b, self.a).view(self.shape)
+            return torch.bmm(self._scaled_b(scale).transpose(1, 2), self.a).view(members, *self.shape)
+        return torch.einsum("mbtj,mbti->mji", self._scaled_b(scale), self.a).view(members, *self.shape)
+
+
+class _Tape:
+    """What the layer hooks do: nothing (``off``), note each call's output shape (``shapes``),
+    or record each call's activations and add its zero tensor (``record``)."""
+
+    def __init__(self) -> None:
+        self.mode, self.deltas, self.acts, self.next, self.shapes = "off", None, None, 0, []
 
 
 class GhostClipping:
-    """Per-sample clipping of ``model`` by ``clipper`` from one forward and one backward pass:
-    callable (x, y) -> (clipped mean in parameter order, ClipStats, per-example losses).
+    """Per-sample clipping of every member of a population (gradclip.population.Population,
+    which a single run also is) from one forward and one backward pass: callable
+    (x [M, B, ...], y [M, B, ...]) -> (clipped means [M, *shape] in parameter order, ClipStats,
+    per-example losses [M, B]).
 
-    The results equal Clipper.clip_samples on vmap(grad)'s per-example gradients up to float
-    rounding (tests/test_ghost.py, every model of configs/model/).
+    The output gradients b are those of zero tensors added to each layer's output (its
+    pre-activation, for a recurrent cell): inputs of the forward pass, so that the same code
+    runs under torch.func.vmap over the members. The results equal Clipper.clip_samples on
+    vmap(grad)'s per-example gradients up to float rounding (tests/test_ghost.py).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, clipper: Clipper) -> None:
-        reason = ghost_unsupported_reason(model, clipper)
+    def __init__(self, members, loss_fn: LossFn, clipper: Clipper) -> None:
+        reason = ghost_unsupported_reason(members.model, clipper)
         if reason:
             raise ValueError(f"ghost norms do not cover this model: {reason}")
-        self.model, self.loss_fn, self.clipper = model, loss_fn, clipper
+        self.members, self.loss_fn, self.clipper = members, loss_fn, clipper
+        model = members.model
         self.modules = [m for m in model.modules() if isinstance(m, COVERED)]
         index = {id(p): k for k, p in enumerate(model.parameters())}
-        self.params = list(model.parameters())
         # Per module: (parameter index, which activation feeds it: 0 = input, 1 = hidden state,
         # None = a bias) for each of its parameters.
         self.slots = []
@@ -168,107 +174,161 @@ class GhostClipping:
             else:
                 pairs = [(m.weight, 0), (m.bias, None)]
             self.slots.append([(index[id(p)], source) for p, source in pairs if p is not None])
-        agc = clipper.method == "agc"
-        mask = clipper._clipped_mask or [True] * len(self.params)
-        self.agc_active = [agc and active for active in mask]
+        self.agc_active = [clipper.method == "agc" and active for active in clipper.clipped_mask(len(index))]
+        self._deltas: dict[tuple, tuple] = {}  # per batch shape: a zero tensor per layer call; each layer's calls
+        self._tape = _Tape()
+        self._hooks = [m.register_forward_hook(self._tap(k)) for k, m in enumerate(self.modules)]
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], ClipStats, Tensor]:
-        calls: list[list] = [[] for _ in self.modules]
-        handles = [m.register_forward_hook(_tap(m, calls[k])) for k, m in enumerate(self.modules)]
-        try:
-            losses = self.loss_fn(self.model(x), y)
-        finally:
-            for handle in handles:
-                handle.remove()
-        outputs = [z for module_calls in calls for _, z in module_calls]
+        deltas, first, calls_of = self._zeros_for(x)
+        members = self.members
+        if members.size == 1:  # the model itself, as a plain forward pass (Population.over_members)
+            out, acts = self._forward(None, first, x[0])
+            out, acts = out.unsqueeze(0), [tuple(a.unsqueeze(0) for a in call) for call in acts]
+        else:
+            out, acts = members.over_members(self._forward, deltas, x)
+        losses = members.losses(out, y)
         # Gradients of the SUMMED loss: example i's output gradient is that of its own loss.
-        grads = iter(torch.autograd.grad(losses.sum(), outputs))
-        pieces: list[_Piece | None] = [None] * len(self.params)
-        for module, module_calls, slots in zip(self.modules, calls, self.slots):
-            b = _stack([_as_positions(module, next(grads)) for _ in module_calls])
-            inputs = [_stack([_activations(module, acts[j]) for acts, _ in module_calls]) for j in range(2)
-                      if any(source == j for _, source in slots)]
+        grads = torch.autograd.grad(losses.sum(), deltas)
+        with torch.no_grad():  # the activations are part of the forward graph: record nothing more
+            return self._clip(self._pieces(calls_of, acts, grads), losses.detach())
+
+    def _pieces(self, calls_of: list[list[int]], acts, grads) -> list[_Piece]:
+        """Each parameter's activations and output gradients, over all calls of its layer
+        (``calls_of[j]``: the indices of layer j's calls, in order)."""
+        pieces: list[_Piece | None] = [None] * len(self.members.shapes)
+        for module, slots, calls in zip(self.modules, self.slots, calls_of):
+            b = _stack([_as_positions(module, grads[i]) for i in calls])
+            sources = sorted({source for _, source in slots if source is not None})
+            inputs = {s: _stack([_activations(module, acts[i][s].detach()) for i in calls]) for s in sources}
             shared: dict = {}
             for k, source in slots:
-                pieces[k] = _Piece(None if source is None else inputs[source], b, self.params[k].shape, shared)
-        return self._clip(pieces, losses.detach())
+                pieces[k] = _Piece(None if source is None else inputs[source], b, self.members.shapes[k], shared)
+        return pieces
+
+    def _forward(self, params, deltas, x):
+        """One member's forward pass with its layers tapped (inside Population.over_members)."""
+        tape = self._tape
+        tape.mode, tape.deltas, tape.acts, tape.next = "record", deltas, [], 0
+        try:
+            out = self.members.call_model(params, x)
+            return out, tape.acts
+        finally:
+            tape.mode, tape.deltas, tape.acts = "off", None, None
+
+    def _tap(self, k: int) -> Callable:
+        """Forward hook of covered layer k, registered once and idle outside this class's own
+        forward passes: records the activations of each call and adds that call's zero tensor
+        to its output (for a recurrent cell, to its pre-activation, for which the cell is
+        recomputed from its equations)."""
+        module, tape = self.modules[k], self._tape
+
+        def delta_of(acts: tuple, z: Tensor) -> Tensor | None:
+            """Record a call; the zero tensor to add to its output (None: finding shapes)."""
+            if tape.mode == "shapes":
+                tape.shapes.append((k, z.shape))
+                return None
+            tape.acts.append(acts)
+            tape.next += 1
+            return tape.deltas[tape.next - 1]
+
+        if isinstance(module, (nn.RNNCell, nn.LSTMCell)):
+            lstm = isinstance(module, nn.LSTMCell)
+
+            def hook(m, args, output):
+                if tape.mode == "off":
+                    return None
+                x = args[0]
+                state = args[1] if len(args) > 1 and args[1] is not None else None
+                zeros = x.new_zeros(x.shape[0], m.hidden_size)
+                h, c = (state if lstm else (state, None)) if state is not None else (zeros, zeros)
+                z = F.linear(x, m.weight_ih, m.bias_ih) + F.linear(h, m.weight_hh, m.bias_hh)
+                delta = delta_of((x, h), z)
+                z = z if delta is None else z + delta
+                if not lstm:
+                    return torch.tanh(z) if m.nonlinearity == "tanh" else torch.relu(z)
+                i, f, g, o = z.chunk(4, dim=1)  # torch's gate order
+                c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                return torch.sigmoid(o) * torch.tanh(c_new), c_new
+        else:
+            def hook(m, args, output):
+                if tape.mode == "off":
+                    return None
+                delta = delta_of((args[0],), output)
+                return None if delta is None else output + delta
+        return hook
+
+    def _zeros_for(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], list[list[int]]]:
+        """One zero tensor [M, *z.shape] per layer call of a batch shaped like ``x`` (and member
+        0's view of each), and per layer the indices of its calls: found once per batch shape,
+        by a pass of member 0 without gradients."""
+        key = tuple(x.shape[1:])
+        if key not in self._deltas:
+            members, tape = self.members, self._tape
+            tape.mode, tape.shapes = "shapes", []
+            try:
+                with torch.no_grad():
+                    params = None if members.size == 1 else {n: v[0] for n, v in zip(members.names, members.views)}
+                    members.call_model(params, x[0])
+            finally:
+                tape.mode = "off"
+            deltas = [torch.zeros(x.shape[0], *shape, dtype=x.dtype, device=x.device, requires_grad=True)
+                      for _, shape in tape.shapes]
+            self._deltas[key] = (deltas, [d[0] for d in deltas],
+                                 [[i for i, (k, _) in enumerate(tape.shapes) if k == j] for j in range(len(self.modules))])
+        return self._deltas[key]
 
     def _clip(self, pieces: list[_Piece], losses: Tensor):
-        clipper = self.clipper
+        clipper, members, batch = self.clipper, self.members, losses.shape[1]
         if clipper.method == "agc":
             unit_sq = [p.unit_sq_norms() for p in pieces]
-            sq_norms = torch.stack([u.sum(1) for u in unit_sq]).sum(0)
+            sq_norms = torch.stack([u.sum(-1) for u in unit_sq]).sum(0)
             scales, clipped_sq, clipped_units, units = [], torch.zeros_like(sq_norms), 0, 0
-            for k, (u, param) in enumerate(zip(unit_sq, self.params)):
+            for k, (u, param) in enumerate(zip(unit_sq, members.views)):
                 if not self.agc_active[k]:
                     scales.append(None)
-                    clipped_sq = clipped_sq + u.sum(1)
+                    clipped_sq = clipped_sq + u.sum(-1)
                     continue
-                scale = clipper.agc_scale(u.sqrt(), unit_norms(param.detach()).reshape(1, -1))
+                weight_norms = unit_norms(param.detach(), lead=1).reshape(members.size, 1, -1)
+                scale = clipper.agc_scale(u.sqrt(), weight_norms)
                 scales.append(scale)
-                clipped_sq = clipped_sq + (scale.square() * u).sum(1)
-                clipped_units = clipped_units + (scale < 1).sum()
-                units += scale.numel()
+                clipped_sq = clipped_sq + (scale.square() * u).sum(-1)
+                clipped_units = clipped_units + (scale < 1).flatten(1).sum(1)
+                units += scale[0].numel()
             sample_norms = sq_norms.sqrt()
             fraction = torch.as_tensor(clipped_units / max(units, 1), dtype=torch.float32)
             factor = effective_factor(sample_norms, clipped_sq.sqrt())
+            mean = [p.weighted_sum(s) for p, s in zip(pieces, scales)]
+            torch._foreach_div_(mean, batch)
         else:
             sample_norms = torch.stack([p.sq_norm() for p in pieces]).sum(0).sqrt()
             scale = clipper.sample_scale(sample_norms)
-            factor, fraction = (lambda: 1.0 / scale), (lambda: (scale < 1).float().mean())
-            scales = [(scale / len(losses)).unsqueeze(1)] * len(pieces)  # the 1/B of the mean folded in
-        mean = [p.weighted_sum(s) for p, s in zip(pieces, scales)]
-        if clipper.method == "agc":
-            torch._foreach_div_(mean, len(losses))
-        before = lambda: total_norm([p.weighted_sum(None) for p in pieces]) / len(losses)  # noqa: E731 - logged rows only
-        return mean, ClipStats(before, lambda: total_norm(mean), factor, fraction, sample_norms), losses
-
-
-def _tap(module: nn.Module, calls: list) -> Callable:
-    """A forward hook that records (activations, pre-activation output) of each call; for a
-    recurrent cell it recomputes the cell so that the pre-activation is in the graph."""
-    if isinstance(module, nn.RNNCell):
-        def hook(m, args, output):
-            x, h = args[0], args[1] if len(args) > 1 and args[1] is not None else None
-            h = x.new_zeros(x.shape[0], m.hidden_size) if h is None else h
-            z = F.linear(x, m.weight_ih, m.bias_ih) + F.linear(h, m.weight_hh, m.bias_hh)
-            calls.append(((x, h), z))
-            return torch.tanh(z) if m.nonlinearity == "tanh" else torch.relu(z)
-    elif isinstance(module, nn.LSTMCell):
-        def hook(m, args, output):
-            x = args[0]
-            if len(args) > 1 and args[1] is not None:
-                h, c = args[1]
-            else:
-                h = c = x.new_zeros(x.shape[0], m.hidden_size)
-            z = F.linear(x, m.weight_ih, m.bias_ih) + F.linear(h, m.weight_hh, m.bias_hh)
-            calls.append(((x, h), z))
-            i, f, g, o = z.chunk(4, dim=1)  # torch's gate order
-            c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            return torch.sigmoid(o) * torch.tanh(c_new), c_new
-    else:
-        def hook(m, args, output):
-            calls.append(((args[0],), output))
-    return hook
+            factor, fraction = (lambda: 1.0 / scale), (lambda: (scale < 1).float().mean(1))
+            folded = (scale / batch).unsqueeze(-1)  # the 1/B of the mean folded into the scales
+            mean = [p.weighted_sum(folded) for p in pieces]
+        before = lambda: member_norms([p.weighted_sum(None) for p in pieces]) / batch  # noqa: E731 - logged rows only
+        return mean, ClipStats(before, lambda: member_norms(mean), factor, fraction, sample_norms), losses
 
 
 def _activations(module: nn.Module, a: Tensor) -> Tensor:
-    """A call's input as [B, T, d_in]: a Conv1d's input unfolded into its T output positions
-    (channel-major, as weight.view(out, -1) is); any other input with its middle dims as T."""
+    """A call's input [M, B, ...] as [M, B, T, d_in]: a Conv1d's input unfolded into its T output
+    positions (channel-major, as weight.view(out, -1) is); any other input with its middle
+    dims as T."""
+    members, batch = a.shape[:2]
     if isinstance(module, nn.Conv1d):
         (k,), (stride,), (pad,) = module.kernel_size, module.stride, module.padding
-        a = F.pad(a, (pad, pad)).unfold(2, k, stride)  # [B, C_in, T, k]
-        return a.permute(0, 2, 1, 3).reshape(a.shape[0], a.shape[2], -1)
-    return a.reshape(a.shape[0], -1, a.shape[-1])
+        a = F.pad(a, (pad, pad)).unfold(-1, k, stride)  # [M, B, C_in, T, k]
+        return a.permute(0, 1, 3, 2, 4).reshape(members, batch, a.shape[3], -1)
+    return a.reshape(members, batch, -1, a.shape[-1])
 
 
 def _as_positions(module: nn.Module, b: Tensor) -> Tensor:
-    """An output gradient as [B, T, d_out] (a Conv1d's [B, C_out, T] transposed)."""
+    """An output gradient [M, B, ...] as [M, B, T, d_out] (a Conv1d's [M, B, C_out, T] transposed)."""
     if isinstance(module, nn.Conv1d):
-        return b.transpose(1, 2)
-    return b.reshape(b.shape[0], -1, b.shape[-1])
+        return b.transpose(2, 3)
+    return b.reshape(b.shape[0], b.shape[1], -1, b.shape[-1])
 
 
 def _stack(per_call: list[Tensor]) -> Tensor:
-    """The calls of one module side by side along T."""
-    return per_call[0] if len(per_call) == 1 else torch.cat(per_call, dim=1)
+    """The calls of one layer side by side along T."""
+    return per_call[0] if len(per_call) == 1 else torch.cat(per_call, dim=2)

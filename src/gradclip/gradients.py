@@ -56,5 +56,9 @@ class PerSampleGradients:
     def __call__(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], Tensor]:
         params = {n: p.detach() for n, p in self.model.named_parameters()}
         buffers = {n: b.detach() for n, b in self.model.named_buffers()}
+        return self.of(params, buffers, x, y)
+
+    def of(self, params: dict, buffers: dict, x: Tensor, y: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The same at the given parameters (a population member's, under vmap)."""
         grads, losses = self._fn(params, buffers, x, y)
         return [grads[n] for n in self.names], losses

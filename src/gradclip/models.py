@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -228,13 +229,35 @@ class CNN1d(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
+class RNNCell(nn.RNNCell):
+    """nn.RNNCell (same parameters, names and initialisation) computed from its equation,
+    h' = act(W_ih x + b_ih + W_hh h + b_hh): torch.func.vmap has no batching rule for the fused
+    cell kernel, and a population (gradclip.population) vmaps the forward pass over its members."""
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        z = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh)
+        return torch.tanh(z) if self.nonlinearity == "tanh" else torch.relu(z)
+
+
+class LSTMCell(nn.LSTMCell):
+    """nn.LSTMCell computed from its equations (gates in torch's order i, f, g, o), for the
+    same reason as :class:`RNNCell`."""
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        h, c = state
+        z = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh)
+        i, f, g, o = z.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+
 class RecurrentNet(nn.Module):
     """Elman RNN (``cell=rnn``) or LSTM reading a signal one step at a time, for MNIST-1D:
     ``[B, L]`` is L steps of one feature, ``[B, L, F]`` L steps of F features. ``head`` reads the
     last hidden state.
 
-    The cell is stepped in a Python loop (nn.RNN / nn.GRU use fused kernels that torch.func
-    cannot vmap). The recurrent matrix (each gate's block, for the LSTM) is initialised
+    The cell is stepped in a Python loop and computed from its equations (nn.RNN / nn.GRU and
+    the fused cell kernels are kernels that torch.func cannot vmap). The recurrent matrix (each gate's block, for the LSTM) is initialised
     orthogonal times ``recurrent_gain``: above 1, gradients explode over long sequences.
     Biases start at zero.
     """
@@ -250,11 +273,11 @@ class RecurrentNet(nn.Module):
     ) -> None:
         super().__init__()
         self.hidden_size = hidden
-        self.cell: nn.RNNCell | nn.LSTMCell
+        self.cell: RNNCell | LSTMCell
         if cell == "lstm":
-            self.cell = nn.LSTMCell(in_features, hidden)
+            self.cell = LSTMCell(in_features, hidden)
         else:
-            self.cell = nn.RNNCell(in_features, hidden, nonlinearity=nonlinearity)
+            self.cell = RNNCell(in_features, hidden, nonlinearity=nonlinearity)
         with torch.no_grad():
             for block in self.cell.weight_hh.split(hidden, dim=0):
                 nn.init.orthogonal_(block, gain=recurrent_gain)

@@ -139,7 +139,7 @@ class SweepReport(Callback):
             old.unlink(missing_ok=True)
         if interrupts.received():  # a signal while Hydra was starting: launch nothing
             raise interrupts.SweepInterrupted(interrupts.received())
-        in_process = config.hydra.launcher._target_.endswith("BasicLauncher")
+        in_process = config.hydra.launcher._target_.endswith(("BasicLauncher", "PopulationLauncher"))
         # Jobs in this process stop at their next step and raise SweepInterrupted themselves
         # (gradclip.train._job); jobs in workers must be told, then the pool aborted.
         interrupts.install(None if in_process else _stop_workers)
@@ -184,3 +184,62 @@ def report_stopped() -> int:
     if _sweep_dir is None or not in_sweep_process():
         return 0
     return max(report(_sweep_dir), 1)
+
+
+class Progress:
+    """How far a launch has got: runs done out of the total, model-steps/s (members x steps per
+    second) and the time left at that rate. On a terminal, one line that updates in place twice
+    a second; otherwise (a log file, a cluster job) a log line every ``LOG_EVERY_S`` seconds.
+    The training loop calls :meth:`advance` every step and :meth:`run_done` as each run ends."""
+
+    LOG_EVERY_S = 30.0
+
+    def __init__(self, runs: int, done: int, model_steps: int, stream=None) -> None:
+        self.runs, self.done, self.model_steps = runs, done, model_steps
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.steps_done = 0
+        self.start = self.shown = time.monotonic()
+        self._width = 0
+
+    def advance(self, model_steps: int) -> None:
+        self.steps_done += model_steps
+        now = time.monotonic()
+        if now - self.shown >= (0.5 if self.tty else self.LOG_EVERY_S):
+            self.shown = now
+            self.show()
+
+    def run_done(self, count: int = 1, skipped_steps: int = 0) -> None:
+        """``count`` runs ended; ``skipped_steps``: the steps a diverged run will not take."""
+        self.done += count
+        self.model_steps -= skipped_steps
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.start
+        rate = self.steps_done / elapsed if elapsed > 0 else 0.0
+        left = max(self.model_steps - self.steps_done, 0)
+        eta = _duration(left / rate) if rate > 0 else "?"
+        return f"gradclip: {self.done}/{self.runs} runs done, {rate:,.0f} model-steps/s, {eta} left"
+
+    def show(self) -> None:
+        text = self.line()
+        if self.tty:
+            self.stream.write("\r" + text.ljust(self._width))
+            self._width = len(text)
+            self.stream.flush()
+        else:
+            log.info(text.removeprefix("gradclip: "))
+
+    def close(self) -> None:
+        if self.tty and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
