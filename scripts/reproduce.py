@@ -1,8 +1,10 @@
 """`make reproduce`: run every experiment sweep, then rebuild every table, figure and the report.
 
-    python scripts/reproduce.py --scale smoke|default|full [--jobs N]
+    python scripts/reproduce.py --scale smoke|default|full [--launcher population|joblib|submitit_slurm]
 
-Sweeps run through Hydra's joblib launcher on all cores into ``runs/<scale>/<experiment>/``.
+Sweeps run through gradclip's population launcher (the default of ``python -m gradclip.train
+-m``: the jobs of a sweep that differ only in seed, step sizes, tau or lambda train together in
+one vectorised program) into ``runs/<scale>/<experiment>/``.
 Jobs are named by their overrides and skip themselves when their record is finished, so a second
 run after an interruption only trains what is missing. The default scale writes ``results/`` and
 ``paper_figures/`` (the committed ones); other scales write ``runs/<scale>/results`` and
@@ -115,10 +117,11 @@ def run(command: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=SCALES, default=os.environ.get("SCALE", "default"))
-    parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="parallel jobs (joblib)")
-    parser.add_argument("--launcher", default="joblib",
-                        help="Hydra launcher: joblib (this machine), submitit_slurm (a cluster; set its "
-                             "hydra.launcher.* options with --launcher-args)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="parallel jobs (--launcher joblib only)")
+    parser.add_argument("--launcher", default="population",
+                        help="Hydra launcher: population (this machine, runs vectorised in one process), joblib "
+                             "(one process per job), submitit_slurm (a cluster; set its hydra.launcher.* options "
+                             "with --launcher-args)")
     parser.add_argument("--launcher-args", nargs="*", default=[], help="extra overrides, e.g. hydra.launcher.partition=gpu")
     parser.add_argument("--logger", choices=["wandb", "none"], default="wandb",
                         help="W&B offline mirror of every run (the local records are kept either way)")

@@ -95,17 +95,21 @@ def _job(cfg: DictConfig) -> None:
         run_jobs([job])
 
 
-def prepare_job(cfg: DictConfig) -> Job | None:
+def prepare_job(cfg: DictConfig, run_dir: Path | None = None, sweep_dir: Path | None = None) -> Job | None:
     """Everything about a job that comes before training: a stop signal already received, bad
     input, and a record that is finished already or must not be touched. Each ends the job
-    here (journaled, or the process's exit code); a job that is to train is returned."""
+    here (journaled, or the process's exit code); a job that is to train is returned. Its
+    folder and its sweep's come from HydraConfig unless given (the population launcher)."""
     global _job_began
     _job_began = True
     if not interrupts.installed():  # a worker process of the joblib launcher
         interrupts.install(_idle_worker_exits)
-    hydra_cfg = HydraConfig.get()
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    job = Job(cfg, Path(hydra_cfg.runtime.output_dir), Path(hydra_cfg.sweep.dir) if multirun else None)
+    if run_dir is None:
+        hydra_cfg = HydraConfig.get()
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+    multirun = sweep_dir is not None
+    job = Job(cfg, Path(run_dir), Path(sweep_dir) if multirun else None)
     signum = interrupts.received()
     if signum:
         if not multirun:

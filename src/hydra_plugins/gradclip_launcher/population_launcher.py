@@ -11,15 +11,19 @@ time left) goes to stderr.
 
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from hydra_plugins.gradclip_launcher.sweep_configs import SweepConfigs
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,11 @@ class PopulationLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.task_function, self.hydra_context = config, task_function, hydra_context
+        # Each job's config from a template where Hydra's composition would only change values:
+        # the sweeper's check of the batch and this launcher both call load_sweep_config.
+        loader = hydra_context.config_loader
+        if not isinstance(loader.load_sweep_config, SweepConfigs):
+            loader.load_sweep_config = SweepConfigs(loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from gradclip import sweep
@@ -54,22 +63,28 @@ class PopulationLauncher(Launcher):
         if self.max_members < 1:
             raise ValueError(f"hydra.launcher.max_members={self.max_members} is not allowed: must be >= 1")
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs as populations of up to {self.max_members} runs")
+        configs = self.hydra_context.config_loader.load_sweep_config
         runs, pending = [], []
         for idx, overrides in enumerate(job_overrides):
             idx = initial_job_idx + idx
             log.debug(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            if isinstance(configs, SweepConfigs):
+                configs.checking = False
+            try:
+                sweep_config = configs(self.config, list(overrides))
+            finally:
+                if isinstance(configs, SweepConfigs):
+                    configs.checking = True
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = idx
                 sweep_config.hydra.job.num = idx
-            ret = run_job(hydra_context=self.hydra_context, task_function=prepare_job, config=sweep_config,
-                          job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+            ret = self._job(sweep_config, sweep_dir, prepare_job)
             runs.append(ret)
             if ret.return_value is not None:
                 pending.append(ret.return_value)
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         progress = sweep.Progress(len(job_overrides), len(job_overrides) - len(pending),
                                   sum(int(job.cfg.steps) for job in pending))
         try:
@@ -77,3 +92,39 @@ class PopulationLauncher(Launcher):
         finally:
             progress.close()
         return runs
+
+    def _job(self, config: DictConfig, sweep_dir: Path, prepare_job) -> JobReturn:
+        """What Hydra's run_job does before and after a task, at a third of its cost (it copies
+        the whole config three times a job, which a sweep of thousands of short runs feels): the
+        job's folder and its ``.hydra`` files, HydraConfig, the callbacks' on_job_start and
+        on_job_end; then the job's checks (prepare_job), which return the job if it is to train.
+        The job's own log file is not opened: the runs of a population train together."""
+        assert self.hydra_context is not None
+        HydraConfig.instance().set_config(config)
+        output_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))) / str(
+            OmegaConf.select(config, "hydra.sweep.subdir"))
+        hydra_cfg = HydraConfig.instance().cfg
+        for node in (config, hydra_cfg):
+            with read_write(node.hydra.runtime), open_dict(node.hydra.runtime):
+                node.hydra.runtime.output_dir = os.path.abspath(output_dir)
+        task_cfg = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+        ret = JobReturn(overrides=OmegaConf.to_container(config.hydra.overrides.task), cfg=task_cfg,
+                        hydra_cfg=hydra_cfg, working_dir=os.getcwd(), task_name=JobRuntime.instance().get("name"))
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if config.hydra.output_subdir is not None:
+            folder = output_dir / str(config.hydra.output_subdir)
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, node in (("config.yaml", task_cfg), ("hydra.yaml", hydra_cfg),
+                               ("overrides.yaml", config.hydra.overrides.task)):
+                (folder / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
+        callbacks = self.hydra_context.callbacks
+        with env_override(hydra_cfg.hydra.job.env_set):
+            callbacks.on_job_start(config=config, task_function=prepare_job)
+            try:
+                ret.return_value = prepare_job(task_cfg, Path(os.path.abspath(output_dir)), sweep_dir)
+                ret.status = JobStatus.COMPLETED
+            except Exception as error:
+                ret.return_value = error
+                ret.status = JobStatus.FAILED
+        callbacks.on_job_end(config=config, job_return=ret)
+        return ret

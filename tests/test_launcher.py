@@ -1,0 +1,102 @@
+"""The population launcher (the default of ``python -m gradclip.train -m``) and the progress line:
+jobs grouped into populations by what they share, cut at ``max_members``, written to the same job
+folders as one job each, resumed member by member; a model vmap cannot batch trains one run at a
+time; progress counts runs, model-steps/s and time left."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+from test_cli import gradclip_train, summaries
+from test_train import fake_images
+
+from gradclip import sweep
+from gradclip.train import Job, run_jobs
+
+FAST = ["batch_size=16", "log_every=5", "eval_every=0", "progress=false", "logger=none"]
+
+
+@pytest.mark.slow
+def test_a_sweep_trains_as_populations_in_the_usual_folders_and_resumes_member_by_member(tmp_path):
+    """Six jobs, two step counts: two groups of three, cut at max_members=2 into populations of
+    2 and 1. A relaunch with one more seed trains only the two new jobs."""
+    sweep_args = ["-m", *FAST, "steps=10,20", "hydra.launcher.max_members=2", "name=pop"]
+    first = gradclip_train(*sweep_args, "seed=0,1,2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "gradclip: sweep runs/pop: 6 jobs: 6 completed" in first.stderr
+    runs = summaries(tmp_path / "runs" / "pop")
+    prefix = "batch_size=16,eval_every=0,log_every=5,"
+    assert sorted(runs) == sorted(f"{prefix}seed={s},steps={n}" for s in (0, 1, 2) for n in (10, 20))
+    for name, summary in runs.items():  # seeds 0 and 1 of each step count train together, seed 2 alone
+        assert summary["population_size"] == (1 if "seed=2" in name else 2), name
+        assert summary["steps_completed"] == int(name.rsplit("steps=", 1)[1])
+    again = gradclip_train(*sweep_args, "seed=0,1,2,3", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "8 jobs: 2 completed, 6 already finished (skipped)" in again.stderr
+    runs = summaries(tmp_path / "runs" / "pop")
+    assert {runs[f"{prefix}seed=3,steps={n}"]["population_size"] for n in (10, 20)} == {1}
+    assert all(runs[name]["finished_at"] == summary["finished_at"] for name, summary in summaries(
+        tmp_path / "runs" / "pop").items() if "seed=3" not in name)
+
+
+def test_runs_that_vmap_cannot_batch_train_one_at_a_time_with_one_line(make_cfg, tmp_path, monkeypatch, caplog):
+    """ResNet-18 with BatchNorm updates its running statistics in the forward pass: the group
+    trains one run after the other, each recorded as a population of one."""
+    fake_images(monkeypatch)
+    jobs = [Job(make_cfg("model=resnet18", "model.norm=batch", "batch_size=4", "steps=2", "eval_every=0",
+                         f"seed={seed}"), tmp_path / f"run{seed}", tmp_path) for seed in range(3)]
+    with caplog.at_level(logging.INFO, logger="gradclip.train"):
+        run_jobs(jobs, max_members=8)
+    lines = [r.message for r in caplog.records if "one at a time" in r.message]
+    assert lines == ["3 runs train one at a time: model contains nn.BatchNorm2d (backbone.bn1), whose running "
+                     "statistics torch.func cannot update per example; use model.norm=group"]
+    for seed in range(3):
+        summary = json.loads((tmp_path / f"run{seed}" / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["population_size"] == 1
+    outcomes = {e["job"]: e["outcome"] for e in sweep.read_journal(tmp_path)}
+    assert outcomes == {f"run{seed}": "completed" for seed in range(3)}
+
+
+def test_data_dependent_bad_input_fails_each_job_of_its_population(make_cfg, tmp_path, capsys):
+    jobs = [Job(make_cfg("batch_size=5000", f"seed={seed}"), tmp_path / f"run{seed}", tmp_path) for seed in range(2)]
+    run_jobs(jobs, max_members=8)
+    assert {e["job"]: e["outcome"] for e in sweep.read_journal(tmp_path)} == {"run0": "bad_input", "run1": "bad_input"}
+    assert capsys.readouterr().err.count("gradclip: bad input: batch_size=5000 is larger than the 4000") == 2
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_counts_runs_model_steps_and_time_left(monkeypatch, caplog):
+    clock = [100.0]
+    monkeypatch.setattr(sweep.time, "monotonic", lambda: clock[0])
+    terminal = FakeTerminal()
+    progress = sweep.Progress(runs=10, done=2, model_steps=8 * 1000, stream=terminal)
+    clock[0] += 10
+    progress.advance(4000)  # 400 model-steps/s; 4000 left: 10 s
+    assert terminal.getvalue() == "\rgradclip: 2/10 runs done, 400 model-steps/s, 10s left"
+    progress.run_done(count=3, skipped_steps=2000)  # one of them diverged 2000 steps early
+    clock[0] += 0.1
+    progress.advance(10)  # within half a second: no new line
+    clock[0] += 0.5
+    progress.advance(0)
+    line = "gradclip: 5/10 runs done, 378 model-steps/s, 5s left"  # 4010 steps in 10.6 s; 1990 left
+    assert terminal.getvalue().endswith("\r" + line + " ")  # padded over the longer line before
+    progress.close()
+    assert terminal.getvalue().endswith("\r" + " " * len(line) + "\r")
+
+    log_file = io.StringIO()  # not a terminal: a log line every 30 s
+    progress = sweep.Progress(runs=4, done=0, model_steps=4 * 60_000, stream=log_file)
+    with caplog.at_level(logging.INFO, logger="gradclip.sweep"):
+        clock[0] += 10
+        progress.advance(1000)
+        assert not caplog.records
+        clock[0] += 20
+        progress.advance(2000)
+    assert [r.message for r in caplog.records] == ["0/4 runs done, 100 model-steps/s, 39m30s left"]
+    assert log_file.getvalue() == ""
