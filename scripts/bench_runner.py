@@ -9,7 +9,12 @@ All on the default MLP (40-100-100-10) on MNIST-1D, batch 64, norm clipping (tau
    clipping against the single runner's batch steps/s (target >= 3x), and per-sample clipping
    against the single runner with per-example gradients from vmap(grad) (``per_sample=vmap``,
    the only per-sample path before ghost norms; target >= 8x);
-4. the peak memory of a population of 128 deep tanh MLPs with per-sample clipping (< 4 GB).
+4. the peak memory of a population of 128 deep tanh MLPs with per-sample clipping (< 4 GB);
+5. one command of the default stability sweep end to end (``python -m gradclip.train -m
+   +experiment=stability clip=norm clip.threshold=0.1,1.0 clip.granularity=batch,sample``: 576
+   runs of 50 steps on three models, W&B offline, from process start to the sweep's report) in
+   model-steps/s, against the same runs trained by the population engine alone (composed
+   configs, grouped, train_population, no W&B); target: at least half.
 
 Timings cover the training loop only (start-up and evaluation excluded). Single runs and the plain
 loop alternate and the median of the per-pair ratios is reported, since this machine's speed
@@ -30,13 +35,14 @@ import time
 from pathlib import Path
 
 import torch
-import wandb
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from gradclip.config import CONFIG_DIR
 from gradclip.data import load_dataset
 from gradclip.gradients import PerSampleGradients, per_example_loss
 from gradclip.models import build_model
+from gradclip.records import load_runs
 from gradclip.runner import train, train_population
 
 
@@ -46,8 +52,11 @@ def compose_run(*overrides: str):
                                            *overrides])
 
 
+LOGGER = ["logger=wandb", "logger.mode=offline"]  # --logger none: W&B off in every measurement
+
+
 def runner_steps_per_s(granularity: str, steps: int, workdir: Path, seed: int, device: str, *extra: str) -> float:
-    cfg = compose_run(f"clip.granularity={granularity}", "logger=wandb", "logger.mode=offline", f"steps={steps}",
+    cfg = compose_run(f"clip.granularity={granularity}", *LOGGER, f"steps={steps}",
                       "log_every=10", f"seed={seed}", f"device={device}", *extra)
     return train(cfg, workdir / f"runner-{granularity}-{seed}-{'-'.join(extra)}", reraise=True)["steps_per_s"]
 
@@ -72,8 +81,12 @@ def plain_steps_per_s(granularity: str, steps: int, workdir: Path, seed: int, de
     params = list(model.parameters())
     optimizer = torch.optim.SGD(params, lr=0.1)
     generator = torch.Generator().manual_seed(seed)
-    run = wandb.init(project="gradclip-bench", mode="offline", dir=str(workdir), reinit="create_new",
-                     settings=wandb.Settings(console="off", silent=True, x_disable_stats=True))
+    run = None
+    if LOGGER[0] == "logger=wandb":
+        import wandb
+
+        run = wandb.init(project="gradclip-bench", mode="offline", dir=str(workdir), reinit="create_new",
+                         settings=wandb.Settings(console="off", silent=True, x_disable_stats=True))
     start = time.perf_counter()
     for step in range(1, steps + 1):
         idx = torch.randint(data.num_train, (64,), generator=generator).to(device)
@@ -92,10 +105,51 @@ def plain_steps_per_s(granularity: str, steps: int, workdir: Path, seed: int, de
             torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         if step % 10 == 0:
-            run.log({"train/loss": loss.item()}, step=step)
+            value = loss.item()
+            if run is not None:
+                run.log({"train/loss": value}, step=step)
+    if device == "cuda":
+        torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    run.finish()
+    if run is not None:
+        run.finish()
     return steps / elapsed
+
+
+STABILITY = ["+experiment=stability", "clip=norm", "clip.threshold=0.1,1.0", "clip.granularity=batch,sample"]
+
+
+def stability_end_to_end(workdir: Path, threads: int, device: str) -> tuple[float, float]:
+    """Model-steps/s of one default stability sweep as a user runs it, and of the population
+    engine alone on the same runs."""
+    root = workdir / f"e2e-{threads}-{time.monotonic_ns()}"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "gradclip.train", "-m", *STABILITY, f"output_root={root}", LOGGER[0],
+                    f"threads={threads}", f"device={device}"], check=True, capture_output=True, cwd=workdir)
+    wall = time.perf_counter() - start
+    runs, _ = load_runs(root)
+    end_to_end = runs["summary.steps_completed"].sum() / wall
+
+    from gradclip.config import population_key
+    cfgs = []
+    for model in ("deep_tanh", "rnn_exploding", "mlp"):
+        for a0 in ("0.1", "1", "3", "10", "100", "1000"):
+            for seed in range(8):
+                for tau in ("0.1", "1.0"):
+                    for granularity in ("batch", "sample"):
+                        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+                            cfgs.append(compose("train", overrides=[
+                                "+experiment=stability", "clip=norm", f"clip.threshold={tau}",
+                                f"clip.granularity={granularity}", f"model={model}", f"schedule.a0={a0}",
+                                f"seed={seed}", "logger=none", f"device={device}"]))
+    groups: dict[str, list] = {}
+    for cfg in cfgs:
+        groups.setdefault(population_key(OmegaConf.to_container(cfg, resolve=True)), []).append(cfg)
+    steps, start = 0, time.perf_counter()
+    for k, group in enumerate(groups.values()):
+        summaries = train_population(group, [workdir / f"raw-{threads}-{k}-{i}" for i in range(len(group))])
+        steps += sum(s["steps_completed"] for s in summaries)
+    return end_to_end, steps / (time.perf_counter() - start)
 
 
 def peak_memory_gb(members: int, steps: int, threads: int, device: str) -> float:
@@ -126,7 +180,11 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=32)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--logger", default="wandb", choices=["wandb", "none"],
+                        help="W&B offline logging in every measurement (the default), or none")
     args = parser.parse_args()
+    if args.logger == "none":
+        LOGGER[:] = ["logger=none"]
     print(f"torch {torch.__version__}, device {args.device}, {args.steps} steps, {args.repeats} alternating pairs")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -159,6 +217,9 @@ def main() -> None:
                       f"{baseline:7.0f} of {label}: {pop / baseline:.1f}x (target >= {target})")
             memory = peak_memory_gb(128, 20, threads, args.device)
             print(f"4. population of 128 deep tanh MLPs, per-sample: peak memory {memory:.2f} GB (target < 4)")
+            end_to_end, raw = stability_end_to_end(workdir, threads, args.device)
+            print(f"5. stability sweep (576 runs): {end_to_end:7.0f} model-steps/s end to end, {raw:7.0f} in the "
+                  f"population engine alone: {end_to_end / raw:.2f} (target >= 0.5)")
 
 
 if __name__ == "__main__":

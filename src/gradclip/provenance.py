@@ -37,4 +37,11 @@ def versions() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "numpy": numpy.__version__,
             "hydra": hydra.__version__, "omegaconf": omegaconf.__version__,
-            "wandb": importlib.metadata.version("wandb"), "gradclip": gradclip.__version__}
+            "wandb": _installed("wandb"), "gradclip": gradclip.__version__}
+
+
+def _installed(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
