@@ -100,3 +100,38 @@ def test_progress_counts_runs_model_steps_and_time_left(monkeypatch, caplog):
         progress.advance(2000)
     assert [r.message for r in caplog.records] == ["0/4 runs done, 100 model-steps/s, 39m30s left"]
     assert log_file.getvalue() == ""
+
+
+def test_a_stop_signal_journals_every_job_not_begun_even_when_populations_interleave(make_cfg, tmp_path,
+                                                                                     monkeypatch):
+    """Jobs A1 B1 A2 B2 (two populations, A and B, interleaved in the sweep's order). A signal
+    during population A: its runs end interrupted, and both B jobs are journaled not started;
+    nothing A wrote is overwritten."""
+    from gradclip import interrupts, train
+
+    jobs = [Job(make_cfg(f"steps={steps}", f"seed={seed}"), tmp_path / f"{name}", tmp_path)
+            for name, steps, seed in [("A1", 10, 0), ("B1", 20, 0), ("A2", 10, 1), ("B2", 20, 1)]]
+    signal = []
+
+    def fake_population(cfgs, run_dirs, **kwargs):
+        signal.append(15)  # SIGTERM arrives while the first population trains
+        return [{"status": "interrupted", "interrupted_reason": "SIGTERM after step 3 of 10"} for _ in cfgs]
+
+    monkeypatch.setattr(train, "train_population", fake_population)
+    monkeypatch.setattr(interrupts, "received", lambda: signal[0] if signal else None)
+    run_jobs(jobs, max_members=8)
+    assert {e["job"]: e["outcome"] for e in sweep.read_journal(tmp_path)} == {
+        "A1": "interrupted", "A2": "interrupted", "B1": "not_started", "B2": "not_started"}
+
+
+def test_a_run_whose_folder_cannot_be_written_fails_alone(make_cfg, tmp_path):
+    """One member's folder is a file (rerun=true: past the check of existing records): that
+    member fails naming it, the others train."""
+    from gradclip.runner import train_population
+
+    (tmp_path / "run1").write_text("a file where the run's folder should be")
+    cfgs = [make_cfg("steps=5", "eval_every=0", "rerun=true", f"seed={seed}") for seed in range(3)]
+    summaries = train_population(cfgs, [tmp_path / f"run{k}" for k in range(3)])
+    assert [s["status"] for s in summaries] == ["completed", "failed", "completed"]
+    assert str(tmp_path / "run1") in summaries[1]["error"]
+    assert (tmp_path / "run1").read_text() == "a file where the run's folder should be"

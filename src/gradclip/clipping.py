@@ -62,6 +62,9 @@ class ClipStats:
                         elements (value); 0 or 1 for norm at batch granularity.
     sample_grad_norm:   ||g_i|| per example, shape [B]; None at ``batch`` granularity.
 
+    With ``members=True`` every value has a leading member dim M ([M], [M, B]); ``member(k)``
+    gives member k's values without it.
+
     Each value may be given as a zero-argument function: it is then computed on first access
     and kept, so a training loop that logs every k steps pays for a statistic only then.
     """
@@ -322,8 +325,6 @@ class Clipper:
 
 def _numel(tensors: Sequence[Tensor]) -> int:
     return sum(t.numel() for t in tensors)
-
-
 
 
 def validate_clip_config(cfg: Mapping) -> None:

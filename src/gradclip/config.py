@@ -71,7 +71,7 @@ def validate_config(cfg: Mapping) -> None:
 
 
 # Keys that do not change a run's results: a finished record with other values for them is
-# still this run's record (the same keys are left out of sweep directory names).
+# still this run's record (configs/train.yaml leaves most of them out of sweep folder names too).
 NON_RESULT_KEYS = ("name", "output_root", "logger", "progress", "rerun", "device", "threads",
                    "eval_chunk", "data.root", "model.preset", "per_sample")
 
@@ -93,8 +93,8 @@ def result_config(config: Mapping) -> dict:
 
 def population_key(config: Mapping) -> str:
     """What the runs of one population must share: two configs with the same key train
-    together (gradclip.population); the keys of NON_RESULT_KEYS except ``device`` and
-    ``threads`` and those of POPULATION_KEYS may differ."""
+    together (gradclip.population). They may differ in POPULATION_KEYS and in NON_RESULT_KEYS,
+    except ``device``, ``threads`` and ``per_sample``, which the whole population uses."""
     shared = _without(flatten(config), tuple(k for k in NON_RESULT_KEYS if k not in ("device", "threads", "per_sample"))
                       + POPULATION_KEYS)
     return repr(sorted(shared.items()))

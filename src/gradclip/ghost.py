@@ -25,7 +25,8 @@ h_(t-1), both share the pre-activation gradient; each cell call is a t). A recur
 pre-activation is not one of its outputs, so during this pass a hook recomputes the cell from
 its equations with the pre-activation exposed. A model with any parameter outside these layers
 (the 1-D ResNet's residual gains, GroupNorm), and value clipping (which clamps every element of
-every example's gradient), use ``vmap(grad)``; :func:`make_sample_clipping` chooses and says why.
+every example's gradient), use ``vmap(grad)``: gradclip.population chooses, and the run's
+summary says which and why (``per_sample_gradients``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def ghost_unsupported_reason(model: nn.Module, clipper: Clipper) -> str | None:
     for path, module in model.named_modules():
         if isinstance(module, nn.Conv1d) and (module.groups != 1 or module.dilation != (1,)
                                               or module.padding_mode != "zeros" or isinstance(module.padding, str)):
-            return f"{path} is a Conv1d with groups, dilation, string padding or non-zero padding"
+            return f"{path} is a Conv1d with groups, dilation, string padding or a padding mode other than zeros"
         if isinstance(module, COVERED):
             owned |= {id(p) for p in module.parameters(recurse=False)}
     outside = [name for name, p in model.named_parameters() if id(p) not in owned]
@@ -180,16 +181,18 @@ class GhostClipping:
         self._hooks = [m.register_forward_hook(self._tap(k)) for k, m in enumerate(self.modules)]
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], ClipStats, Tensor]:
-        deltas, first, calls_of = self._zeros_for(x)
+        deltas, calls_of = self._zeros_for(x)
         members = self.members
+        # Gradients of the SUMMED loss: example i's output gradient is that of its own loss.
         if members.size == 1:  # the model itself, as a plain forward pass (Population.over_members)
-            out, acts = self._forward(None, first, x[0])
-            out, acts = out.unsqueeze(0), [tuple(a.unsqueeze(0) for a in call) for call in acts]
+            out, acts = self._forward(None, deltas, x[0])
+            losses = self.loss_fn(out, y[0]).unsqueeze(0)
+            grads = [g.unsqueeze(0) for g in torch.autograd.grad(losses.sum(), deltas)]
+            acts = [tuple(a.unsqueeze(0) for a in call) for call in acts]
         else:
             out, acts = members.over_members(self._forward, deltas, x)
-        losses = members.losses(out, y)
-        # Gradients of the SUMMED loss: example i's output gradient is that of its own loss.
-        grads = torch.autograd.grad(losses.sum(), deltas)
+            losses = members.losses(out, y)
+            grads = torch.autograd.grad(losses.sum(), deltas)
         with torch.no_grad():  # the activations are part of the forward graph: record nothing more
             return self._clip(self._pieces(calls_of, acts, grads), losses.detach())
 
@@ -258,10 +261,10 @@ class GhostClipping:
                 return None if delta is None else output + delta
         return hook
 
-    def _zeros_for(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], list[list[int]]]:
-        """One zero tensor [M, *z.shape] per layer call of a batch shaped like ``x`` (and member
-        0's view of each), and per layer the indices of its calls: found once per batch shape,
-        by a pass of member 0 without gradients."""
+    def _zeros_for(self, x: Tensor) -> tuple[list[Tensor], list[list[int]]]:
+        """One zero tensor [M, *z.shape] per layer call of a batch shaped like ``x`` (z.shape
+        alone for a population of one), and per layer the indices of its calls: found once per
+        batch shape, by a pass of member 0 without gradients."""
         key = tuple(x.shape[1:])
         if key not in self._deltas:
             members, tape = self.members, self._tape
@@ -272,10 +275,11 @@ class GhostClipping:
                     members.call_model(params, x[0])
             finally:
                 tape.mode = "off"
-            deltas = [torch.zeros(x.shape[0], *shape, dtype=x.dtype, device=x.device, requires_grad=True)
+            lead = () if members.size == 1 else (members.size,)
+            deltas = [torch.zeros(*lead, *shape, dtype=x.dtype, device=x.device, requires_grad=True)
                       for _, shape in tape.shapes]
-            self._deltas[key] = (deltas, [d[0] for d in deltas],
-                                 [[i for i, (k, _) in enumerate(tape.shapes) if k == j] for j in range(len(self.modules))])
+            self._deltas[key] = (deltas, [[i for i, (k, _) in enumerate(tape.shapes) if k == j]
+                                          for j in range(len(self.modules))])
         return self._deltas[key]
 
     def _clip(self, pieces: list[_Piece], losses: Tensor):

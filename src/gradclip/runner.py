@@ -125,7 +125,8 @@ class Member:
     maxima: Maxima = field(default_factory=Maxima)
     sum_a: float = 0.0
     sum_a2: float = 0.0
-    active: bool = True
+    active: bool = True  # still training
+    started: bool = False  # its record has begun
 
 
 def train(cfg: DictConfig, run_dir: Path, reraise: bool = True, wandb_dir: Path | None = None) -> dict:
@@ -225,8 +226,15 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], rerai
                                            torch.Generator().manual_seed(cfgs[k].seed)),
                               RunRecorder(run_dirs[k]), summary))
     try:
-        for k, member in zip(todo, members):
-            member.recorder.start(member.config, member.summary)
+        for index, (k, member) in enumerate(zip(todo, members)):
+            try:
+                member.recorder.start(member.config, member.summary)
+            except RecordWriteError as error:  # this run's folder cannot be written: it alone fails
+                member.started = True
+                _finish(member, {"status": "failed", "error": str(error), "steps_completed": 0}, 1)
+                population.retire_(index)
+                continue
+            member.started = True
             member.tracker = make_tracker(member.cfg.logger, Path(wandb_dirs[k] or member.run_dir), member.config,
                                           states[k].summary.get("wandb"))
             member.summary["wandb"] = member.tracker.run_path
@@ -234,28 +242,33 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], rerai
                 member.recorder.write_summary(member.summary)
         _loop(cfg, population, members, data, loss_fn, scratch, progress)
     except KeyboardInterrupt:  # train() called from a program that has no stop handler (a notebook)
-        for member in members:
-            if member.active:
-                _finish(member, {"status": "interrupted",
-                                 "interrupted_reason": "KeyboardInterrupt in the calling program"}, 1)
+        _end_unfinished(members, {"status": "interrupted",
+                                  "interrupted_reason": "KeyboardInterrupt in the calling program"})
         raise
     except Exception as error:
         failure = {"status": "failed", "error": str(error) if isinstance(error, RecordWriteError)
                    else f"{type(error).__name__}: {error}"}
         if not isinstance(error, RecordWriteError):  # a write error needs no traceback: it names the file
             failure["traceback"] = traceback.format_exc()
-        for member in members:
-            if member.active:
-                _finish(member, failure | {"steps_completed": member.recorder.final_values().get("step")}, 1)
+        _end_unfinished(members, failure)
         if reraise and not isinstance(error, RecordWriteError):
             raise
-    finally:
-        for member in members:  # a failure while starting the records
-            if member.active:
-                _finish(member, {"status": "failed", "error": "the run stopped before it began"}, 1)
+    finally:  # anything else that stops the loop (a BaseException of the caller's)
+        _end_unfinished(members, {"status": "failed", "error": "the run was stopped from outside"})
     for k, member in zip(todo, members):
         results[k] = member.summary
     return results
+
+
+def _end_unfinished(members: list[Member], result: dict) -> None:
+    """Record ``result`` for every member still running. A member whose record had not begun
+    is not written (its folder keeps what it held): its summary says so."""
+    for member in members:
+        if member.active and member.started:
+            _finish(member, result | {"steps_completed": member.recorder.final_values().get("step")}, 1)
+        elif member.active:
+            member.active = False
+            member.summary |= result | {"summary_write_error": "its record had not begun"}
 
 
 def _finish(member: Member, result: dict, exit_code: int) -> None:
@@ -341,6 +354,8 @@ def _loop(cfg: DictConfig, population: Population, members: list[Member], data, 
 
     show_bar = cfg.progress is True or (cfg.progress == "auto" and sys.stderr.isatty()
                                         and HydraConfig.initialized() and HydraConfig.get().mode != RunMode.MULTIRUN)
+    if not any(member.active for member in members):  # no record could begin
+        return
     start = time.perf_counter()
     eval_rows(0)
     start = time.perf_counter()  # the clock starts after the first evaluation

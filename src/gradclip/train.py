@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import traceback
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +138,9 @@ def prepare_job(cfg: DictConfig, run_dir: Path | None = None, sweep_dir: Path | 
         log.info("%s already holds this %s run; skipped (rerun=true trains it again)", job.run_dir, finished["status"])
         job.outcome("skipped", code=0)
         return None
+    # Resolved now, with this job's HydraConfig and environment: a population trains later,
+    # outside them (${hydra:...}, ${oc.env:...} and ${now:...} keep their values).
+    job.cfg = OmegaConf.create(config)
     return job
 
 
@@ -144,59 +148,66 @@ def run_jobs(jobs: list[Job], max_members: int = 1, progress: sweep.Progress | N
     """Train prepared jobs, as populations of up to ``max_members`` runs of jobs that differ only
     in POPULATION_KEYS (gradclip.config), and report each job's outcome. After a stop signal
     the jobs not begun are journaled as not started and the sweep stops."""
-    for group in _populations(jobs, max_members):
+    queue = deque(_populations(jobs, max_members))
+    while queue:
+        group = queue.popleft()
         signum = interrupts.received()
         if signum:
-            for job in jobs[jobs.index(group[0]):]:
-                job.outcome("not_started", f"{interrupts.name(signum)} before its population began",
-                            interrupts.exit_code(signum))
-            _stop_sweep(signum)
-            return
-        for job in group:
-            job.outcome("started", code=0)
-        multirun = group[0].sweep_dir is not None
-        sweep.job_here = True
-        try:
-            summaries = train_population([job.cfg for job in group], [job.run_dir for job in group],
-                                         reraise=not multirun, progress=progress,
-                                         wandb_dirs=[job.sweep_dir.resolve() if multirun else None for job in group])
-        except PopulationUnsupported as error:
-            log.info("%d runs train one at a time: %s", len(group), error)
-            sweep.job_here = False
-            for job in group:
-                run_jobs([job], 1, progress)
+            return _stop([job for rest in (group, *queue) for job in rest], signum)
+        summaries = _train_population(group, progress)
+        if summaries is None:  # vmap cannot batch this model: one run at a time
+            queue.extendleft([job] for job in reversed(group))
             continue
-        except ConfigError as error:  # found only with the data or the model at hand
-            for job in group:
-                _bad_input(job, error)
-            continue
-        except RecordError as error:  # a record that must not be touched: corrupt, or live elsewhere
-            print(f"gradclip: {error}", file=sys.stderr)
-            for job in group:
-                job.outcome("failed", str(error), 1)
-            continue
-        except Exception as error:  # a crash before the records began (building the model, the data)
-            if not multirun:
-                raise  # Hydra prints the traceback
-            message = f"{type(error).__name__}: {error}"
-            print(f"gradclip: run failed: {message}", file=sys.stderr)
-            for job in group:
-                _record_if_empty(job.run_dir, {"status": "failed", "error": message,
-                                               "traceback": traceback.format_exc()})
-                job.outcome("failed", message, 1)
-            continue
-        finally:
-            sweep.job_here = False
-        for job, summary in zip(group, summaries):
-            _report(job, summary)
         signum = interrupts.received()
         if signum and any(summary["status"] == "interrupted" for summary in summaries):
-            rest = jobs[jobs.index(group[-1]) + 1:]
-            for job in rest:
-                job.outcome("not_started", f"{interrupts.name(signum)} before its population began",
-                            interrupts.exit_code(signum))
-            _stop_sweep(signum)
-            return
+            return _stop([job for rest in queue for job in rest], signum)
+
+
+def _stop(not_begun: list[Job], signum: int) -> None:
+    """Journal the jobs a stop signal kept from beginning, then stop the sweep."""
+    for job in not_begun:
+        job.outcome("not_started", f"{interrupts.name(signum)} before its population began",
+                    interrupts.exit_code(signum))
+    _stop_sweep(signum)
+
+
+def _train_population(group: list[Job], progress: sweep.Progress | None) -> list[dict] | None:
+    """Train one population and report each job's outcome; None if vmap cannot batch its model
+    (nothing was written)."""
+    for job in group:
+        job.outcome("started", code=0)
+    multirun = group[0].sweep_dir is not None
+    sweep.job_here = True
+    try:
+        summaries = train_population([job.cfg for job in group], [job.run_dir for job in group],
+                                     reraise=not multirun, progress=progress,
+                                     wandb_dirs=[job.sweep_dir.resolve() if multirun else None for job in group])
+    except PopulationUnsupported as error:
+        log.info("%d runs train one at a time: %s", len(group), error)
+        return None
+    except ConfigError as error:  # found only with the data or the model at hand
+        for job in group:
+            _bad_input(job, error)
+        return []
+    except RecordError as error:  # a record that must not be touched: corrupt, or live elsewhere
+        print(f"gradclip: {error}", file=sys.stderr)
+        for job in group:
+            job.outcome("failed", str(error), 1)
+        return []
+    except Exception as error:  # a crash before the records began (building the model, the data)
+        if not multirun:
+            raise  # Hydra prints the traceback
+        message = f"{type(error).__name__}: {error}"
+        print(f"gradclip: run failed: {message}", file=sys.stderr)
+        for job in group:
+            _record_if_empty(job.run_dir, {"status": "failed", "error": message, "traceback": traceback.format_exc()})
+            job.outcome("failed", message, 1)
+        return []
+    finally:
+        sweep.job_here = False
+    for job, summary in zip(group, summaries):
+        _report(job, summary)
+    return summaries
 
 
 def _populations(jobs: list[Job], max_members: int) -> list[list[Job]]:

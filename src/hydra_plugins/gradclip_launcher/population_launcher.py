@@ -66,6 +66,9 @@ class PopulationLauncher(Launcher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(f"Launching {len(job_overrides)} jobs as populations of up to {self.max_members} runs")
+        if self.config.hydra.job.chdir:
+            log.warning("hydra.job.chdir=true is not applied by the population launcher: the runs of a "
+                        "population share one working directory")
         configs = self.hydra_context.config_loader.load_sweep_config
         runs, pending = [], []
         for idx, overrides in enumerate(job_overrides):
@@ -97,7 +100,8 @@ class PopulationLauncher(Launcher):
         """What Hydra's run_job does before and after a task, at a third of its cost (it copies
         the whole config three times a job, which a sweep of thousands of short runs feels): the
         job's folder and its ``.hydra`` files, HydraConfig, the callbacks' on_job_start and
-        on_job_end; then the job's checks (prepare_job), which return the job if it is to train.
+        on_job_end (around the preparation: the job trains later, with its population); then the
+        job's checks (prepare_job), which return the job, its config resolved, if it is to train.
         The job's own log file is not opened: the runs of a population train together."""
         assert self.hydra_context is not None
         HydraConfig.instance().set_config(config)

@@ -44,7 +44,7 @@ class SweepConfigs:
         template = self.templates.get(signature)
         if template is None:
             config = self.compose(master_config, list(sweep_overrides))
-            self.templates[signature] = [config, False]
+            self.templates[signature] = [copy.deepcopy(config), False]  # the job may change its own
             return config
         if template[0] is None:
             return self.compose(master_config, list(sweep_overrides))
