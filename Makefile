@@ -36,7 +36,7 @@ reproduce: $(STAMP) ## Run every experiment, then figures, tables and results/RE
 figures: $(STAMP) ## Rebuild every figure in paper_figures/ from the tables in results/ (no training)
 	$(PY) scripts/figures.py plot all
 
-bench: $(STAMP) ## Steps/s of the runner against a minimal hand-written loop
+bench: $(STAMP) ## Speed and memory: runner vs a hand-written loop, ghost norms, populations, a sweep end to end
 	$(PY) scripts/bench_runner.py
 
 lock: $(STAMP) ## Rewrite requirements.lock from the installed environment

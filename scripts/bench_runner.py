@@ -58,7 +58,9 @@ LOGGER = ["logger=wandb", "logger.mode=offline"]  # --logger none: W&B off in ev
 def runner_steps_per_s(granularity: str, steps: int, workdir: Path, seed: int, device: str, *extra: str) -> float:
     cfg = compose_run(f"clip.granularity={granularity}", *LOGGER, f"steps={steps}",
                       "log_every=10", f"seed={seed}", f"device={device}", *extra)
-    return train(cfg, workdir / f"runner-{granularity}-{seed}-{'-'.join(extra)}", reraise=True)["steps_per_s"]
+    # A folder of its own each time: a finished record there would be returned, not trained again.
+    run_dir = workdir / f"runner-{granularity}-{seed}-{'-'.join(extra)}-{time.monotonic_ns()}"
+    return train(cfg, run_dir, reraise=True)["steps_per_s"]
 
 
 def population_model_steps_per_s(granularity: str, members: int, steps: int, workdir: Path, device: str,

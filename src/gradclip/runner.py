@@ -380,9 +380,10 @@ def _loop(cfg: DictConfig, population: Population, members: list[Member], data, 
                    # realised ||theta(n+1) - theta(n)|| / a(n) below also carries float32 rounding
                    # (about ulp(theta) / a(n), large once a(n) is tiny), momentum and weight decay.
                    "update_norm": stats.clipped_grad_norm}
-        if agc_index:  # the same unit-wise, against the weights before the step
-            watched["unit_update_ratio"] = _agc_unit_ratio(population.grad_views, population.views, agc_index, clipper)
         with torch.no_grad():
+            if agc_index:  # the same unit-wise, against the weights before the step
+                watched["unit_update_ratio"] = _agc_unit_ratio(population.grad_views, population.views, agc_index,
+                                                               clipper)
             previous.copy_(theta)
             population.sgd_step_(lrs)
             torch.sub(theta, previous, out=delta)
