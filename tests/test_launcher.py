@@ -22,7 +22,9 @@ FAST = ["batch_size=16", "log_every=5", "eval_every=0", "progress=false", "logge
 @pytest.mark.slow
 def test_a_sweep_trains_as_populations_in_the_usual_folders_and_resumes_member_by_member(tmp_path):
     """Six jobs, two step counts: two groups of three, cut at max_members=2 into populations of
-    2 and 1. A relaunch with one more seed trains only the two new jobs."""
+    2 and 1. A relaunch with one more seed trains only the two new jobs, here through submitit
+    (backend=submitit_local, what submitit_slurm does on a cluster): the jobs are prepared in
+    the sweep's process, each population is a submitit task that trains and journals its runs."""
     sweep_args = ["-m", *FAST, "steps=10,20", "hydra.launcher.max_members=2", "name=pop"]
     first = gradclip_train(*sweep_args, "seed=0,1,2", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -33,11 +35,13 @@ def test_a_sweep_trains_as_populations_in_the_usual_folders_and_resumes_member_b
     for name, summary in runs.items():  # seeds 0 and 1 of each step count train together, seed 2 alone
         assert summary["population_size"] == (1 if "seed=2" in name else 2), name
         assert summary["steps_completed"] == int(name.rsplit("steps=", 1)[1])
-    again = gradclip_train(*sweep_args, "seed=0,1,2,3", cwd=tmp_path)
+    again = gradclip_train(*sweep_args, "seed=0,1,2,3", "hydra.launcher.backend=submitit_local", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "8 jobs: 2 completed, 6 already finished (skipped)" in again.stderr
     runs = summaries(tmp_path / "runs" / "pop")
     assert {runs[f"{prefix}seed=3,steps={n}"]["population_size"] for n in (10, 20)} == {1}
+    assert len({runs[f"{prefix}seed=3,steps={n}"]["process"]["pid"] for n in (10, 20)}) == 2  # two tasks
+    assert len([p for p in (tmp_path / "runs" / "pop" / ".submitit").iterdir() if p.name.isdigit()]) == 2
     assert all(runs[name]["finished_at"] == summary["finished_at"] for name, summary in summaries(
         tmp_path / "runs" / "pop").items() if "seed=3" not in name)
 
@@ -135,3 +139,4 @@ def test_a_run_whose_folder_cannot_be_written_fails_alone(make_cfg, tmp_path):
     assert [s["status"] for s in summaries] == ["completed", "failed", "completed"]
     assert str(tmp_path / "run1") in summaries[1]["error"]
     assert (tmp_path / "run1").read_text() == "a file where the run's folder should be"
+

@@ -148,7 +148,7 @@ def run_jobs(jobs: list[Job], max_members: int = 1, progress: sweep.Progress | N
     """Train prepared jobs, as populations of up to ``max_members`` runs of jobs that differ only
     in POPULATION_KEYS (gradclip.config), and report each job's outcome. After a stop signal
     the jobs not begun are journaled as not started and the sweep stops."""
-    queue = deque(_populations(jobs, max_members))
+    queue = deque(populations(jobs, max_members))
     while queue:
         group = queue.popleft()
         signum = interrupts.received()
@@ -210,7 +210,7 @@ def _train_population(group: list[Job], progress: sweep.Progress | None) -> list
     return summaries
 
 
-def _populations(jobs: list[Job], max_members: int) -> list[list[Job]]:
+def populations(jobs: list[Job], max_members: int) -> list[list[Job]]:
     """The jobs grouped by what a population must share, in order of first appearance, each
     group cut into populations of at most ``max_members``."""
     groups: dict[str, list[Job]] = {}

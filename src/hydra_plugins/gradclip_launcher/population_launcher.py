@@ -7,6 +7,12 @@ populations of at most ``max_members`` runs (gradclip.train.run_jobs), each writ
 folder and record that a job of its own would. A model that cannot train under vmap (BatchNorm)
 falls back to one run at a time, with one log line saying why. Progress (runs done, model-steps/s,
 time left) goes to stderr.
+
+``backend=local`` (the default) trains the populations in this process. ``backend=submitit_slurm``
+(a SLURM cluster) or ``submitit_local`` (to try it here) submits one task per population through
+submitit, with ``hydra.launcher.submitit`` passed to ``executor.update_parameters`` (for example
+``{timeout_min: 60, slurm_partition: gpu, gpus_per_node: 1}``); the jobs are prepared here, and
+each task trains its population and journals its runs' outcomes into the sweep's journal.
 """
 
 
@@ -14,6 +20,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -28,11 +35,19 @@ from hydra_plugins.gradclip_launcher.sweep_configs import SweepConfigs
 log = logging.getLogger(__name__)
 
 
+BACKENDS = ("local", "submitit_local", "submitit_slurm")
+
+
 @dataclass
 class PopulationLauncherConf:
     _target_: str = "hydra_plugins.gradclip_launcher.population_launcher.PopulationLauncher"
     # The most runs one population trains at once (memory grows with it; 32-64 saturate a CPU).
     max_members: int = 64
+    # local: this process; submitit_slurm / submitit_local: one submitit task per population.
+    backend: str = "local"
+    # Passed to submitit's executor.update_parameters (timeout_min, slurm_partition, gpus_per_node, ...).
+    submitit: Any = None
+    submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="population", node=PopulationLauncherConf,
@@ -40,8 +55,11 @@ ConfigStore.instance().store(group="hydra/launcher", name="population", node=Pop
 
 
 class PopulationLauncher(Launcher):
-    def __init__(self, max_members: int = 64) -> None:
+    def __init__(self, max_members: int = 64, backend: str = "local", submitit: Any = None,
+                 submitit_folder: str = ".submitit/%j") -> None:
         self.max_members = int(max_members)
+        self.backend, self.submitit_folder = backend, str(submitit_folder)
+        self.submitit = dict(OmegaConf.to_container(submitit) if isinstance(submitit, DictConfig) else submitit or {})
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -62,6 +80,8 @@ class PopulationLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None
         if self.max_members < 1:
             raise ValueError(f"hydra.launcher.max_members={self.max_members} is not allowed: must be >= 1")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"hydra.launcher.backend={self.backend!r} is not one of: {', '.join(BACKENDS)}")
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +108,9 @@ class PopulationLauncher(Launcher):
             runs.append(ret)
             if ret.return_value is not None:
                 pending.append(ret.return_value)
+        if self.backend != "local":
+            self._submit(pending)
+            return runs
         progress = sweep.Progress(len(job_overrides), len(job_overrides) - len(pending),
                                   sum(int(job.cfg.steps) for job in pending))
         try:
@@ -95,6 +118,27 @@ class PopulationLauncher(Launcher):
         finally:
             progress.close()
         return runs
+
+    def _submit(self, pending: list) -> None:
+        """One submitit task per population; wait for them all (each journals its own runs)."""
+        import submitit
+
+        from gradclip.train import populations
+
+        for job in pending:  # the task's working directory may differ from this one
+            job.sweep_dir = job.sweep_dir.resolve()
+        groups = populations(pending, self.max_members)
+        if not groups:
+            return
+        executor = submitit.AutoExecutor(folder=self.submitit_folder, cluster=self.backend.removeprefix("submitit_"))
+        executor.update_parameters(**self.submitit)
+        log.info(f"Submitting {len(groups)} populations ({len(pending)} runs) to submitit ({self.backend})")
+        tasks = executor.map_array(_train_populations, groups)
+        for task in tasks:
+            try:
+                task.result()
+            except Exception as error:  # noqa: BLE001 - a task that died: its runs read as what they hold
+                log.warning(f"submitit task {task.job_id} failed: {type(error).__name__}: {error}")
 
     def _job(self, config: DictConfig, sweep_dir: Path, prepare_job) -> JobReturn:
         """What Hydra's run_job does before and after a task, at a third of its cost (it copies
@@ -132,3 +176,12 @@ class PopulationLauncher(Launcher):
                 ret.status = JobStatus.FAILED
         callbacks.on_job_end(config=config, job_return=ret)
         return ret
+
+
+def _train_populations(group: list) -> None:
+    """A submitit task: train one population (gradclip.train.run_jobs) in the task's process."""
+    from gradclip import interrupts
+    from gradclip.train import run_jobs
+
+    interrupts.install()
+    run_jobs(group, len(group))
