@@ -48,7 +48,7 @@ WORKER_GRACE_S = 10.0
 # The sweep this process launched (set in the sweep's own process only: workers leave it None).
 _sweep_dir: Path | None = None
 _sweep_pid: int | None = None
-# True while a job runs in this process (gradclip.train._job sets it).
+# True while runs train in this process (gradclip.train sets it around each population).
 job_here = False
 _sweep_ended = False
 
@@ -141,7 +141,7 @@ class SweepReport(Callback):
             raise interrupts.SweepInterrupted(interrupts.received())
         in_process = config.hydra.launcher._target_.endswith(("BasicLauncher", "PopulationLauncher"))
         # Jobs in this process stop at their next step and raise SweepInterrupted themselves
-        # (gradclip.train._job); jobs in workers must be told, then the pool aborted.
+        # (gradclip.train.run_jobs); jobs in workers must be told, then the pool aborted.
         interrupts.install(None if in_process else _stop_workers)
         if not in_process:
             # Aborting the pool after a signal kills its workers, and the pool's resource trackers
