@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from gradclip.checks import ConfigError, require_choice, require_int, require_known_keys, require_number
 from gradclip.clipping import validate_clip_config
@@ -35,6 +37,16 @@ def _schema_keys() -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 TOP_KEYS, DIVERGENCE_KEYS = _schema_keys()
+
+
+def resolve_config(cfg: DictConfig) -> dict:
+    """The config with every interpolation resolved, as a plain dict; a broken interpolation is
+    bad input (ConfigError naming the key)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as error:  # e.g. schedule.a0=${oops}
+        raise ConfigError(f"the config cannot be resolved: {str(error).splitlines()[0]} "
+                          f"(key {getattr(error, 'full_key', '?')})") from None
 
 
 def validate_config(cfg: Mapping) -> None:

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from gradclip.clipping import Clipper, ClipStats, effective_factor, member_norms, unit_norms
 from gradclip.gradients import LossFn
+from gradclip.models import cell_preactivation, lstm_cell_output, rnn_cell_output
 
 COVERED = (nn.Linear, nn.Conv1d, nn.RNNCell, nn.LSTMCell)
 
@@ -245,14 +246,10 @@ class GhostClipping:
                 state = args[1] if len(args) > 1 and args[1] is not None else None
                 zeros = x.new_zeros(x.shape[0], m.hidden_size)
                 h, c = (state if lstm else (state, None)) if state is not None else (zeros, zeros)
-                z = F.linear(x, m.weight_ih, m.bias_ih) + F.linear(h, m.weight_hh, m.bias_hh)
+                z = cell_preactivation(m, x, h)
                 delta = delta_of((x, h), z)
                 z = z if delta is None else z + delta
-                if not lstm:
-                    return torch.tanh(z) if m.nonlinearity == "tanh" else torch.relu(z)
-                i, f, g, o = z.chunk(4, dim=1)  # torch's gate order
-                c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                return torch.sigmoid(o) * torch.tanh(c_new), c_new
+                return lstm_cell_output(z, c) if lstm else rnn_cell_output(z, m.nonlinearity)
         else:
             def hook(m, args, output):
                 if tape.mode == "off":

@@ -229,26 +229,38 @@ class CNN1d(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
+def cell_preactivation(cell: nn.RNNCell | nn.LSTMCell, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """z = W_ih x + b_ih + W_hh h + b_hh of a recurrent cell (all four LSTM gates at once)."""
+    return F.linear(x, cell.weight_ih, cell.bias_ih) + F.linear(h, cell.weight_hh, cell.bias_hh)
+
+
+def rnn_cell_output(z: torch.Tensor, nonlinearity: str) -> torch.Tensor:
+    """An Elman cell's new state from its pre-activation."""
+    return torch.tanh(z) if nonlinearity == "tanh" else torch.relu(z)
+
+
+def lstm_cell_output(z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An LSTM cell's new (h, c) from its gates' pre-activation (torch's order i, f, g, o)."""
+    i, f, g, o = z.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
 class RNNCell(nn.RNNCell):
     """nn.RNNCell (same parameters, names and initialisation) computed from its equation,
     h' = act(W_ih x + b_ih + W_hh h + b_hh): torch.func.vmap has no batching rule for the fused
     cell kernel, and a population (gradclip.population) vmaps the forward pass over its members."""
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        z = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh)
-        return torch.tanh(z) if self.nonlinearity == "tanh" else torch.relu(z)
+        return rnn_cell_output(cell_preactivation(self, x, h), self.nonlinearity)
 
 
 class LSTMCell(nn.LSTMCell):
-    """nn.LSTMCell computed from its equations (gates in torch's order i, f, g, o), for the
-    same reason as :class:`RNNCell`."""
+    """nn.LSTMCell computed from its equations, for the same reason as :class:`RNNCell`."""
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         h, c = state
-        z = F.linear(x, self.weight_ih, self.bias_ih) + F.linear(h, self.weight_hh, self.bias_hh)
-        i, f, g, o = z.chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+        return lstm_cell_output(cell_preactivation(self, x, h), c)
 
 
 class RecurrentNet(nn.Module):
@@ -256,9 +268,10 @@ class RecurrentNet(nn.Module):
     ``[B, L]`` is L steps of one feature, ``[B, L, F]`` L steps of F features. ``head`` reads the
     last hidden state.
 
-    The cell is stepped in a Python loop and computed from its equations (nn.RNN / nn.GRU and
-    the fused cell kernels are kernels that torch.func cannot vmap). The recurrent matrix (each gate's block, for the LSTM) is initialised
-    orthogonal times ``recurrent_gain``: above 1, gradients explode over long sequences.
+    The cell is stepped in a Python loop and computed from its equations (torch.func cannot
+    vmap nn.RNN, nn.GRU or the fused cell kernels). The recurrent matrix (each gate's block, for
+    the LSTM) is initialised orthogonal times ``recurrent_gain``: above 1, gradients explode
+    over long sequences.
     Biases start at zero.
     """
 

@@ -87,7 +87,6 @@ class Population:
                 p.grad = view[0]
         self._momentum_buffer: Tensor | None = None
         self._buffers = dict(self.model.named_buffers())
-        self._vforward = vmap(lambda params, x: functional_call(self.model, (params, self._buffers), (x,)))
         self._per_sample = None
         self.per_sample_gradients: str | None = None
         if granularity == "sample":
@@ -126,9 +125,7 @@ class Population:
 
     def forward(self, x: Tensor) -> Tensor:
         """Outputs [M, B, ...] for inputs [M, B, ...]."""
-        if self.size == 1:
-            return self.model(x[0]).unsqueeze(0)
-        return self._vforward(dict(zip(self.names, self.views)), x)
+        return self.over_members(self.call_model, x)
 
     def losses(self, out: Tensor, y: Tensor) -> Tensor:
         """Per-example losses [M, B] of outputs [M, B, ...] against targets [M, B, ...]."""

@@ -33,14 +33,13 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from gradclip import interrupts
 from gradclip.checks import ConfigError
 from gradclip.clipping import Clipper, make_clipper, unit_norms
-from gradclip.config import population_key, resolve_device, validate_config
+from gradclip.config import population_key, resolve_config, resolve_device, validate_config
 from gradclip.data import load_dataset
 from gradclip.evaluation import evaluate
 from gradclip.gradients import PerSampleGradients, per_example_loss
@@ -56,6 +55,10 @@ log = logging.getLogger("gradclip.train")
 
 # log_theta writes one column per parameter: meant for the closed-form problems' tiny models.
 MAX_LOGGED_THETA = 64
+# The leading keys of a train/ row, in the order a single run has always written them.
+TRAIN_ROW_ORDER = ("step", "train/loss", "train/scaled_loss", "train/grad_norm", "train/clipped_grad_norm",
+                   "train/clip_fraction", "train/clip_factor_mean", "train/clip_factor_max", "train/lr",
+                   "train/sum_lr", "train/sum_lr_sq", "train/param_norm", "train/dist_from_init")
 # Per-interval maxima logged in each train/ row as train/max_<key>.
 MAXIMA_LOGGED = ("update_norm", "step_ratio", "unit_update_ratio", "unit_step_ratio")
 
@@ -153,11 +156,7 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], rerai
     """
     configs = []
     for cfg in cfgs:
-        try:
-            configs.append(OmegaConf.to_container(cfg, resolve=True))
-        except OmegaConfBaseException as error:  # e.g. schedule.a0=${oops}
-            raise ConfigError(f"the config cannot be resolved: {str(error).splitlines()[0]} "
-                              f"(key {getattr(error, 'full_key', '?')})") from None
+        configs.append(resolve_config(cfg))
         validate_config(cfg)
     if len({population_key(config) for config in configs}) > 1:
         raise ValueError("these configs differ in more than the keys a population may vary "
@@ -475,11 +474,8 @@ def _train_rows(step, population, losses, stats, initial, values, lrs, members, 
                "train/clipped_grad_norm": values["update_norm"][k], "train/lr": lrs[k],
                "train/sum_lr": member.sum_a, "train/sum_lr_sq": member.sum_a2,
                "train/param_norm": values["param_norm"][k]}
-        # The keys in the order a single run has always written them.
-        order = ["step", "train/loss", "train/scaled_loss", "train/grad_norm", "train/clipped_grad_norm",
-                 "train/clip_fraction", "train/clip_factor_mean", "train/clip_factor_max", "train/lr",
-                 "train/sum_lr", "train/sum_lr_sq", "train/param_norm", "train/dist_from_init"]
-        row = {key: row[key] for key in order} | {key: value for key, value in row.items() if key not in order}
+        row = {key: row[key] for key in TRAIN_ROW_ORDER} | {key: value for key, value in row.items()
+                                                           if key not in TRAIN_ROW_ORDER}
         if theta is not None:
             row |= {f"train/theta_{i}": v for i, v in enumerate(theta[k])}
         rows[k] = row

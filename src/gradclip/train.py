@@ -42,11 +42,10 @@ from hydra.errors import CompactHydraException  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from gradclip import sweep  # noqa: E402
 from gradclip.checks import ConfigError  # noqa: E402
-from gradclip.config import CONFIG_DIR, population_key, validate_config  # noqa: E402
+from gradclip.config import CONFIG_DIR, population_key, resolve_config, validate_config  # noqa: E402
 from gradclip.population import PopulationUnsupported  # noqa: E402
 from gradclip.records import (SUMMARY_FILE, RecordError, RecordWriteError, RunRecorder, process_identity,  # noqa: E402
                               run_state)
@@ -120,11 +119,7 @@ def prepare_job(cfg: DictConfig, run_dir: Path | None = None, sweep_dir: Path | 
         _stop_sweep(signum)
         return None
     try:
-        try:
-            config = OmegaConf.to_container(cfg, resolve=True)
-        except OmegaConfBaseException as error:  # e.g. schedule.a0=${oops}
-            raise ConfigError(f"the config cannot be resolved: {str(error).splitlines()[0]} "
-                              f"(key {getattr(error, 'full_key', '?')})") from None
+        config = resolve_config(cfg)
         validate_config(cfg)
         finished = existing_record(run_state(job.run_dir), job.run_dir, config, bool(cfg.rerun))
     except ConfigError as error:
