@@ -140,3 +140,32 @@ def test_a_run_whose_folder_cannot_be_written_fails_alone(make_cfg, tmp_path):
     assert str(tmp_path / "run1") in summaries[1]["error"]
     assert (tmp_path / "run1").read_text() == "a file where the run's folder should be"
 
+
+
+def test_job_files_are_omegaconfs_yaml_and_the_job_configs_resolve_as_hydras_copies():
+    """The launcher writes each job's .hydra files with libyaml's emitter and builds the task
+    and HydraConfig configs from the job's own nodes: the same text as OmegaConf.to_yaml, and
+    the same resolved values as Hydra's masked copies, for a composed config with its hydra node
+    (strings that read as numbers or booleans stay quoted)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from gradclip.config import CONFIG_DIR
+    from hydra_plugins.gradclip_launcher.population_launcher import _holding, to_yaml
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        config = compose("train", overrides=["+experiment=stability", "name='1e3'", "logger.tags=[yes,'0.5']"],
+                         return_hydra_config=True)
+    for node in (config, config.hydra, config.hydra.overrides.task, config.logger):
+        assert to_yaml(node) == OmegaConf.to_yaml(node)
+    assert "'1e3'" in to_yaml(config) and "- 'yes'" in to_yaml(config)
+    hydra_copy = OmegaConf.masked_copy(config, "hydra")
+    hydra_copy.hydra._set_parent(config)
+    expected_task = OmegaConf.to_container(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))
+    expected_sweep_dir = hydra_copy.hydra.sweep.dir  # ${output_root}/${name}: the task's keys
+    task_cfg = _holding(config, [k for k in config if k != "hydra"])
+    hydra_cfg = _holding(config, ["hydra"])
+    hydra_cfg.hydra._set_parent(config)
+    assert OmegaConf.to_container(task_cfg) == expected_task
+    assert hydra_cfg.hydra.sweep.dir == expected_sweep_dir == "runs/1e3"
+    assert to_yaml(task_cfg) == OmegaConf.to_yaml(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))

@@ -135,3 +135,14 @@ def test_figures_design_matches_the_runners_parameter_order(make_cfg, tmp_path):
     assert h == pytest.approx(last["eval/H_norm"], rel=1e-4)
     # near the root H is small, and a misordered theta (the bias first) would be far from it
     assert np.linalg.norm(clipped_mean_field(theta[[2, 0, 1]], x, y, 0.5)) > 3 * h
+
+
+def test_ode_path_answers_times_in_any_order_from_one_integration():
+    """Times given unsorted and repeated come back in the order given, as each asked alone."""
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(50, 2)), rng.normal(size=50)
+    times = np.array([3.0, 0.5, 3.0, 0.0, 1.5])
+    together = ode_path(x, y, 0.3, [1.0, -1.0], times)
+    for t, row in zip(times, together):
+        np.testing.assert_allclose(row, ode_path(x, y, 0.3, [1.0, -1.0], [0.0, t])[-1], rtol=1e-7, atol=1e-9)
+    np.testing.assert_array_equal(together[0], together[2])

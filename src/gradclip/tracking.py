@@ -96,13 +96,13 @@ class WandbTracker:
                     mode = "offline"
             kwargs = dict(project=project, entity=entity, dir=str(wandb_dir), name=name, group=group, tags=list(tags),
                           job_type=job_type, config=dict(config), reinit="create_new")
-            # W&B's own system metadata (git, pip list, hardware) cost ~0.3 s per run, and the pip
-            # list alone 0.16 s (it reads every installed package's metadata): a population starts
-            # dozens of runs. The local summary records versions, commit and host, and W&B gets it
-            # at finish.
+            # W&B's own system metadata (git, pip list, hardware) cost ~0.3 s per run, the pip
+            # list alone 0.16 s (it reads every installed package's metadata) and finding the git
+            # root a git process per run: a population starts dozens of runs. The local summary
+            # records versions, commit and host, and W&B gets it at finish.
             settings = dict(console="off", silent=True, x_disable_stats=True, x_disable_meta=True,
                             x_disable_machine_info=True, x_save_requirements=False, save_code=False,
-                            init_timeout=INIT_TIMEOUT_S)
+                            disable_git=True, init_timeout=INIT_TIMEOUT_S)
             try:
                 self.run = wandb.init(mode=mode, settings=wandb.Settings(**settings), **kwargs)
             except Exception as error:  # noqa: BLE001 - the server went away between probe and init

@@ -28,7 +28,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
+import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf._utils import OmegaConfDumper
 
 from hydra_plugins.gradclip_launcher.sweep_configs import SweepConfigs
 
@@ -141,21 +143,24 @@ class PopulationLauncher(Launcher):
                 log.warning(f"submitit task {task.job_id} failed: {type(error).__name__}: {error}")
 
     def _job(self, config: DictConfig, sweep_dir: Path, prepare_job) -> JobReturn:
-        """What Hydra's run_job does before and after a task, at a third of its cost (it copies
+        """What Hydra's run_job does before and after a task, at a fraction of its cost (it copies
         the whole config three times a job, which a sweep of thousands of short runs feels): the
         job's folder and its ``.hydra`` files, HydraConfig, the callbacks' on_job_start and
         on_job_end (around the preparation: the job trains later, with its population); then the
         job's checks (prepare_job), which return the job, its config resolved, if it is to train.
         The job's own log file is not opened: the runs of a population train together."""
         assert self.hydra_context is not None
-        HydraConfig.instance().set_config(config)
         output_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))) / str(
             OmegaConf.select(config, "hydra.sweep.subdir"))
-        hydra_cfg = HydraConfig.instance().cfg
-        for node in (config, hydra_cfg):
-            with read_write(node.hydra.runtime), open_dict(node.hydra.runtime):
-                node.hydra.runtime.output_dir = os.path.abspath(output_dir)
-        task_cfg = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+            config.hydra.runtime.output_dir = os.path.abspath(output_dir)
+        # The config is this job's own (composed or copied for it alone), so the task config and
+        # HydraConfig's are made of its nodes, not of copies of them (Hydra copies each).
+        task_cfg = _holding(config, [key for key in config if key != "hydra"])
+        OmegaConf.set_readonly(config.hydra, True)
+        hydra_cfg = _holding(config, ["hydra"])
+        hydra_cfg.hydra._set_parent(config)  # as HydraConfig.set_config: ${...} from hydra reach the task's keys
+        HydraConfig.instance().cfg = hydra_cfg
         ret = JobReturn(overrides=OmegaConf.to_container(config.hydra.overrides.task), cfg=task_cfg,
                         hydra_cfg=hydra_cfg, working_dir=os.getcwd(), task_name=JobRuntime.instance().get("name"))
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +169,7 @@ class PopulationLauncher(Launcher):
             folder.mkdir(parents=True, exist_ok=True)
             for name, node in (("config.yaml", task_cfg), ("hydra.yaml", hydra_cfg),
                                ("overrides.yaml", config.hydra.overrides.task)):
-                (folder / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
+                (folder / name).write_text(to_yaml(node), encoding="utf-8")
         callbacks = self.hydra_context.callbacks
         with env_override(hydra_cfg.hydra.job.env_set):
             callbacks.on_job_start(config=config, task_function=prepare_job)
@@ -176,6 +181,29 @@ class PopulationLauncher(Launcher):
                 ret.status = JobStatus.FAILED
         callbacks.on_job_end(config=config, job_return=ret)
         return ret
+
+
+def _holding(config: DictConfig, keys: list[str]) -> DictConfig:
+    """A config of ``config``'s nodes at ``keys``, the nodes themselves (OmegaConf.masked_copy
+    copies them). Their parent becomes the new config; ``config`` still holds them too."""
+    held = DictConfig({}, flags={"no_deepcopy_set_nodes": True})
+    for key in keys:
+        held[key] = config._get_node(key)
+    held._set_flag("no_deepcopy_set_nodes", None)
+    return held
+
+
+# OmegaConf's YAML dumper (it quotes strings that would read back as numbers or booleans) on
+# libyaml's emitter where PyYAML has it: OmegaConf.to_yaml's pure-Python emitter took a tenth of a
+# large sweep's time for the three .hydra files of each job. The same text (tests/test_launcher.py).
+_Dumper = type("_Dumper", (getattr(yaml, "CDumper", yaml.Dumper),), {})
+_Dumper.add_representer(str, OmegaConfDumper.str_representer)
+
+
+def to_yaml(node) -> str:
+    """OmegaConf.to_yaml(node), faster."""
+    return yaml.dump(OmegaConf.to_container(node, resolve=False, enum_to_str=True), Dumper=_Dumper,
+                     default_flow_style=False, allow_unicode=True, sort_keys=False)
 
 
 def _train_populations(group: list) -> None:
