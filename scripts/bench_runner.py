@@ -13,8 +13,10 @@ All on the default MLP (40-100-100-10) on MNIST-1D, batch 64, norm clipping (tau
 5. one command of the default stability sweep end to end (``python -m gradclip.train -m
    +experiment=stability clip=norm clip.threshold=0.1,1.0 clip.granularity=batch,sample``: 576
    runs of 50 steps on three models, W&B offline, from process start to the sweep's report) in
-   model-steps/s, against the same runs trained by the population engine alone (composed
-   configs, grouped, train_population, no W&B); target: at least half.
+   model-steps/s, against the same runs trained by the population engine alone in one process
+   (composed configs, grouped, train_population, no W&B); target: at least half. At 2 threads
+   also the same sweep with ``hydra.launcher.workers=2`` (two 1-thread worker processes, what
+   ``make reproduce`` does on 2 cores) against the same engine.
 
 Timings cover the training loop only (start-up and evaluation excluded). Single runs and the plain
 loop alternate and the median of the per-pair ratios is reported, since this machine's speed
@@ -121,16 +123,23 @@ def plain_steps_per_s(granularity: str, steps: int, workdir: Path, seed: int, de
 STABILITY = ["+experiment=stability", "clip=norm", "clip.threshold=0.1,1.0", "clip.granularity=batch,sample"]
 
 
+def sweep_end_to_end(workdir: Path, threads: int, device: str, workers: int = 1) -> float:
+    """Model-steps/s of one default stability sweep as a user runs it, from process start to
+    the report, with ``workers`` worker processes of ``threads`` threads each."""
+    root = workdir / f"e2e-{threads}-{workers}-{time.monotonic_ns()}"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "gradclip.train", "-m", *STABILITY, f"output_root={root}", LOGGER[0],
+                    f"threads={threads}", f"device={device}", f"hydra.launcher.workers={workers}"],
+                   check=True, capture_output=True, cwd=workdir)
+    wall = time.perf_counter() - start
+    runs, _ = load_runs(root)
+    return runs["summary.steps_completed"].sum() / wall
+
+
 def stability_end_to_end(workdir: Path, threads: int, device: str) -> tuple[float, float]:
     """Model-steps/s of one default stability sweep as a user runs it, and of the population
     engine alone on the same runs."""
-    root = workdir / f"e2e-{threads}-{time.monotonic_ns()}"
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "gradclip.train", "-m", *STABILITY, f"output_root={root}", LOGGER[0],
-                    f"threads={threads}", f"device={device}"], check=True, capture_output=True, cwd=workdir)
-    wall = time.perf_counter() - start
-    runs, _ = load_runs(root)
-    end_to_end = runs["summary.steps_completed"].sum() / wall
+    end_to_end = sweep_end_to_end(workdir, threads, device)
 
     from gradclip.config import population_key
     cfgs = []
@@ -222,6 +231,10 @@ def main() -> None:
             end_to_end, raw = stability_end_to_end(workdir, threads, args.device)
             print(f"5. stability sweep (576 runs): {end_to_end:7.0f} model-steps/s end to end, {raw:7.0f} in the "
                   f"population engine alone: {end_to_end / raw:.2f} (target >= 0.5)")
+            if threads > 1 and args.device == "cpu":
+                side_by_side = sweep_end_to_end(workdir, 1, args.device, workers=threads)
+                print(f"5. the same sweep in {threads} 1-thread worker processes: {side_by_side:7.0f} model-steps/s "
+                      f"end to end: {side_by_side / raw:.2f} of the {threads}-thread engine alone")
 
 
 if __name__ == "__main__":

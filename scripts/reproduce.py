@@ -4,7 +4,8 @@
 
 Sweeps run through gradclip's population launcher (the default of ``python -m gradclip.train
 -m``: the jobs of a sweep that differ only in seed, step sizes, tau or lambda train together in
-one vectorised program) into ``runs/<scale>/<experiment>/``.
+one vectorised program), its populations side by side in ``--workers`` processes (one per core
+by default), into ``runs/<scale>/<experiment>/``.
 Jobs are named by their overrides and skip themselves when their record is finished, so a second
 run after an interruption only trains what is missing. The default scale writes ``results/`` and
 ``paper_figures/`` (the committed ones); other scales write ``runs/<scale>/results`` and
@@ -117,6 +118,9 @@ def run(command: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=SCALES, default=os.environ.get("SCALE", "default"))
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="processes that train populations side by side (--launcher population; each gets "
+                             "torch's threads / workers)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="parallel jobs (--launcher joblib only)")
     parser.add_argument("--launcher", default="population",
                         help="Hydra launcher: population (this machine, runs vectorised in one process), joblib "
@@ -136,14 +140,21 @@ def main() -> None:
     results = Path(args.results or (ROOT / "results" if args.scale == "default" else runs / "results"))
     figures = Path(args.figures or (ROOT / "paper_figures" if args.scale == "default" else runs / "paper_figures"))
     start = time.perf_counter()
-    for name in args.only:
-        for overrides in EXPERIMENTS[name](args.scale):
-            launcher = [f"hydra/launcher={args.launcher}", *args.launcher_args]
-            if args.launcher == "joblib":
-                launcher.append(f"hydra.launcher.n_jobs={args.jobs}")
-            run([sys.executable, "-m", "gradclip.train", "-m", f"+experiment={name}", *overrides,
-                 f"output_root={runs}", f"logger={args.logger}", *launcher])
+    sweeps = [(name, overrides) for name in args.only for overrides in EXPERIMENTS[name](args.scale)]
+    seconds = dict.fromkeys(args.only, 0.0)  # each experiment's sweeps, wall clock
+    for k, (name, overrides) in enumerate(sweeps, 1):
+        began = time.perf_counter()
+        print(f"reproduce: sweep {k} of {len(sweeps)} ({name}), {_clock(began - start)} so far", flush=True)
+        launcher = [f"hydra/launcher={args.launcher}", *args.launcher_args]
+        if args.launcher == "joblib":
+            launcher.append(f"hydra.launcher.n_jobs={args.jobs}")
+        if args.launcher == "population":
+            launcher.append(f"hydra.launcher.workers={args.workers}")
+        run([sys.executable, "-m", "gradclip.train", "-m", f"+experiment={name}", *overrides,
+             f"output_root={runs}", f"logger={args.logger}", *launcher])
+        seconds[name] += time.perf_counter() - began
     trained = time.perf_counter() - start
+    tables = time.perf_counter()
     # Tables and figures of every experiment that has records under --runs (with --only, the
     # others may not); the report needs them all.
     present = [name for name in EXPERIMENTS if (runs / name).is_dir()]
@@ -157,7 +168,14 @@ def main() -> None:
               file=sys.stderr)
     else:
         run([sys.executable, str(ROOT / "scripts" / "report.py"), "--results", str(results), "--scale", args.scale])
-    print(f"reproduce ({args.scale}): sweeps {trained:.0f} s, total {time.perf_counter() - start:.0f} s")
+    print(f"reproduce ({args.scale}): {', '.join(f'{name} {_clock(t)}' for name, t in seconds.items())}; "
+          f"tables, figures and report {_clock(time.perf_counter() - tables)}; sweeps {_clock(trained)}, "
+          f"total {_clock(time.perf_counter() - start)}")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 if __name__ == "__main__":

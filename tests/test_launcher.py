@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import signal
 
 import pytest
 from test_cli import gradclip_train, summaries
@@ -169,3 +171,80 @@ def test_job_files_are_omegaconfs_yaml_and_the_job_configs_resolve_as_hydras_cop
     assert OmegaConf.to_container(task_cfg) == expected_task
     assert hydra_cfg.hydra.sweep.dir == expected_sweep_dir == "runs/1e3"
     assert to_yaml(task_cfg) == OmegaConf.to_yaml(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))
+
+
+# -- worker processes (hydra.launcher.workers, gradclip.pool) ----------------------------------------
+
+def test_workers_train_populations_side_by_side_with_the_same_records_as_one_process(tmp_path):
+    """Two groups (two step counts) of two seeds, halved into four populations so that each of
+    two worker processes has two: the same job folders, rows and statuses, to the bit, as the
+    sweep's own process gives the same populations (one thread each way)."""
+    sweep_args = ["-m", *FAST, "steps=10,20", "seed=0,1", "threads=1"]
+    one = gradclip_train(*sweep_args, "name=one", "hydra.launcher.max_members=1", cwd=tmp_path)
+    two = gradclip_train(*sweep_args, "name=two", "hydra.launcher.workers=2", cwd=tmp_path)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert "4 populations in 2 worker processes" in two.stdout
+    assert "gradclip: sweep runs/two: 4 jobs: 4 completed" in two.stderr
+    alone, side_by_side = summaries(tmp_path / "runs" / "one"), summaries(tmp_path / "runs" / "two")
+    assert sorted(alone) == sorted(side_by_side)
+    for name, summary in side_by_side.items():
+        assert summary["status"] == alone[name]["status"] == "completed"
+        assert summary["population_size"] == alone[name]["population_size"] == 1
+        assert ((tmp_path / "runs" / "two" / name / "metrics.jsonl").read_text()
+                == (tmp_path / "runs" / "one" / name / "metrics.jsonl").read_text())
+    pids = {summary["process"]["pid"] for summary in side_by_side.values()}
+    assert len(pids) == 2 and alone[name]["process"]["pid"] not in pids
+
+
+def test_a_signal_to_a_sweep_with_workers_stops_them_and_journals_what_had_not_begun(tmp_path):
+    """SIGTERM to the sweep's process alone: passed on to both workers, whose runs end
+    interrupted at a step boundary; the third population, still queued, is journaled as not
+    started; the report comes and the exit code is 128 + SIGTERM."""
+    from test_faults import JOB, launch, no_traceback, wait_for_rows
+
+    from gradclip.records import run_state
+
+    proc = launch("-m", *FAST, "steps=1000000", "seed=0,1,2", "name=pool", "hydra.launcher.workers=2",
+                  "hydra.launcher.max_members=1", cwd=tmp_path)
+    root = tmp_path / "runs" / "pool"
+    wait_for_rows(root, "*seed=0*/metrics.jsonl")
+    wait_for_rows(root, "*seed=1*/metrics.jsonl")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    no_traceback(err)
+    assert "stopped by SIGTERM; 3 jobs: 2 interrupted, 1 not started" in err
+    assert {run_state(root / f"{JOB}seed={s},steps=1000000").status for s in (0, 1)} == {"interrupted"}
+    assert not (root / f"{JOB}seed=2,steps=1000000" / "summary.json").exists()
+
+
+def test_a_worker_that_dies_leaves_its_runs_as_recorded_and_the_others_finish(tmp_path):
+    """SIGKILL to the worker of one population (as an out-of-memory kill would): one log line;
+    its run reads interrupted (its process is gone); the other population completes; exit 1."""
+    from test_faults import JOB, launch, wait_for_rows
+
+    from gradclip.records import run_state
+
+    proc = launch("-m", *FAST, "steps=300,1000000", "name=pool", "hydra.launcher.workers=2", cwd=tmp_path)
+    root = tmp_path / "runs" / "pool"
+    doomed = wait_for_rows(root, "*steps=1000000/metrics.jsonl").parent
+    os.kill(json.loads((doomed / "summary.json").read_text())["process"]["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "ended (exit code -9) during a population of 1 runs" in out + err
+    assert run_state(doomed).status == "interrupted"
+    assert run_state(root / f"{JOB}steps=300").status == "completed"
+
+
+def test_populations_are_halved_until_every_worker_has_work(make_cfg, tmp_path):
+    """Grouped by what they must share (seed varies, steps does not), cut at max_members, then
+    the largest halved while there are fewer than ``at_least``, in order."""
+    from gradclip.train import populations
+
+    jobs = [Job(make_cfg(f"seed={s}"), tmp_path / f"s{s}", tmp_path) for s in range(3)]
+    jobs.append(Job(make_cfg("steps=7"), tmp_path / "t", tmp_path))
+    names = lambda groups: [[job.run_dir.name for job in group] for group in groups]  # noqa: E731
+    assert names(populations(jobs, 64)) == [["s0", "s1", "s2"], ["t"]]
+    assert names(populations(jobs, 2)) == [["s0", "s1"], ["s2"], ["t"]]
+    assert names(populations(jobs, 64, at_least=3)) == [["s0", "s1"], ["s2"], ["t"]]
+    assert names(populations(jobs, 64, at_least=8)) == [["s0"], ["s1"], ["s2"], ["t"]]

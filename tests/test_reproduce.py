@@ -24,9 +24,11 @@ TABLES = ["stability.csv", "increments.csv", "stability_trajectories.csv", "agc_
 def test_smoke_reproduce_writes_every_figure_and_the_report(tmp_path):
     runs, results, figures = tmp_path / "runs", tmp_path / "results", tmp_path / "figures"
     # --logger none: W&B (tested in test_cli.py, test_tracking.py and test_faults.py) would cost
-    # each of the eleven sweep processes its import and every run its own W&B run.
+    # each of the eleven sweep processes its import and every run its own W&B run. --workers 1:
+    # worker processes (tested in test_launcher.py) cost each smoke sweep more to start than
+    # they save.
     command = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--scale", "smoke", "--logger", "none",
-               "--runs", str(runs), "--results", str(results), "--figures", str(figures)]
+               "--workers", "1", "--runs", str(runs), "--results", str(results), "--figures", str(figures)]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for name in FIGURES:

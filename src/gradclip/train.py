@@ -158,12 +158,14 @@ def run_jobs(jobs: list[Job], max_members: int = 1, progress: sweep.Progress | N
             return _stop([job for rest in queue for job in rest], signum)
 
 
-def _stop(not_begun: list[Job], signum: int) -> None:
-    """Journal the jobs a stop signal kept from beginning, then stop the sweep."""
+def _stop(not_begun: list[Job], signum: int, raise_in_sweep: bool = True) -> None:
+    """Journal the jobs a stop signal kept from beginning, then stop the sweep (unless the
+    caller will: gradclip.pool, once its workers are done)."""
     for job in not_begun:
         job.outcome("not_started", f"{interrupts.name(signum)} before its population began",
                     interrupts.exit_code(signum))
-    _stop_sweep(signum)
+    if raise_in_sweep:
+        _stop_sweep(signum)
 
 
 def _train_population(group: list[Job], progress: sweep.Progress | None) -> list[dict] | None:
@@ -205,13 +207,19 @@ def _train_population(group: list[Job], progress: sweep.Progress | None) -> list
     return summaries
 
 
-def populations(jobs: list[Job], max_members: int) -> list[list[Job]]:
+def populations(jobs: list[Job], max_members: int, at_least: int = 1) -> list[list[Job]]:
     """The jobs grouped by what a population must share, in order of first appearance, each
-    group cut into populations of at most ``max_members``."""
+    group cut into populations of at most ``max_members``; then, while there are fewer than
+    ``at_least`` populations, the largest is halved (so that worker processes share the work)."""
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         groups.setdefault(population_key(OmegaConf.to_container(job.cfg, resolve=True)), []).append(job)
-    return [group[i : i + max_members] for group in groups.values() for i in range(0, len(group), max(max_members, 1))]
+    cut = [group[i : i + max_members] for group in groups.values() for i in range(0, len(group), max(max_members, 1))]
+    while len(cut) < at_least and max(map(len, cut), default=0) > 1:
+        k = max(range(len(cut)), key=lambda i: len(cut[i]))
+        half = (len(cut[k]) + 1) // 2
+        cut[k : k + 1] = [cut[k][:half], cut[k][half:]]
+    return cut
 
 
 def _bad_input(job: Job, error: ConfigError) -> None:

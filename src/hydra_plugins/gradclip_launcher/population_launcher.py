@@ -45,7 +45,10 @@ class PopulationLauncherConf:
     _target_: str = "hydra_plugins.gradclip_launcher.population_launcher.PopulationLauncher"
     # The most runs one population trains at once (memory grows with it; 32-64 saturate a CPU).
     max_members: int = 64
-    # local: this process; submitit_slurm / submitit_local: one submitit task per population.
+    # local: worker processes on this machine (gradclip.pool), each training one population at
+    # a time with torch.get_num_threads() // workers threads; 1: this process alone.
+    workers: int = 1
+    # local: this machine; submitit_slurm / submitit_local: one submitit task per population.
     backend: str = "local"
     # Passed to submitit's executor.update_parameters (timeout_min, slurm_partition, gpus_per_node, ...).
     submitit: Any = None
@@ -57,9 +60,9 @@ ConfigStore.instance().store(group="hydra/launcher", name="population", node=Pop
 
 
 class PopulationLauncher(Launcher):
-    def __init__(self, max_members: int = 64, backend: str = "local", submitit: Any = None,
+    def __init__(self, max_members: int = 64, workers: int = 1, backend: str = "local", submitit: Any = None,
                  submitit_folder: str = ".submitit/%j") -> None:
-        self.max_members = int(max_members)
+        self.max_members, self.workers = int(max_members), int(workers)
         self.backend, self.submitit_folder = backend, str(submitit_folder)
         self.submitit = dict(OmegaConf.to_container(submitit) if isinstance(submitit, DictConfig) else submitit or {})
         self.config: DictConfig | None = None
@@ -76,12 +79,15 @@ class PopulationLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from gradclip import sweep
-        from gradclip.train import prepare_job, run_jobs
+        from gradclip.pool import run_in_workers
+        from gradclip.train import populations, prepare_job, run_jobs
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
         if self.max_members < 1:
             raise ValueError(f"hydra.launcher.max_members={self.max_members} is not allowed: must be >= 1")
+        if self.workers < 1:
+            raise ValueError(f"hydra.launcher.workers={self.workers} is not allowed: must be >= 1")
         if self.backend not in BACKENDS:
             raise ValueError(f"hydra.launcher.backend={self.backend!r} is not one of: {', '.join(BACKENDS)}")
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -116,7 +122,15 @@ class PopulationLauncher(Launcher):
         progress = sweep.Progress(len(job_overrides), len(job_overrides) - len(pending),
                                   sum(int(job.cfg.steps) for job in pending))
         try:
-            run_jobs(pending, self.max_members, progress)
+            # With workers, at least two populations each (halving the largest), so that a sweep of
+            # a few large populations still keeps every worker busy to the end.
+            groups = populations(pending, self.max_members, at_least=2 * self.workers if self.workers > 1 else 1)
+            if self.workers > 1 and len(groups) > 1:
+                log.info(f"{len(groups)} populations in {min(self.workers, len(groups))} worker processes")
+                run_in_workers(groups, self.workers, progress,
+                               OmegaConf.to_container(self.config.hydra.hydra_logging, resolve=True))
+            else:
+                run_jobs(pending, self.max_members, progress)
         finally:
             progress.close()
         return runs
