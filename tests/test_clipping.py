@@ -180,7 +180,7 @@ def test_per_sample_norm_factor_and_fraction():
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("granularity", ["batch", "sample"])
 def test_bounded_increment_of_norm_clipping(seed, granularity):
-    """||theta(n+1) - theta(n)|| <= a(n) tau for any gradients (prediction 1 of PAPER.md)."""
+    """||theta(n+1) - theta(n)|| <= a(n) tau for any gradients (prediction 1 of docs/CLAIMS.md)."""
     grads, params = sample_inputs(batch=32, seed=seed)
     grads = [g * 10.0 ** (seed - 2) for g in grads]
     tau, lr = 0.5, 0.3

@@ -21,7 +21,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 def per_example_loss(task: str) -> LossFn:
     """Loss per example, shape [B]: cross-entropy, or 1/2 ||f(x) - y||^2 for regression.
 
-    The 1/2 makes the location problem's gradient exactly theta - x, as in PAPER.md.
+    The 1/2 makes the location problem's gradient exactly theta - x, as in docs/CLAIMS.md.
     """
     if task == "classification":
         return lambda out, y: F.cross_entropy(out, y, reduction="none")

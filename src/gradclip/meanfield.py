@@ -9,7 +9,7 @@ which is the gradient of Huber's loss rho_k(r_i) with threshold k_i = tau / ||x_
 So H(theta) = mean_i g_i / c_i is the gradient of the convex F(theta) = mean_i rho_{k_i}(r_i), and
 the root of eq. (22) is F's minimiser: for the location problem (x_i = 1) the Huber location
 estimate with threshold tau, which runs from the median (tau -> 0) to the mean (tau -> inf), while
-the mean (least squares) minimises the training loss (PAPER.md, the gap in claim 3).
+the mean (least squares) minimises the training loss (docs/CLAIMS.md, the gap in claim 3).
 
 Batch clipping clips the mini-batch mean instead; on the location problem its fixed point is the
 Huber estimate of the distribution of batch means, computed here by Monte Carlo over batches.

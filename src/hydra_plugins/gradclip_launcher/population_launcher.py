@@ -8,7 +8,9 @@ folder and record that a job of its own would. A model that cannot train under v
 falls back to one run at a time, with one log line saying why. Progress (runs done, model-steps/s,
 time left) goes to stderr.
 
-``backend=local`` (the default) trains the populations in this process. ``backend=submitit_slurm``
+``backend=local`` (the default) trains the populations in this process, or side by side in
+``workers`` worker processes (gradclip.pool; the largest populations are then halved until each
+worker has two). ``backend=submitit_slurm``
 (a SLURM cluster) or ``submitit_local`` (to try it here) submits one task per population through
 submitit, with ``hydra.launcher.submitit`` passed to ``executor.update_parameters`` (for example
 ``{timeout_min: 60, slurm_partition: gpu, gpus_per_node: 1}``); the jobs are prepared here, and
