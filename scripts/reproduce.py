@@ -118,7 +118,7 @@ def run(command: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=SCALES, default=os.environ.get("SCALE", "default"))
-    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                         help="processes that train populations side by side (--launcher population; each gets "
                              "torch's threads / workers)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="parallel jobs (--launcher joblib only)")

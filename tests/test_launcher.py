@@ -148,7 +148,7 @@ def test_job_files_are_omegaconfs_yaml_and_the_job_configs_resolve_as_hydras_cop
     """The launcher writes each job's .hydra files with libyaml's emitter and builds the task
     and HydraConfig configs from the job's own nodes: the same text as OmegaConf.to_yaml, and
     the same resolved values as Hydra's masked copies, for a composed config with its hydra node
-    (strings that read as numbers or booleans stay quoted)."""
+    (strings that read as numbers or booleans stay quoted), and the job's config unharmed."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -170,30 +170,47 @@ def test_job_files_are_omegaconfs_yaml_and_the_job_configs_resolve_as_hydras_cop
     hydra_cfg.hydra._set_parent(config)
     assert OmegaConf.to_container(task_cfg) == expected_task
     assert hydra_cfg.hydra.sweep.dir == expected_sweep_dir == "runs/1e3"
+    # the job's whole config, which the callbacks get, is as it was: parents, struct mode, values
+    assert config.clip._get_parent() is config and config.hydra._get_parent() is config
+    assert config.hydra.sweep.dir == "runs/1e3" and OmegaConf.to_container(config.logger) == expected_task["logger"]
+    with pytest.raises(Exception, match="not_a_key"):
+        config.clip.not_a_key = 1
     assert to_yaml(task_cfg) == OmegaConf.to_yaml(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))
 
 
 # -- worker processes (hydra.launcher.workers, gradclip.pool) ----------------------------------------
 
-def test_workers_train_populations_side_by_side_with_the_same_records_as_one_process(tmp_path):
-    """Two groups (two step counts) of two seeds, halved into four populations so that each of
-    two worker processes has two: the same job folders, rows and statuses, to the bit, as the
-    sweep's own process gives the same populations (one thread each way)."""
-    sweep_args = ["-m", *FAST, "steps=10,20", "seed=0,1", "threads=1"]
-    one = gradclip_train(*sweep_args, "name=one", "hydra.launcher.max_members=1", cwd=tmp_path)
-    two = gradclip_train(*sweep_args, "name=two", "hydra.launcher.workers=2", cwd=tmp_path)
-    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+def test_workers_train_populations_side_by_side_with_the_same_records_as_one_process(make_cfg, tmp_path):
+    """Two groups (two step counts) of four seeds: trained here as two populations of four, and
+    by a sweep in two worker processes, which halves them into four populations of two. The
+    same rows and statuses, to the bit (one thread each way): halving changes nothing."""
+    import torch
+
+    from gradclip.train import prepare_job
+
+    two = gradclip_train("-m", *FAST, "steps=10,20", "seed=0,1,2,3", "threads=1", "name=two",
+                         "hydra.launcher.workers=2", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr
     assert "4 populations in 2 worker processes" in two.stdout
-    assert "gradclip: sweep runs/two: 4 jobs: 4 completed" in two.stderr
-    alone, side_by_side = summaries(tmp_path / "runs" / "one"), summaries(tmp_path / "runs" / "two")
-    assert sorted(alone) == sorted(side_by_side)
+    assert "gradclip: sweep runs/two: 8 jobs: 8 completed" in two.stderr
+    side_by_side = summaries(tmp_path / "runs" / "two")
+    here = tmp_path / "here"
+    jobs = [prepare_job(make_cfg(*FAST, f"steps={n}", f"seed={s}", "threads=1", tiny=False),
+                        here / f"{FAST[0]},eval_every=0,log_every=5,seed={s},steps={n}", here)
+            for n in (10, 20) for s in range(4)]
+    threads = torch.get_num_threads()
+    try:
+        run_jobs(jobs, max_members=4)
+    finally:
+        torch.set_num_threads(threads)
+    alone = summaries(here)
+    assert sorted(alone) == sorted(side_by_side) and len(alone) == 8
     for name, summary in side_by_side.items():
         assert summary["status"] == alone[name]["status"] == "completed"
-        assert summary["population_size"] == alone[name]["population_size"] == 1
+        assert (summary["population_size"], alone[name]["population_size"]) == (2, 4)
         assert ((tmp_path / "runs" / "two" / name / "metrics.jsonl").read_text()
-                == (tmp_path / "runs" / "one" / name / "metrics.jsonl").read_text())
-    pids = {summary["process"]["pid"] for summary in side_by_side.values()}
-    assert len(pids) == 2 and alone[name]["process"]["pid"] not in pids
+                == (here / name / "metrics.jsonl").read_text())
+    assert len({summary["process"]["pid"] for summary in side_by_side.values()}) == 2  # two workers
 
 
 def test_a_signal_to_a_sweep_with_workers_stops_them_and_journals_what_had_not_begun(tmp_path):
@@ -238,13 +255,35 @@ def test_a_worker_that_dies_leaves_its_runs_as_recorded_and_the_others_finish(tm
 
 def test_populations_are_halved_until_every_worker_has_work(make_cfg, tmp_path):
     """Grouped by what they must share (seed varies, steps does not), cut at max_members, then
-    the largest halved while there are fewer than ``at_least``, in order."""
+    the largest halved while there are fewer than ``at_least``, in order, never below two."""
     from gradclip.train import populations
 
-    jobs = [Job(make_cfg(f"seed={s}"), tmp_path / f"s{s}", tmp_path) for s in range(3)]
+    jobs = [Job(make_cfg(f"seed={s}"), tmp_path / f"s{s}", tmp_path) for s in range(5)]
     jobs.append(Job(make_cfg("steps=7"), tmp_path / "t", tmp_path))
     names = lambda groups: [[job.run_dir.name for job in group] for group in groups]  # noqa: E731
-    assert names(populations(jobs, 64)) == [["s0", "s1", "s2"], ["t"]]
-    assert names(populations(jobs, 2)) == [["s0", "s1"], ["s2"], ["t"]]
-    assert names(populations(jobs, 64, at_least=3)) == [["s0", "s1"], ["s2"], ["t"]]
-    assert names(populations(jobs, 64, at_least=8)) == [["s0"], ["s1"], ["s2"], ["t"]]
+    assert names(populations(jobs, 64)) == [["s0", "s1", "s2", "s3", "s4"], ["t"]]
+    assert names(populations(jobs, 2)) == [["s0", "s1"], ["s2", "s3"], ["s4"], ["t"]]
+    assert names(populations(jobs, 64, at_least=3)) == [["s0", "s1", "s2"], ["s3", "s4"], ["t"]]
+    # never below two members: a population of one would round differently
+    assert names(populations(jobs, 64, at_least=8)) == [["s0", "s1", "s2"], ["s3", "s4"], ["t"]]
+
+
+def test_a_worker_stopped_alone_ends_its_run_and_the_others_train_the_rest(tmp_path):
+    """SIGTERM to one worker only (not the sweep): its run ends interrupted and it takes no more
+    populations (a stopped worker would otherwise mark each one it took as not started); the
+    other worker trains every population left; the sweep reports the interrupted run, exit 1."""
+    from test_faults import JOB, launch, wait_for_rows
+
+    from gradclip.records import run_state
+
+    proc = launch("-m", *FAST, "steps=1000000,600,700,800", "name=pool", "hydra.launcher.workers=2",
+                  cwd=tmp_path)
+    root = tmp_path / "runs" / "pool"
+    doomed = wait_for_rows(root, "*steps=1000000/metrics.jsonl").parent
+    os.kill(json.loads((doomed / "summary.json").read_text())["process"]["pid"], signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "4 jobs: 3 completed, 1 interrupted" in err
+    assert "was stopped by SIGTERM" in out + err
+    assert run_state(doomed).status == "interrupted"
+    assert {run_state(root / f"{JOB}steps={n}").status for n in (600, 700, 800)} == {"completed"}

@@ -13,9 +13,12 @@ the next population when it is done with one. The jobs are prepared in the sweep
 Stop signals: a signal to the sweep's process (``kill PID``, SLURM's SIGTERM) is passed on to
 every worker, whose runs end at their next step boundary as ``interrupted``; the populations not
 yet begun are journaled as not started, and the sweep reports and exits 128 + the signal
-(Ctrl-C reaches the workers directly too). A worker that dies (killed, out of memory) leaves its
-runs' records as they are, which the report then reads; the other workers go on. If the sweep's
-process itself dies, each worker ends after its current population.
+(Ctrl-C reaches the workers directly too; a signal while a worker starts is held until it can
+note it). A signal to one worker alone ends its runs the same way, and it takes no more
+populations: the others do. A worker that dies (killed, out of memory) leaves its runs' records
+as they are, which the report then reads, and the runs of its population that never began are
+journaled as failed; the other workers go on. If the sweep's process fails, it stops the
+workers' runs before it reports; if it dies, each worker ends after its current population.
 """
 
 from __future__ import annotations
@@ -24,15 +27,17 @@ import logging
 import logging.config
 import multiprocessing
 import os
+import signal
 import time
 from collections import deque
 from multiprocessing.connection import Connection, wait
 
-from gradclip import interrupts
+from gradclip import interrupts, sweep
 
 log = logging.getLogger(__name__)
 
 RELAY_EVERY_S = 0.25  # how often a worker tells the sweep's process how far it got
+STOP_GRACE_S = 30.0  # how long a worker may take to end its runs once told to stop
 
 
 def run_in_workers(groups: list, workers: int, progress=None, logging_config: dict | None = None) -> None:
@@ -41,18 +46,41 @@ def run_in_workers(groups: list, workers: int, progress=None, logging_config: di
     import torch
 
     context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
-    threads = max(1, torch.get_num_threads() // workers)
+    started = min(workers, len(groups))
+    threads = max(1, torch.get_num_threads() // started)
     queue = deque(groups)
     processes = {}  # connection -> its worker process
     idle, busy = [], {}  # connections of workers waiting; connection -> the population it trains
-    for _ in range(min(workers, len(groups))):
-        ours, theirs = context.Pipe()
-        process = context.Process(target=_worker, args=(theirs, threads, logging_config), daemon=True,
-                                  name="gradclip-worker")
-        process.start()
-        theirs.close()
-        processes[ours] = process
-        idle.append(ours)
+    reported = {}  # connection -> runs of its population it has reported done
+    # Stop signals are blocked while the workers start (the mask survives their exec) and each
+    # worker unblocks them once its handler is installed: a signal during a worker's imports is
+    # then noted, not fatal.
+    signal.pthread_sigmask(signal.SIG_BLOCK, interrupts.SIGNALS)
+    try:
+        for _ in range(started):
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_worker, args=(theirs, threads, logging_config), daemon=True,
+                                      name="gradclip-worker")
+            process.start()
+            theirs.close()
+            processes[ours] = process
+            idle.append(ours)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.SIGNALS)
+
+    def gone(conn: Connection, why: str) -> None:
+        """A worker that will train no more: the runs of its population that never began are
+        journaled as failed; those that began read as their records say."""
+        group = busy.pop(conn, [])
+        if group:
+            log.warning("worker process %d %s during a population of %d runs; their records read as what "
+                        "they hold", processes[conn].pid, why, len(group))
+        for job in group:
+            if not sweep.journal_entry(job.sweep_dir, job.run_dir.name):
+                job.outcome("failed", f"its worker process {why} before the run began")
+        if progress is not None and group:
+            progress.run_done(len(group) - reported.get(conn, 0))
+
     stopped = None
     try:
         while queue or busy:
@@ -72,32 +100,48 @@ def run_in_workers(groups: list, workers: int, progress=None, logging_config: di
                     log.warning("worker process %d ended (exit code %s) between populations",
                                 processes[conn].pid, processes[conn].exitcode)
                     continue
-                busy[conn] = queue.popleft()
+                busy[conn], reported[conn] = queue.popleft(), 0
             if queue and not busy and not idle:  # no worker left to train the rest
                 for job in (job for group in queue for job in group):
-                    job.outcome("not_started", "every worker process of the sweep had died")
+                    job.outcome("not_started", "every worker process of the sweep had ended")
                 queue.clear()
             for conn in wait(list(busy), timeout=0.5):
                 try:
-                    message = conn.recv()
-                except (EOFError, OSError):  # the worker died: its runs' records say how far they got
-                    process = processes[conn]
-                    process.join(timeout=1)
-                    log.warning("worker process %d ended (exit code %s) during a population of %d runs; their "
-                                "records read as what they hold", process.pid, process.exitcode, len(busy[conn]))
-                    if progress is not None:
-                        progress.run_done(len(busy[conn]))
-                    del busy[conn]
+                    kind, *values = conn.recv()
+                except (EOFError, OSError):  # the worker died (killed, out of memory)
+                    processes[conn].join(timeout=1)
+                    gone(conn, f"ended (exit code {processes[conn].exitcode})")
                     continue
-                kind, *values = message
-                if kind == "progress" and progress is not None:
+                if kind == "progress":
                     steps, runs, skipped = values
-                    progress.advance(steps)
-                    if runs:
-                        progress.run_done(runs, skipped)
+                    reported[conn] += runs
+                    if progress is not None:
+                        progress.advance(steps)
+                        if runs:
+                            progress.run_done(runs, skipped)
                 elif kind == "idle":
                     del busy[conn]
                     idle.append(conn)
+                elif kind == "stopped" and stopped is not None:  # the sweep's own stop, passed on
+                    del busy[conn]
+                elif kind == "stopped":  # a signal to that worker alone: it takes no more populations
+                    gone(conn, f"was stopped by {interrupts.name(values[0])}")
+    except BaseException as error:  # this process failed: stop the workers' runs, account for the rest
+        log.error("the sweep's process failed (%s: %s); stopping its worker processes", type(error).__name__, error)
+        for conn in busy:
+            if processes[conn].is_alive():
+                os.kill(processes[conn].pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while busy and time.monotonic() < deadline:
+            for conn in wait(list(busy), timeout=0.5):
+                try:
+                    if conn.recv()[0] in ("idle", "stopped"):
+                        busy.pop(conn)
+                except (EOFError, OSError):
+                    busy.pop(conn)
+        for job in (job for group in queue for job in group):
+            job.outcome("not_started", f"the sweep's process failed: {type(error).__name__}")
+        raise
     finally:
         for conn, process in processes.items():
             try:
@@ -105,7 +149,7 @@ def run_in_workers(groups: list, workers: int, progress=None, logging_config: di
             except OSError:
                 pass
         for process in processes.values():
-            process.join(timeout=10)
+            process.join(timeout=STOP_GRACE_S)
             if process.is_alive():
                 process.kill()
     if stopped is not None:
@@ -114,10 +158,12 @@ def run_in_workers(groups: list, workers: int, progress=None, logging_config: di
 
 class _Relay:
     """A worker's stand-in for the sweep's gradclip.sweep.Progress: sums what the training loop
-    reports and sends it on every RELAY_EVERY_S seconds."""
+    reports and sends it on every RELAY_EVERY_S seconds. If the sweep's process is gone, the
+    population trains on without it."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn, self.steps, self.runs, self.skipped, self.sent = conn, 0, 0, 0, time.monotonic()
+        self.lost = False
 
     def advance(self, model_steps: int) -> None:
         self.steps += model_steps
@@ -129,16 +175,21 @@ class _Relay:
         self.skipped += skipped_steps
 
     def flush(self) -> None:
-        if self.steps or self.runs:
-            self.conn.send(("progress", self.steps, self.runs, self.skipped))
+        if (self.steps or self.runs) and not self.lost:
+            try:
+                self.conn.send(("progress", self.steps, self.runs, self.skipped))
+            except OSError:
+                self.lost = True
         self.steps = self.runs = self.skipped = 0
         self.sent = time.monotonic()
 
 
 def _worker(conn: Connection, threads: int, logging_config: dict | None) -> None:
-    """A worker process: train each population it is sent until it is sent None (or the sweep's
-    process is gone)."""
+    """A worker process: train each population it is sent until it is sent None, the sweep's
+    process is gone, or a stop signal reached it."""
     interrupts.install()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.SIGNALS)  # blocked by the parent while we started
+    logging.raiseExceptions = False  # as in the sweep's process: a log that cannot be written is no crash
     if logging_config:
         logging.config.dictConfig(logging_config)
     import torch
@@ -156,4 +207,10 @@ def _worker(conn: Connection, threads: int, logging_config: dict | None) -> None
             return
         run_jobs(group, len(group), relay)
         relay.flush()
-        conn.send(("idle",))
+        try:
+            signum = interrupts.received()
+            conn.send(("stopped", signum) if signum else ("idle",))
+        except OSError:  # the sweep's process is gone: nothing more will come
+            return
+        if signum:
+            return

@@ -69,6 +69,11 @@ def record_job(sweep_dir: Path, job: str, outcome: str, detail: str = "") -> Non
         log.warning("sweep journal: %s", error)
 
 
+def journal_entry(sweep_dir: Path, job: str) -> bool:
+    """Whether the job (its folder name) has a journal entry in this launch."""
+    return (journal(sweep_dir) / f"{job}.json").exists()
+
+
 def read_journal(sweep_dir: Path) -> list[dict]:
     entries = []
     for path in sorted(journal(sweep_dir).glob("*.json")):

@@ -210,12 +210,15 @@ def _train_population(group: list[Job], progress: sweep.Progress | None) -> list
 def populations(jobs: list[Job], max_members: int, at_least: int = 1) -> list[list[Job]]:
     """The jobs grouped by what a population must share, in order of first appearance, each
     group cut into populations of at most ``max_members``; then, while there are fewer than
-    ``at_least`` populations, the largest is halved (so that worker processes share the work)."""
+    ``at_least`` populations, the largest is halved (so that worker processes share the work),
+    never below two members: a population of one takes the plain model path, which rounds
+    differently, while populations of two or more give the same results (bit for bit in the
+    tests; at worst in the 7th digit, where batched products of another size round otherwise)."""
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         groups.setdefault(population_key(OmegaConf.to_container(job.cfg, resolve=True)), []).append(job)
     cut = [group[i : i + max_members] for group in groups.values() for i in range(0, len(group), max(max_members, 1))]
-    while len(cut) < at_least and max(map(len, cut), default=0) > 1:
+    while len(cut) < at_least and max(map(len, cut), default=0) >= 4:
         k = max(range(len(cut)), key=lambda i: len(cut[i]))
         half = (len(cut[k]) + 1) // 2
         cut[k : k + 1] = [cut[k][:half], cut[k][half:]]

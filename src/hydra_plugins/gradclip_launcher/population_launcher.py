@@ -30,9 +30,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf._utils import OmegaConfDumper
+import yaml
 
 from hydra_plugins.gradclip_launcher.sweep_configs import SweepConfigs
 
@@ -92,6 +92,9 @@ class PopulationLauncher(Launcher):
             raise ValueError(f"hydra.launcher.workers={self.workers} is not allowed: must be >= 1")
         if self.backend not in BACKENDS:
             raise ValueError(f"hydra.launcher.backend={self.backend!r} is not one of: {', '.join(BACKENDS)}")
+        if self.workers > 1 and self.backend != "local":
+            raise ValueError(f"hydra.launcher.workers={self.workers} applies to hydra.launcher.backend=local only "
+                             f"(with {self.backend}, each population is a task of its own)")
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -166,17 +169,17 @@ class PopulationLauncher(Launcher):
         job's checks (prepare_job), which return the job, its config resolved, if it is to train.
         The job's own log file is not opened: the runs of a population train together."""
         assert self.hydra_context is not None
+        # The config is this job's own (composed or copied for it alone), so the task config and
+        # HydraConfig's are made of its nodes, not of copies of them (Hydra copies each); the
+        # nodes stay children of ``config``, which the callbacks get whole.
+        hydra_cfg = _holding(config, ["hydra"])
+        HydraConfig.instance().cfg = hydra_cfg  # first: ${hydra:...} in the sweep's dirs are this job's
         output_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))) / str(
             OmegaConf.select(config, "hydra.sweep.subdir"))
         with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
             config.hydra.runtime.output_dir = os.path.abspath(output_dir)
-        # The config is this job's own (composed or copied for it alone), so the task config and
-        # HydraConfig's are made of its nodes, not of copies of them (Hydra copies each).
-        task_cfg = _holding(config, [key for key in config if key != "hydra"])
         OmegaConf.set_readonly(config.hydra, True)
-        hydra_cfg = _holding(config, ["hydra"])
-        hydra_cfg.hydra._set_parent(config)  # as HydraConfig.set_config: ${...} from hydra reach the task's keys
-        HydraConfig.instance().cfg = hydra_cfg
+        task_cfg = _holding(config, [key for key in config if key != "hydra"])
         ret = JobReturn(overrides=OmegaConf.to_container(config.hydra.overrides.task), cfg=task_cfg,
                         hydra_cfg=hydra_cfg, working_dir=os.getcwd(), task_name=JobRuntime.instance().get("name"))
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -201,17 +204,21 @@ class PopulationLauncher(Launcher):
 
 def _holding(config: DictConfig, keys: list[str]) -> DictConfig:
     """A config of ``config``'s nodes at ``keys``, the nodes themselves (OmegaConf.masked_copy
-    copies them). Their parent becomes the new config; ``config`` still holds them too."""
+    copies them). They stay children of ``config`` (as HydraConfig.set_config does for its
+    hydra node), so interpolations, struct mode and read-only flags resolve as in ``config``,
+    which still holds them too."""
     held = DictConfig({}, flags={"no_deepcopy_set_nodes": True})
     for key in keys:
         held[key] = config._get_node(key)
+        held._get_node(key)._set_parent(config)
     held._set_flag("no_deepcopy_set_nodes", None)
     return held
 
 
 # OmegaConf's YAML dumper (it quotes strings that would read back as numbers or booleans) on
 # libyaml's emitter where PyYAML has it: OmegaConf.to_yaml's pure-Python emitter took a tenth of a
-# large sweep's time for the three .hydra files of each job. The same text (tests/test_launcher.py).
+# large sweep's time for the three .hydra files of each job. The same YAML, and the same text for
+# any config without characters beyond U+FFFF, which libyaml escapes (tests/test_launcher.py).
 _Dumper = type("_Dumper", (getattr(yaml, "CDumper", yaml.Dumper),), {})
 _Dumper.add_representer(str, OmegaConfDumper.str_representer)
 
