@@ -41,10 +41,12 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
+
+if TYPE_CHECKING:  # pandas is imported where frames are made: a training process never needs it
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -511,6 +513,12 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def _pandas():
+    import pandas
+
+    return pandas
+
+
 def runs_frame(run_configs: list[dict], summaries: list[dict], run_ids: list[str],
                reasons: list[str] | None = None) -> pd.DataFrame:
     """One row per run: ``run_id``, ``reason`` (why the run has its status, in words), the
@@ -522,7 +530,7 @@ def runs_frame(run_configs: list[dict], summaries: list[dict], run_ids: list[str
         flatten(config, "", row)
         flatten(summary, "summary", row)
         rows.append(row)
-    return pd.DataFrame(rows, columns=None if rows else ["run_id", "reason", "summary.status"])
+    return _pandas().DataFrame(rows, columns=None if rows else ["run_id", "reason", "summary.status"])
 
 
 def metrics_frame(histories: Iterable[tuple[str, list[dict]]]) -> pd.DataFrame:
@@ -537,7 +545,7 @@ def metrics_frame(histories: Iterable[tuple[str, list[dict]]]) -> pd.DataFrame:
                 if key == "step" or key.startswith("_") or not isinstance(value, (int, float)):
                     continue
                 records.append((run_id, step, key, float(value)))
-    frame = pd.DataFrame.from_records(records, columns=["run_id", "step", "metric", "value"])
+    frame = _pandas().DataFrame.from_records(records, columns=["run_id", "step", "metric", "value"])
     return frame.astype({"step": "int64", "value": "float64"})
 
 
@@ -570,7 +578,7 @@ def load_units(run_dir: str | os.PathLike) -> pd.DataFrame:
         for param, norms in row["units"].items():
             for unit, (w, d) in enumerate(zip(norms["weight_norm"], norms["step_norm"], strict=True)):
                 records.append((row["step"], row["lr"], param, unit, w, d))
-    return pd.DataFrame.from_records(records, columns=["step", "lr", "param", "unit", "weight_norm", "step_norm"])
+    return _pandas().DataFrame.from_records(records, columns=["step", "lr", "param", "unit", "weight_norm", "step_norm"])
 
 
 def load_wandb_runs(
