@@ -15,6 +15,7 @@ run after an interruption only trains what is missing. The default scale writes 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -142,9 +143,13 @@ def main() -> None:
     start = time.perf_counter()
     sweeps = [(name, overrides) for name in args.only for overrides in EXPERIMENTS[name](args.scale)]
     seconds = dict.fromkeys(args.only, 0.0)  # each experiment's sweeps, wall clock
-    for k, (name, overrides) in enumerate(sweeps, 1):
+    timing = Timing(runs / TIMING_FILE)
+    fresh = {name for name in args.only if not (runs / name).exists()}  # timed only when trained whole
+    keys = [" ".join([name, *overrides]) for name, overrides in sweeps]
+    for k, ((name, overrides), key) in enumerate(zip(sweeps, keys), 1):
         began = time.perf_counter()
-        print(f"reproduce: sweep {k} of {len(sweeps)} ({name}), {_clock(began - start)} so far", flush=True)
+        print(f"reproduce: sweep {k} of {len(sweeps)} ({name}), {_clock(began - start)} so far"
+              f"{timing.left(keys[k - 1:])}", flush=True)
         launcher = [f"hydra/launcher={args.launcher}", *args.launcher_args]
         if args.launcher == "joblib":
             launcher.append(f"hydra.launcher.n_jobs={args.jobs}")
@@ -153,6 +158,8 @@ def main() -> None:
         run([sys.executable, "-m", "gradclip.train", "-m", f"+experiment={name}", *overrides,
              f"output_root={runs}", f"logger={args.logger}", *launcher])
         seconds[name] += time.perf_counter() - began
+        if name in fresh:
+            timing.record(key, time.perf_counter() - began)
     trained = time.perf_counter() - start
     tables = time.perf_counter()
     # Tables and figures of every experiment that has records under --runs (with --only, the
@@ -168,9 +175,43 @@ def main() -> None:
               file=sys.stderr)
     else:
         run([sys.executable, str(ROOT / "scripts" / "report.py"), "--results", str(results), "--scale", args.scale])
+    timing.record(TABLES_KEY, time.perf_counter() - tables)
     print(f"reproduce ({args.scale}): {', '.join(f'{name} {_clock(t)}' for name, t in seconds.items())}; "
           f"tables, figures and report {_clock(time.perf_counter() - tables)}; sweeps {_clock(trained)}, "
           f"total {_clock(time.perf_counter() - start)}")
+
+
+TIMING_FILE = "reproduce_timing.json"
+TABLES_KEY = "tables, figures and report"
+
+
+class Timing:
+    """How long each sweep (and the tables) took the last time it trained its experiment from
+    scratch under this output root, kept in ``runs/<scale>/reproduce_timing.json``: the time
+    left of a later run is estimated from it (a resumed run, which skips what is finished,
+    takes less)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.seconds = {k: float(v) for k, v in json.loads(path.read_text()).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            self.seconds = {}
+
+    def left(self, keys: list[str]) -> str:
+        if not self.seconds or any(key not in self.seconds for key in [*keys, TABLES_KEY]):
+            return ""
+        return f", about {_clock(sum(self.seconds[key] for key in [*keys, TABLES_KEY]))} left (as the last run took)"
+
+    def record(self, key: str, seconds: float) -> None:
+        self.seconds[key] = seconds
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(self.seconds, indent=1))
+            os.replace(temporary, self.path)
+        except OSError:  # bookkeeping only: a full disk is the sweeps' business
+            pass
 
 
 def _clock(seconds: float) -> str:
