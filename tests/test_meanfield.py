@@ -146,7 +146,7 @@ def test_ode_path_answers_times_in_any_order_from_one_integration():
     for t, row in zip(times, together):
         np.testing.assert_allclose(row, ode_path(x, y, 0.3, [1.0, -1.0], [0.0, t])[-1], rtol=1e-7, atol=1e-9)
     np.testing.assert_array_equal(together[0], together[2])
-    # ... and the flow is -H of clipped_mean_field (ode_path has its own faster copy of it)
+    # ... and the flow is -H of clipped_mean_field
     from scipy.integrate import solve_ivp
     reference = solve_ivp(lambda t, th: -clipped_mean_field(th, x, y, 0.3), (0.0, 3.0), [1.0, -1.0],
                           method="DOP853", t_eval=[0.5, 1.5, 3.0], rtol=1e-10, atol=1e-12).y.T

@@ -38,10 +38,19 @@ def _as_arrays(x, y) -> tuple[np.ndarray, np.ndarray]:
 
 def clipped_mean_field(theta, x, y, tau: float) -> np.ndarray:
     """H(theta) = mean_i r_i x_i / max(1, |r_i| ||x_i|| / tau) (eq. 22's mean field)."""
+    return _mean_field(x, y, tau)(np.asarray(theta, dtype=np.float64).reshape(-1))
+
+
+def _mean_field(x, y, tau: float):
+    """H as a function of theta alone, with ||x_i|| computed once (an ODE solver calls it often)."""
     x, y = _as_arrays(x, y)
-    residual = x @ np.asarray(theta, dtype=np.float64).reshape(-1) - y
-    factor = np.maximum(1.0, np.abs(residual) * np.linalg.norm(x, axis=1) / tau)
-    return (residual / factor) @ x / len(y)
+    norms = np.linalg.norm(x, axis=1)
+
+    def field(theta: np.ndarray) -> np.ndarray:
+        residual = x @ theta - y
+        return (residual / np.maximum(1.0, np.abs(residual) * norms / tau)) @ x / len(y)
+
+    return field
 
 
 def huber_objective(theta, x, y, tau: float) -> float:
@@ -117,21 +126,13 @@ def ode_path(x, y, tau: float, theta0, times) -> np.ndarray:
     """The solution of d theta / dt = -H(theta) from theta0 at ``times`` (rows, in the order
     given), by an 8th-order Runge-Kutta method with error control (tolerances far below SGD's
     noise). One integration serves every time asked for: pass them all at once."""
-    x, y = _as_arrays(x, y)
+    field = _mean_field(x, y, tau)
     times = np.asarray(times, dtype=np.float64).reshape(-1)
-    # H(theta) = (r / max(1, |r| ||x_i|| / tau)) @ x / n with ||x_i|| computed once, not per call.
-    scale = np.linalg.norm(x, axis=1) / tau
-    x_mean = x / len(y)
-
-    def velocity(t, theta):
-        residual = x @ theta - y
-        return -((residual / np.maximum(1.0, np.abs(residual) * scale)) @ x_mean)
-
     grid, where = np.unique(times, return_inverse=True)
     theta0 = np.asarray(theta0, dtype=np.float64).reshape(-1)
     if grid.max() == 0.0:  # nothing to integrate (solve_ivp wants a span)
         return np.tile(theta0, (len(times), 1))
-    solution = solve_ivp(velocity, (0.0, float(grid.max())), theta0,
+    solution = solve_ivp(lambda t, theta: -field(theta), (0.0, float(grid.max())), theta0,
                          method="DOP853", t_eval=grid, rtol=1e-10, atol=1e-12)
     if not solution.success:
         raise RuntimeError(f"ODE integration failed: {solution.message}")
