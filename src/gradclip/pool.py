@@ -8,7 +8,7 @@ sweep of several populations trains them in ``N`` worker processes, each with
 ``torch.get_num_threads() // N`` threads (``threads=`` in the config still wins), each taking
 the next population when it is done with one. The jobs are prepared in the sweep's process
 (gradclip.train.prepare_job); a worker trains a population exactly as the sweep's process would
-(gradclip.train.run_jobs): the same records, journal entries and report lines.
+(gradclip.train.run_populations): the same records, journal entries and report lines.
 
 Stop signals: a signal to the sweep's process (``kill PID``, SLURM's SIGTERM) is passed on to
 every worker, whose runs end at their next step boundary as ``interrupted``; the populations not
@@ -194,7 +194,7 @@ def _worker(conn: Connection, threads: int, logging_config: dict | None) -> None
         logging.config.dictConfig(logging_config)
     import torch
 
-    from gradclip.train import run_jobs
+    from gradclip.train import run_populations
 
     torch.set_num_threads(threads)
     relay = _Relay(conn)
@@ -205,7 +205,7 @@ def _worker(conn: Connection, threads: int, logging_config: dict | None) -> None
             return
         if group is None:
             return
-        run_jobs(group, len(group), relay)
+        run_populations([group], relay)
         relay.flush()
         try:
             signum = interrupts.received()

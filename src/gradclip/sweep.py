@@ -146,7 +146,7 @@ class SweepReport(Callback):
             raise interrupts.SweepInterrupted(interrupts.received())
         in_process = config.hydra.launcher._target_.endswith(("BasicLauncher", "PopulationLauncher"))
         # Jobs in this process stop at their next step and raise SweepInterrupted themselves
-        # (gradclip.train.run_jobs); jobs in workers must be told, then the pool aborted.
+        # (gradclip.train.run_populations); jobs in workers must be told, then the pool aborted.
         interrupts.install(None if in_process else _stop_workers)
         if not in_process:
             # Aborting the pool after a signal kills its workers, and the pool's resource trackers

@@ -141,9 +141,14 @@ def prepare_job(cfg: DictConfig, run_dir: Path | None = None, sweep_dir: Path | 
 
 def run_jobs(jobs: list[Job], max_members: int = 1, progress: sweep.Progress | None = None) -> None:
     """Train prepared jobs, as populations of up to ``max_members`` runs of jobs that differ only
-    in POPULATION_KEYS (gradclip.config), and report each job's outcome. After a stop signal
-    the jobs not begun are journaled as not started and the sweep stops."""
-    queue = deque(populations(jobs, max_members))
+    in POPULATION_KEYS (gradclip.config): :func:`run_populations` of :func:`populations`."""
+    run_populations(populations(jobs, max_members), progress)
+
+
+def run_populations(groups: list[list[Job]], progress: sweep.Progress | None = None) -> None:
+    """Train each population of ``groups`` in turn and report each job's outcome. After a stop
+    signal the jobs not begun are journaled as not started and the sweep stops."""
+    queue = deque(groups)
     while queue:
         group = queue.popleft()
         signum = interrupts.received()

@@ -3,7 +3,7 @@
 Each job is set up as the basic launcher sets it up (its folder, its ``.hydra`` files, Hydra's
 callbacks) and checked (bad input, a finished or untouchable record: gradclip.train.prepare_job);
 then the jobs that are to train and differ only in gradclip.config.POPULATION_KEYS train as
-populations of at most ``max_members`` runs (gradclip.train.run_jobs), each writing the same job
+populations of at most ``max_members`` runs (gradclip.train.run_populations), each writing the same job
 folder and record that a job of its own would. A model that cannot train under vmap (BatchNorm)
 falls back to one run at a time, with one log line saying why. Progress (runs done, model-steps/s,
 time left) goes to stderr.
@@ -82,7 +82,7 @@ class PopulationLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from gradclip import sweep
         from gradclip.pool import run_in_workers
-        from gradclip.train import populations, prepare_job, run_jobs
+        from gradclip.train import populations, prepare_job, run_populations
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -102,25 +102,23 @@ class PopulationLauncher(Launcher):
         if self.config.hydra.job.chdir:
             log.warning("hydra.job.chdir=true is not applied by the population launcher: the runs of a "
                         "population share one working directory")
-        configs = self.hydra_context.config_loader.load_sweep_config
+        configs = self.hydra_context.config_loader.load_sweep_config  # SweepConfigs, installed by setup
         runs, pending = [], []
-        for idx, overrides in enumerate(job_overrides):
-            idx = initial_job_idx + idx
-            log.debug(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            if isinstance(configs, SweepConfigs):
-                configs.checking = False
-            try:
+        configs.checking = False  # each job's own config from here on, not the sweeper's check
+        try:
+            for idx, overrides in enumerate(job_overrides):
+                idx = initial_job_idx + idx
+                log.debug(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
                 sweep_config = configs(self.config, list(overrides))
-            finally:
-                if isinstance(configs, SweepConfigs):
-                    configs.checking = True
-            with open_dict(sweep_config):
-                sweep_config.hydra.job.id = idx
-                sweep_config.hydra.job.num = idx
-            ret = self._job(sweep_config, sweep_dir, prepare_job)
-            runs.append(ret)
-            if ret.return_value is not None:
-                pending.append(ret.return_value)
+                with open_dict(sweep_config):
+                    sweep_config.hydra.job.id = idx
+                    sweep_config.hydra.job.num = idx
+                ret = self._job(sweep_config, sweep_dir, prepare_job)
+                runs.append(ret)
+                if ret.return_value is not None:
+                    pending.append(ret.return_value)
+        finally:
+            configs.checking = True  # the sweeper checks the next batch
         if self.backend != "local":
             self._submit(pending)
             return runs
@@ -135,7 +133,7 @@ class PopulationLauncher(Launcher):
                 run_in_workers(groups, self.workers, progress,
                                OmegaConf.to_container(self.config.hydra.hydra_logging, resolve=True))
             else:
-                run_jobs(pending, self.max_members, progress)
+                run_populations(groups, progress)
         finally:
             progress.close()
         return runs
@@ -230,9 +228,9 @@ def to_yaml(node) -> str:
 
 
 def _train_populations(group: list) -> None:
-    """A submitit task: train one population (gradclip.train.run_jobs) in the task's process."""
+    """A submitit task: train one population (gradclip.train.run_populations) in the task's process."""
     from gradclip import interrupts
-    from gradclip.train import run_jobs
+    from gradclip.train import run_populations
 
     interrupts.install()
-    run_jobs(group, len(group))
+    run_populations([group])
