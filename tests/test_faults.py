@@ -537,7 +537,7 @@ def test_a_folder_hydra_cannot_make_is_one_line_and_exit_1(tmp_path, monkeypatch
 # -- W&B without a server ----------------------------------------------------------------------------
 
 
-def test_wandb_online_without_a_server_mirrors_offline_at_once(cfg, tmp_path, monkeypatch, caplog):
+def test_wandb_online_without_a_server_mirrors_offline_at_once(cfg, tmp_path, monkeypatch, caplog, request):
     """A closed local port stands for a network that is down: no 90 s wait in wandb.init, one
     warning, an offline mirror to sync later, and the local record complete."""
     from gradclip import tracking
@@ -549,6 +549,11 @@ def test_wandb_online_without_a_server_mirrors_offline_at_once(cfg, tmp_path, mo
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setattr(tracking, "_probed", {})
     import wandb
+
+    # W&B keeps the settings of its first setup in this process: start from none, so that the
+    # server above is the one probed whatever ran before, and leave none behind.
+    wandb.teardown()
+    request.addfinalizer(wandb.teardown)
 
     modes = []
     real_init = wandb.init
