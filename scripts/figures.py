@@ -58,12 +58,16 @@ def load(args, experiment: str, keep_failed: bool = False) -> tuple[pd.DataFrame
     return runs, metrics[metrics["run_id"].isin(runs["run_id"])]
 
 
+PROBLEMS = {"deep_tanh": "deep tanh MLP", "rnn_exploding": "RNN", "lstm": "LSTM", "mlp": "MLP",
+            "cnn1d": "CNN1D", "resnet": "1-D ResNet", "linear": "linear"}
+
+
 def problem(runs: pd.DataFrame) -> pd.Series:
-    """A readable name per run for the model: deep tanh MLP, MLP, exploding RNN."""
-    deep = (runs["model.name"] == "mlp") & (runs.get("model.activation") == "tanh")
-    rnn = runs["model.name"] == "rnn"
-    return pd.Series(["deep tanh MLP" if d else "RNN" if r else runs.loc[i, "model.name"].upper()
-                      for i, d, r in zip(runs.index, deep, rnn)], index=runs.index)
+    """A readable name per run for the model: its preset's name (deep tanh MLP, exploding RNN,
+    LSTM) where it has one, else the model's."""
+    preset = runs["model.preset"] if "model.preset" in runs else pd.Series(None, index=runs.index, dtype=object)
+    names = preset.where(preset.notna(), runs["model.name"])
+    return names.map(lambda name: PROBLEMS.get(name, str(name).upper()))
 
 
 DATA_LABEL = {"mnist1d": "MNIST-1D"}
@@ -130,7 +134,7 @@ def palette(labels) -> dict[str, dict]:
         method, value = label_setting(label)
         rank = sorted(set(settings[method])).index(value)
         styles[label] = {"color": SHADES[method][min(rank, 2)], "linewidth": 1.2,
-                         "linestyle": "--" if "(batch)" in label else "-"}
+                         "linestyle": "--" if "(batch" in label else "-"}
     return styles
 
 
@@ -138,7 +142,7 @@ def plot_stability(args) -> None:
     results, figures = Path(args.results), Path(args.figures)
     table = pd.read_csv(results / "stability.csv")
     paths = pd.read_csv(results / "stability_trajectories.csv")
-    order = ["deep tanh MLP", "RNN", "MLP"]
+    order = ["deep tanh MLP", "RNN", "MLP", "LSTM", "1-D ResNet"]
     models = sorted(set(table["model"]), key=lambda m: order.index(m) if m in order else len(order))
     labels = sorted(set(table["method_label"]))
     styles = palette(labels)

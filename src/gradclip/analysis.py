@@ -24,13 +24,20 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
 
 
 def method_label(row: pd.Series) -> str:
-    """'none', 'norm tau=1 (sample)', 'agc lambda=0.1 (batch)': the algorithm and its granularity."""
+    """'none', 'norm τ=1 (sample)', 'agc λ=0.1 (batch)': the algorithm and its granularity. AGC
+    exempts the classifier head by default (clip.exclude=[head.*], as timm); any other exemption is
+    named: 'agc λ=0.1 (batch, head clipped)' for clip.exclude=[], which clips every unit."""
     method = row["clip.method"]
     if method == "none":
         return "none"
     symbol, key = {"norm": ("τ", "clip.threshold"), "value": ("v", "clip.threshold"),
                    "agc": ("λ", "clip.clip_factor")}[method]
-    return f"{method} {symbol}={row[key]:g} ({row['clip.granularity']})"
+    where = row["clip.granularity"]
+    if method == "agc":
+        exclude = list(row.get("clip.exclude", ["head.*"]))
+        if exclude != ["head.*"]:
+            where += ", head clipped" if not exclude else f", exempt {' '.join(exclude)}"
+    return f"{method} {symbol}={row[key]:g} ({where})"
 
 
 def label_setting(label: str) -> tuple[str, float]:
