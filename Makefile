@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-SCALE ?= default
+SCALE ?= full
 
 .PHONY: help install test test-fast reproduce figures bench lock clean
 

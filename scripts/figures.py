@@ -88,7 +88,7 @@ def collect_stability(args) -> None:
     results = Path(args.results)
     table = stability_table(runs, bound)
     first = runs.iloc[0]
-    table = table.assign(bound=bound, steps=int(runs["steps"].max()), schedule=first["schedule.name"],
+    table = table.assign(bound=bound, schedule=first["schedule.name"],
                          power=first.get("schedule.power"), n0=first.get("schedule.n0"),
                          failed_runs=int((runs["summary.status"] == "failed").sum()))
     table.to_csv(results / "stability.csv", index=False)
@@ -138,39 +138,68 @@ def palette(labels) -> dict[str, dict]:
     return styles
 
 
+def method_order(labels) -> list[str]:
+    """none first, then norm clipping, then AGC (head exempt before head clipped), each by its
+    setting, batch before sample."""
+    def key(label: str):
+        if label == "none":
+            return (0, 0.0, False, "")
+        method, value = label_setting(label)
+        return ({"norm": 1, "agc": 2, "value": 3}[method], "head clipped" in label or "exempt" in label, value,
+                "sample" in label)
+    return sorted(labels, key=key)
+
+
 def plot_stability(args) -> None:
+    """One heatmap per problem: the stable fraction of the seeds per method (rows) and a0 (columns),
+    written in each cell, so that it stays readable at any number of seeds and methods; cells
+    where norm clipping's stability is implied by prediction 1 (||θ_0|| + τ Σa(n) < B) are marked.
+    The last panel draws ||θ_n|| of the first seeds where the methods differ most."""
     results, figures = Path(args.results), Path(args.figures)
     table = pd.read_csv(results / "stability.csv")
     paths = pd.read_csv(results / "stability_trajectories.csv")
     order = ["deep tanh MLP", "RNN", "MLP", "LSTM", "1-D ResNet"]
     models = sorted(set(table["model"]), key=lambda m: order.index(m) if m in order else len(order))
-    labels = sorted(set(table["method_label"]))
-    styles = palette(labels)
-    # Methods that agree would hide each other: each is drawn slightly to the side of its a0
-    # (a dodge of up to ±0.2 decade in a0), with its 95% Wilson interval as an error bar.
-    dodge = {label: 10 ** (0.05 * (k - (len(labels) - 1) / 2)) for k, label in enumerate(labels)}
-    fig, axes = plt.subplots(2, 2, figsize=(7.5, 6.6), constrained_layout=True)
+    styles = palette(sorted(set(table["method_label"])))
+    columns = 2
+    rows_of = {m: table[table["model"] == m]["method_label"].nunique() for m in models}
+    panel_rows = math.ceil((len(models) + 1) / columns)
+    heights = []
+    for r in range(panel_rows):
+        heights.append(max([rows_of[m] for m in models[r * columns:(r + 1) * columns]] + [6]))
+    fig, axes = plt.subplots(panel_rows, columns, figsize=(11, 0.33 * sum(heights) + 1.6 * panel_rows),
+                             gridspec_kw={"height_ratios": heights}, constrained_layout=True)
     axes = axes.flatten()
-    for ax in axes[len(models):-1]:
+    for ax in axes[len(models) + 1:]:
         ax.axis("off")
+    cmap = plt.get_cmap("RdYlBu")
     for ax, model in zip(axes, models):
-        for label, rows in table[table["model"] == model].groupby("method_label", sort=True):
-            rows = rows.sort_values("a0")
-            st = styles[label]
-            x = rows["a0"] * dodge[label]
-            ax.errorbar(x, rows["stable_fraction"], yerr=[rows["stable_fraction"] - rows["wilson_low"],
-                                                          rows["wilson_high"] - rows["stable_fraction"]],
-                        marker="o", markersize=2.5, capsize=1.5, elinewidth=0.6, label=label, **st)
-        ax.set_xscale("log")
-        ax.set_ylim(-0.03, 1.03)
-        ax.set_xlabel(schedule_label(table))
-        ax.set_ylabel("stable fraction of seeds")
-        n = int(table[table["model"] == model]["runs"].max())
-        ax.set_title(f"{model}: {n} seeds, 95% Wilson intervals")
-    ax = axes[-1]
+        rows = table[table["model"] == model]
+        labels = method_order(set(rows["method_label"]))
+        a0s = sorted(set(rows["a0"]))
+        grid = rows.pivot_table(index="method_label", columns="a0", values="stable_fraction").reindex(labels)[a0s]
+        ax.imshow(grid.to_numpy(float), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+        for (i, label), (j, a0) in ((il, ja) for il in enumerate(labels) for ja in enumerate(a0s)):
+            cell = rows[(rows["method_label"] == label) & (rows["a0"] == a0)]
+            if cell.empty:
+                continue
+            cell = cell.iloc[0]
+            text = f"{cell['stable_fraction']:.2f}".rstrip("0").rstrip(".") if 0 < cell["stable_fraction"] < 1 \
+                else f"{cell['stable_fraction']:.0f}"
+            implied = bool(cell["implied_by_increments"])
+            ax.text(j, i, text + ("*" if implied else ""), ha="center", va="center", fontsize=7,
+                    color="black" if 0.2 < cell["stable_fraction"] < 0.8 else "white")
+        ax.set_xticks(range(len(a0s)), [f"{a:g}" for a in a0s])
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        for tick, label in zip(ax.get_yticklabels(), labels):
+            tick.set_color(styles[label]["color"])
+        ax.set_xlabel("a0")
+        n, steps = int(rows["runs"].max()), int(rows["steps"].max())
+        ax.set_title(f"{model}: {steps} steps, {n} seeds per cell", fontsize=9)
+    ax = axes[len(models)]
     for (label, seed), rows in paths.groupby(["method_label", "seed"], sort=True):
         st = styles[label]
-        ax.plot(rows["step"], rows["value"], **st)
+        ax.plot(rows["step"], rows["value"], **st, label=label if seed == paths["seed"].min() else None)
         if (rows["summary.status"] == "diverged").all():  # mark where the run was stopped
             ax.plot(rows["step"].iloc[-1], rows["value"].iloc[-1], marker="x", color=st["color"], markersize=5)
     bound = float(table["bound"].iloc[0])
@@ -179,14 +208,13 @@ def plot_stability(args) -> None:
     ax.set_xlabel("step n")
     ax.set_ylabel("||θ_n||")
     seeds = sorted(paths["seed"].unique())
-    ax.set_title(f"{paths['model'].iloc[0]}, a0 = {paths['a0'].iloc[0]:g}, seeds {seeds[0]}-{seeds[-1]} (x: diverged)")
-    handles, names = axes[0].get_legend_handles_labels()
-    extra_handles, extra_names = ax.get_legend_handles_labels()
-    fig.legend(handles + extra_handles, names + extra_names, loc="outside lower center", ncol=3, frameon=False,
-               title="method (granularity: sample = clip each example, then average; batch = clip the mean)")
-    steps = int(table["steps"].iloc[0])
-    fig.suptitle(f"Stability of clipped SGD over {steps} steps on MNIST-1D\nstable = finite and ||θ_n|| ≤ B "
-                 f"= {bound:g} at every step; AGC leaves the classifier head unclipped")
+    ax.set_title(f"{paths['model'].iloc[0]}, a0 = {paths['a0'].iloc[0]:g}, seeds {seeds[0]}-{seeds[-1]} (x: diverged)",
+                 fontsize=9)
+    ax.legend(fontsize=6, ncol=2, frameon=False)
+    fig.suptitle(f"Stability of clipped SGD on MNIST-1D: the fraction of seeds with ||θ_n|| finite and ≤ B = {bound:g} "
+                 f"at every step\n{schedule_label(table)}; * = norm clipping's ||θ_0|| + τ Σa(n) < B, so stability "
+                 "there is implied by prediction 1, not tested; dashed/batch = clip the mini-batch mean, sample = "
+                 "clip each example; AGC exempts the classifier head unless marked", fontsize=9)
     save(fig, figures / "stability")
 
 

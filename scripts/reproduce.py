@@ -7,9 +7,10 @@ Sweeps run through gradclip's population launcher (the default of ``python -m gr
 one vectorised program), its populations side by side in ``--workers`` processes (one per core
 by default), into ``runs/<scale>/<experiment>/``.
 Jobs are named by their overrides and skip themselves when their record is finished, so a second
-run after an interruption only trains what is missing. The default scale writes ``results/`` and
-``paper_figures/`` (the committed ones); other scales write ``runs/<scale>/results`` and
-``runs/<scale>/paper_figures``.
+run after an interruption only trains what is missing. The full scale made the committed files and
+writes ``results/`` and ``paper_figures/``; other scales write ``runs/<scale>/results`` and
+``runs/<scale>/paper_figures``, and the default scale also keeps its verdicts in
+``results/verdicts_default.json``, which the full scale's report shows beside its own.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALES = ("smoke", "default", "full")
+COMMITTED = "full"  # the scale that writes results/ and paper_figures/
+COMPARED = "default"  # the scale whose verdicts the committed report shows beside its own
 
 
 def stability_sweeps(scale: str) -> list[list[str]]:
@@ -161,7 +165,7 @@ def run(command: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=SCALES, default=os.environ.get("SCALE", "default"))
+    parser.add_argument("--scale", choices=SCALES, default=os.environ.get("SCALE", COMMITTED))
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                         help="processes that train populations side by side (--launcher population; each gets "
                              "torch's threads / workers)")
@@ -181,8 +185,9 @@ def main() -> None:
     parser.add_argument("--figures", default=None)
     args = parser.parse_args()
     runs = Path(args.runs or ROOT / "runs" / args.scale).resolve()
-    results = Path(args.results or (ROOT / "results" if args.scale == "default" else runs / "results"))
-    figures = Path(args.figures or (ROOT / "paper_figures" if args.scale == "default" else runs / "paper_figures"))
+    results = Path(args.results or (ROOT / "results" if args.scale == COMMITTED else runs / "results"))
+    figures = Path(args.figures or (ROOT / "paper_figures" if args.scale == COMMITTED else runs / "paper_figures"))
+    compared = ROOT / "results" / f"verdicts_{COMPARED}.json"
     start = time.perf_counter()
     sweeps = [(name, overrides) for name in args.only for overrides in EXPERIMENTS[name](args.scale)]
     seconds = dict.fromkeys(args.only, 0.0)  # each experiment's sweeps, wall clock
@@ -217,7 +222,11 @@ def main() -> None:
         print(f"reproduce: no report: {', '.join(missing)} {verb} no records under {runs} yet (run with --only)",
               file=sys.stderr)
     else:
-        run([sys.executable, str(ROOT / "scripts" / "report.py"), "--results", str(results), "--scale", args.scale])
+        compare = ["--compare", str(compared)] if args.scale == COMMITTED and compared.is_file() else []
+        run([sys.executable, str(ROOT / "scripts" / "report.py"), "--results", str(results), "--scale", args.scale,
+             *compare])
+        if args.scale == COMPARED and not args.results:
+            shutil.copyfile(results / "verdicts.json", compared)
     timing.record(TABLES_KEY, time.perf_counter() - tables)
     print(f"reproduce ({args.scale}): {', '.join(f'{name} {_clock(t)}' for name, t in seconds.items())}; "
           f"tables, figures and report {_clock(time.perf_counter() - tables)}; sweeps {_clock(trained)}, "

@@ -1,10 +1,16 @@
-"""Verdicts of scripts/report.py on hand-built tables: every branch can be reached."""
+"""Verdicts (gradclip.verdicts) on hand-built tables, checked on the data: every branch can be reached;
+and scripts/report.py renders REPORT.md from verdicts.json alone."""
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from gradclip import verdicts
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("report", ROOT / "scripts" / "report.py")
@@ -19,25 +25,25 @@ def increments(tmp_path, update_ratio):
     pd.DataFrame({"method_label": ["norm τ=1 (batch)"], "method": "norm", "granularity": "batch", "runs": [4],
                   "worst_update_ratio": update_ratio, "worst_step_ratio": update_ratio}).to_csv(
         tmp_path / "increments.csv", index=False)
-    return report.bounded_increments(tmp_path)[0]
+    return verdicts.assess_increments(tmp_path)["verdict"]
 
 
 def test_bounded_increments_verdicts(tmp_path):
-    assert increments(tmp_path, [1.0000004]).startswith("**Verdict: holds.**")
-    assert increments(tmp_path, [1.1]).startswith("**Verdict: fails.**")
+    assert increments(tmp_path, [1 + 0.9 * verdicts.FLOAT_TOLERANCE]) == "holds"  # rounding
+    assert increments(tmp_path, [1 + 1.1 * verdicts.FLOAT_TOLERANCE]) == "fails"  # just past it
     pd.DataFrame(columns=["method_label", "runs", "worst_update_ratio", "worst_step_ratio"]).to_csv(
         tmp_path / "increments.csv", index=False)
-    assert report.bounded_increments(tmp_path)[0].startswith("**Verdict: untested.**")
+    assert verdicts.assess_increments(tmp_path)["verdict"] == "untested"
 
 
-def stability_rows(norm, agc, none=(1.0, 0.0)):
+def stability_rows(norm, agc, none=(1.0, 0.0), implied=False):
     rows = []
     for method, label, fractions in [("none", "none", none), ("norm", "norm τ=1 (batch)", norm),
                                      ("agc", "agc λ=0.1 (batch)", agc)]:
         for a0, f in zip((1.0, 100.0), fractions):
             rows.append({"model": "MLP", "method_label": label, "method": method, "granularity": "batch", "a0": a0,
                          "runs": 8, "stable": int(8 * f), "stable_fraction": f, "wilson_low": 0.0, "wilson_high": 1.0,
-                         "implied_by_increments": False, "bound": 1e4, "steps": 50, "failed_runs": 0})
+                         "implied_by_increments": implied and method == "norm", "bound": 1e4, "steps": 50, "failed_runs": 0})
     return pd.DataFrame(rows)
 
 
@@ -48,12 +54,39 @@ def stability_rows(norm, agc, none=(1.0, 0.0)):
 ])
 def test_stability_verdicts(tmp_path, norm, agc, expected):
     stability_rows(norm, agc).to_csv(tmp_path / "stability.csv", index=False)
-    assert report.stability(tmp_path)[0].startswith(f"**Verdict: {expected}**")
+    assert verdicts.assess_stability(tmp_path)["verdict"] == expected
 
 
 def test_stability_grid_that_never_destabilises_plain_sgd_is_untested(tmp_path):
     stability_rows((1.0, 1.0), (1.0, 1.0), none=(1.0, 1.0)).to_csv(tmp_path / "stability.csv", index=False)
-    assert report.stability(tmp_path)[0].startswith("**Verdict: untested**")
+    assert verdicts.assess_stability(tmp_path)["verdict"] == "untested"
+
+
+def test_stability_that_prediction_1_implies_is_not_a_test(tmp_path):
+    """Norm clipping stable only where ||theta_0|| + tau sum a(n) < B: 'implied by prediction 1',
+    and the overall verdict rests on AGC alone; an implied point that lost a seed (a non-finite
+    loss with bounded weights) is a failure all the same."""
+    stability_rows((1.0, 1.0), (1.0, 0.5), implied=True).to_csv(tmp_path / "stability.csv", index=False)
+    a = verdicts.assess_stability(tmp_path)
+    assert a["parts"] == {"norm": verdicts.IMPLIED, "agc": "partly"} and a["verdict"] == "partly"
+    assert a["problems"][0]["arms"]["norm"]["implied_points"] == 1  # one unstable a0
+    stability_rows((1.0, 0.0), (1.0, 1.0), implied=True).to_csv(tmp_path / "stability.csv", index=False)
+    assert verdicts.assess_stability(tmp_path)["parts"]["norm"] == "fails"
+
+
+def test_stability_judges_agc_with_the_head_clipped_apart(tmp_path):
+    rows = stability_rows((1.0, 1.0), (1.0, 1.0))
+    clipped = rows[rows["method"] == "agc"].assign(method_label="agc λ=0.1 (batch, head clipped)", stable_fraction=0.0)
+    pd.concat([rows, clipped]).to_csv(tmp_path / "stability.csv", index=False)
+    a = verdicts.assess_stability(tmp_path)
+    assert a["parts"] == {"norm": "holds", "agc": "holds", "agc_head_clipped": "fails"} and a["verdict"] == "partly"
+
+
+def test_combine():
+    assert verdicts.combine(["holds", "untested", verdicts.IMPLIED]) == "holds"
+    assert verdicts.combine(["holds", "fails"]) == "partly"
+    assert verdicts.combine([verdicts.IMPLIED, "untested"]) == verdicts.IMPLIED
+    assert verdicts.combine(["untested"]) == "untested"
 
 
 def test_palette_tells_every_setting_apart():
@@ -81,7 +114,24 @@ def convergence_rows(slopes, ratios, label="norm τ=1 (sample)", final_loss=1.0)
 ])
 def test_convergence_verdicts(tmp_path, slopes, ratios, final_loss, expected):
     convergence_rows(slopes, ratios, final_loss=final_loss).to_csv(tmp_path / "convergence_summary.csv", index=False)
-    assert report.convergence(tmp_path)[0].startswith(f"**Verdict: {expected}**")
+    assert verdicts.assess_convergence(tmp_path)["verdict"] == expected
+
+
+@pytest.mark.parametrize("slope, expected", [(verdicts.FALLING_SLOPE - 1e-3, "holds"), (verdicts.FALLING_SLOPE + 1e-3, "fails")])
+def test_convergence_slope_threshold(tmp_path, slope, expected):
+    convergence_rows([slope, slope], [0.5, 0.5]).to_csv(tmp_path / "convergence_summary.csv", index=False)
+    assert verdicts.assess_convergence(tmp_path)["verdict"] == expected
+
+
+def test_agc_grid_names_the_a0_lambda_where_H_falls_and_where_it_grows(tmp_path):
+    rows = []
+    for a0, slope, ratio in [(0.3, -0.3, 0.5), (3.0, -0.2, 0.8), (30.0, 0.4, 5.0)]:
+        rows.append(convergence_rows([slope, slope], [ratio, ratio], label="agc λ=0.01 (sample, head clipped)",
+                                     final_loss=1.0).assign(a0=a0))
+    pd.concat(rows).to_csv(tmp_path / "convergence_summary.csv", index=False)
+    a = verdicts.assess_convergence(tmp_path)
+    assert a["agc_condition"]["MLP"]["largest_a0_lambda_falling_every_seed"] == pytest.approx(0.03)
+    assert a["agc_condition"]["MLP"]["smallest_a0_lambda_growing_every_seed"] == pytest.approx(0.3)
 
 
 def step_size_rows(tmp_path, constant_final, frozen_final, frozen_displacement=0.5, noise_drop=1.5):
@@ -111,9 +161,9 @@ def step_size_rows(tmp_path, constant_final, frozen_final, frozen_displacement=0
 ])
 def test_step_size_verdicts(tmp_path, constant, frozen, displacement, noise_drop, expected):
     step_size_rows(tmp_path, constant, frozen, displacement, noise_drop)
-    lines = report.step_sizes(tmp_path)
-    assert lines[0].startswith(f"**Verdict: {expected}.**")
-    assert ("untested" in lines[2]) == (noise_drop > 10)
+    a = verdicts.assess_step_sizes(tmp_path)
+    assert a["verdict"] == expected
+    assert (a["problems"][0]["constant"]["verdict"] == "untested") == (noise_drop > verdicts.NOISE_VANISHED)
 
 
 def limit_rows(dist_to_root, dist_to_mean, root_to_mean=0.5):
@@ -129,19 +179,40 @@ def limit_rows(dist_to_root, dist_to_mean, root_to_mean=0.5):
 ])
 def test_limit_set_verdicts(tmp_path, to_root, to_mean, root_to_mean, expected):
     limit_rows(to_root, to_mean, root_to_mean).to_csv(tmp_path / "limit_set.csv", index=False)
-    assert report.limit_set(tmp_path)[0].startswith(f"**Verdict: {expected}.**")
+    assert verdicts.assess_limit_set(tmp_path)["verdict"] == expected
 
 
 @pytest.mark.parametrize("gaps, expected", [([0.5, 0.2, 0.05], "holds"), ([0.5, 0.6, 0.05], "fails")])
 def test_ode_tracking_verdicts(tmp_path, gaps, expected):
     pd.DataFrame({"a0": [0.1, 0.01, 0.001], "seed": 0, "max_gap": gaps, "mean_gap": gaps, "final_gap": gaps,
                   "horizon": 6.0}).to_csv(tmp_path / "ode_gaps.csv", index=False)
-    lines = report.ode_tracking(tmp_path)
-    assert lines[0].startswith(f"**Verdict: {expected}.**")
+    a = verdicts.assess_ode_tracking(tmp_path)
+    assert a["verdict"] == expected
     if expected == "holds":
-        assert "a0^0.5" in lines[0]  # 0.5 -> 0.05 over two decades: slope 0.5
+        assert a["exponent"] == pytest.approx(0.5)  # 0.5 -> 0.05 over two decades
 
 
 def test_missing_tables_say_not_measured(tmp_path):
-    for section in (report.convergence, report.step_sizes, report.limit_set, report.ode_tracking):
-        assert section(tmp_path) == ["Not measured at this scale."]
+    everything = verdicts.assess_all(tmp_path, "smoke")
+    assert {p["verdict"] for p in everything["predictions"].values()} == {verdicts.NOT_MEASURED}
+    assert "Not measured at this scale." in report.render(everything)
+
+
+def test_report_is_rendered_from_verdicts_json(tmp_path):
+    """report.py writes verdicts.json (strict JSON: no nan) and renders REPORT.md from the file: a
+    verdict edited in the file is the verdict the report prints."""
+    stability_rows((1.0, 1.0), (1.0, 0.5)).to_csv(tmp_path / "stability.csv", index=False)
+    limit_rows(0.01, 0.49).to_csv(tmp_path / "limit_set.csv", index=False)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), "--results", str(tmp_path),
+                           "--scale", "smoke"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    data = json.loads((tmp_path / "verdicts.json").read_text())
+    assert data["predictions"]["stability"]["verdict"] == "partly"
+    assert data["predictions"]["limit_set"]["verdict"] == "holds"
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "## 2. Stability with high probability\n\n**Verdict: partly**" in text
+    data["predictions"]["limit_set"]["verdict"] = "fails"
+    assert "## 5. The limit set and the clipping bias\n\n**Verdict: fails.**" in report.render(data)
+    other = json.loads(json.dumps(data))
+    other["scale"], other["predictions"]["stability"]["verdict"] = "default", "holds"
+    assert "| 2. Stability with high probability | partly | holds |" in report.render(data, other)

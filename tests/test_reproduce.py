@@ -44,9 +44,9 @@ def test_smoke_reproduce_writes_every_figure_and_the_report(tmp_path):
         section = report.split(f"## {number}. ")[1].split("\n## ")[0]
         assert "**Verdict: " in section, f"section {number} has no verdict"
     # It says how far it got, and keeps each sweep's time for the time-left estimate of the next run.
-    assert "reproduce: sweep 11 of 11 (ode_tracking)" in first.stdout
+    assert "reproduce: sweep 12 of 12 (ode_tracking)" in first.stdout
     timing = json.loads((runs / "reproduce_timing.json").read_text())
-    assert len(timing) == 12 and all(seconds > 0 for seconds in timing.values())
+    assert len(timing) == 13 and all(seconds > 0 for seconds in timing.values())
     increments = report.split("## 1. ")[1].split("## 2. ")[0]
     assert increments.splitlines()[2].startswith("**Verdict: holds.**")  # bounded increments hold at any scale
     # A second launch trains nothing: every job finds its finished record (checked on one sweep,

@@ -79,7 +79,7 @@ def stability_table(runs: pd.DataFrame, bound: float) -> pd.DataFrame:
         reach = group["summary.initial_param_norm"].max() + first.get("clip.threshold", math.nan) * sum_a
         rows.append(dict(zip(keys, key)) | {
             "runs": n, "stable": stable, "stable_fraction": stable / n, "wilson_low": lo, "wilson_high": hi,
-            "median_diverged_step": group["summary.diverged_step"].median(), "sum_lr": sum_a,
+            "median_diverged_step": group["summary.diverged_step"].median(), "steps": int(first["steps"]), "sum_lr": sum_a,
             "implied_by_increments": bool(first["clip.method"] == "norm" and reach < bound)})
     return pd.DataFrame(rows).rename(columns={"model.name": "model", "clip.method": "method",
                                               "clip.granularity": "granularity", "schedule.a0": "a0"})

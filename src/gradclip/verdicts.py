@@ -1,0 +1,436 @@
+"""Verdicts as data: for each prediction of docs/CLAIMS.md, the verdict and the numbers behind it.
+
+Each ``assess_*`` function reads the tables that ``scripts/figures.py collect`` writes into
+``results/`` and returns a plain dict (JSON-ready: floats, ints, strings, lists, None for a value
+that does not exist) holding its ``verdict``, the rule's thresholds and every number the report
+quotes. ``assess_all`` gathers them; ``scripts/report.py`` writes the result as
+``results/verdicts.json`` and renders ``results/REPORT.md`` from that file alone, so no number in
+the report is computed outside this module, and the tests check the rules on data.
+
+Verdict labels: ``holds`` / ``partly`` / ``fails``; ``untested`` where the data cannot decide
+(plain SGD never failed, the run made no progress, the two candidates are too close to tell
+apart); ``implied by prediction 1`` where norm clipping's stability follows from its bounded
+increments by arithmetic (||theta_0|| + tau sum a(n) < B); ``not measured`` where the scale did not
+run the experiment.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gradclip.analysis import MIN_RECORDS, label_setting, loglog_slope, wilson_interval
+
+NOT_MEASURED = "not measured"
+UNTESTED = "untested"
+IMPLIED = "implied by prediction 1"
+
+# Rounding allowance for a ratio that is <= 1 in exact arithmetic, computed in float32.
+FLOAT_TOLERANCE = 1e-5
+# Plain SGD counts as unstable at an a0 where fewer than this fraction of its seeds were stable.
+UNSTABLE = 0.5
+# ||H|| "still falling" at the end of a run: its log-log slope over the last decade of steps is
+# below this (a fall of at least ~11% per decade), and it ended below where it started.
+FALLING_SLOPE = -0.05
+# A group of runs made no progress when its training loss fell by less than this fraction: its
+# ||H|| then says nothing about convergence.
+NO_PROGRESS = 0.02
+# Assumption A1 on the exponent p of a(n) = a0 / (n + n0)^p: 0.5 < p <= 1.
+A1_LOW, A1_HIGH = 0.5, 1.0
+# The noise of a constant step vanished (the premise of a noise floor fails) when the mean
+# per-example gradient norm fell by this factor over the run.
+NOISE_VANISHED = 10.0
+# A floor or a freeze: the final ||H|| more than this many times the best A1 schedule's.
+ABOVE_BEST = 2.0
+# The clipping bias is resolved at a point where the root of eq. (22) and the mean are this many
+# times further apart than the final iterate is from the nearer of the two.
+RESOLVED = 5.0
+# AGC's relative step "grows below eps" when it is this many times its level above eps.
+GROWS_BELOW_EPS = 2.0
+
+
+def plain(value):
+    """A JSON-ready copy: numpy scalars to Python, nan to None, +-inf to 'inf' / '-inf'."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray, pd.Series)):
+        return [plain(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        if math.isnan(value):
+            return None
+        return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def pair(values) -> list[float]:
+    """[smallest, largest] of a set of numbers."""
+    values = pd.Series(values, dtype=float)
+    return [float(values.min()), float(values.max())]
+
+
+def combine(verdicts: list[str]) -> str:
+    """One verdict from several: untested parts (and parts implied by prediction 1) do not count
+    against the tested ones; agreeing parts keep their verdict, disagreeing ones make 'partly'."""
+    tested = [v for v in verdicts if v not in (UNTESTED, IMPLIED, NOT_MEASURED)]
+    if not tested:
+        return IMPLIED if IMPLIED in verdicts else UNTESTED
+    return tested[0] if all(v == tested[0] for v in tested) else "partly"
+
+
+def _read(results: Path, name: str) -> pd.DataFrame | None:
+    path = results / name
+    return pd.read_csv(path) if path.is_file() else None
+
+
+# -- prediction 1 -------------------------------------------------------------------------------------
+
+
+def assess_increments(results: Path) -> dict:
+    table = _read(results, "increments.csv")
+    if table is None:
+        return {"verdict": NOT_MEASURED}
+    if table.empty:
+        return {"verdict": UNTESTED, "runs": 0}
+    worst = float(table["worst_update_ratio"].max())
+    return {"verdict": "holds" if worst <= 1 + FLOAT_TOLERANCE else "fails", "tolerance": FLOAT_TOLERANCE,
+            "runs": int(table["runs"].sum()), "worst_update_ratio": worst,
+            "worst_step_ratio": float(table["worst_step_ratio"].max()),
+            "methods": table.sort_values("method_label")[["method_label", "runs", "worst_update_ratio",
+                                                          "worst_step_ratio"]].to_dict("records")}
+
+
+# -- prediction 2 and AGC's stability -------------------------------------------------------------------
+
+
+def stability_verdict(fractions: pd.Series, unclipped: pd.Series) -> str:
+    """holds: every seed stable where plain SGD mostly is not; partly: more stable than plain SGD
+    on average; fails: no better."""
+    if fractions.empty:
+        return UNTESTED
+    if fractions.min() == 1:
+        return "holds"
+    return "partly" if fractions.mean() > unclipped.mean() else "fails"
+
+
+def _arm(rows: pd.DataFrame, unclipped: pd.Series) -> dict:
+    """One method's points at the a0 where plain SGD is unstable. Norm clipping's points where
+    ||theta_0|| + tau sum a(n) < B are implied by prediction 1; if every stable point is, the arm
+    is 'implied by prediction 1', not a test."""
+    if rows.empty:
+        return {"verdict": UNTESTED, "points": 0}
+    implied = rows["implied_by_increments"].astype(bool)
+    verdict = stability_verdict(rows["stable_fraction"], unclipped)
+    if verdict == "holds" and implied.all():
+        verdict = IMPLIED
+    tested = rows[~implied]
+    return {"verdict": verdict, "points": len(rows), "implied_points": int(implied.sum()),
+            "stable_fraction": pair(rows["stable_fraction"]),
+            "tested_stable_fraction": pair(tested["stable_fraction"]) if len(tested) else None}
+
+
+ARMS = {"norm": "norm clipping", "agc": "AGC (classifier head exempt)", "agc_head_clipped": "AGC (every unit clipped)"}
+
+
+def assess_stability(results: Path) -> dict:
+    table = _read(results, "stability.csv")
+    if table is None:
+        return {"verdict": NOT_MEASURED}
+    head_clipped = table["method_label"].str.contains("head clipped")
+    arm_of = np.where(table["method"] == "norm", "norm",
+                      np.where(table["method"] == "agc", np.where(head_clipped, "agc_head_clipped", "agc"), "other"))
+    table = table.assign(arm=arm_of)
+    problems, by_arm = [], {arm: [] for arm in ARMS}
+    for model, rows in table.groupby("model", sort=False):
+        none = rows[rows["method"] == "none"].set_index("a0")["stable_fraction"]
+        unstable_a0 = none[none < UNSTABLE].index
+        entry = {"model": model, "steps": int(rows["steps"].max()), "seeds": int(rows["runs"].max()),
+                 "unstable_a0": list(unstable_a0), "arms": {}}
+        if len(unstable_a0):
+            at = rows[rows["a0"].isin(unstable_a0)]
+            entry["unclipped_stable_fraction"] = pair(none[unstable_a0])
+            smallest = rows[rows["a0"] == rows["a0"].min()]
+            entry["smallest_a0"] = float(rows["a0"].min())
+            entry["smallest_a0_stable_fraction"] = pair(smallest["stable_fraction"])
+            for arm in ARMS:
+                if (rows["arm"] == arm).any():
+                    entry["arms"][arm] = _arm(at[at["arm"] == arm], none[unstable_a0])
+                    by_arm[arm].append(entry["arms"][arm]["verdict"])
+        problems.append(entry)
+    parts = {arm: combine(verdicts) for arm, verdicts in by_arm.items() if verdicts}
+    if not any(by_arm.values()):
+        parts = {arm: UNTESTED for arm in ARMS if (table["arm"] == arm).any()}
+    norm = table[table["method"] == "norm"]
+    limits = _read(results, "agc_stability.csv")
+    return {"verdict": combine(list(parts.values())), "parts": parts, "bound": float(table["bound"].iloc[0]),
+            "unstable_below": UNSTABLE, "seeds": int(table["runs"].max()), "failed_runs": int(table["failed_runs"].iloc[0]),
+            "all_stable_interval": pair(wilson_interval(int(table["runs"].max()), int(table["runs"].max()))),
+            "implied_points": int(norm["implied_by_increments"].sum()), "norm_points": len(norm),
+            "problems": problems,
+            "agc_limits": [] if limits is None else limits.to_dict("records")}
+
+
+# -- prediction 3 -------------------------------------------------------------------------------------
+
+
+def is_falling(rows: pd.DataFrame) -> pd.Series:
+    return (rows["H_slope_last_decade"] < FALLING_SLOPE) & (rows["H_final"] < rows["H_initial"])
+
+
+def falling_verdict(rows: pd.DataFrame) -> str:
+    if (rows["train_loss_final"] / rows["train_loss_initial"]).median() > 1 - NO_PROGRESS:
+        return UNTESTED
+    falling = is_falling(rows)
+    return "holds" if falling.all() else "fails" if not falling.any() else "partly"
+
+
+def assess_convergence(results: Path) -> dict:
+    table = _read(results, "convergence_summary.csv")
+    if table is None:
+        return {"verdict": NOT_MEASURED}
+    groups, verdicts = [], {}
+    for (model, label, a0), rows in table.groupby(["model", "method_label", "a0"], sort=True):
+        verdict = falling_verdict(rows)
+        verdicts.setdefault(label, []).append(verdict)
+        groups.append({"model": model, "method_label": label, "a0": a0, "seeds": len(rows),
+                       "last_step": int(rows["last_step"].max()), "verdict": verdict,
+                       "train_loss_initial": rows["train_loss_initial"].median(),
+                       "train_loss_final": rows["train_loss_final"].median(),
+                       "H_initial": pair(rows["H_initial"]), "H_final": pair(rows["H_final"]),
+                       "H_ratio": pair(rows["H_ratio"]), "H_slope_last_decade": pair(rows["H_slope_last_decade"]),
+                       "falling": int(is_falling(rows).sum()),
+                       "param_growth": pair(rows["param_norm_final"] / rows["param_norm_initial"])})
+    parts = {label: combine(v) for label, v in verdicts.items()}
+    first = table.iloc[0]
+    agc = [g for g in groups if g["method_label"].startswith("agc")]
+    grid = []
+    for g in agc:
+        lam = label_setting(g["method_label"])[1]
+        grid.append({"model": g["model"], "lambda": lam, "a0": g["a0"], "a0_lambda": g["a0"] * lam,
+                     "falling": g["falling"], "seeds": g["seeds"], "grew": g["H_ratio"][0] > 1, "verdict": g["verdict"],
+                     "H_ratio": g["H_ratio"], "param_growth": g["param_growth"]})
+    grid.sort(key=lambda g: (g["model"], g["a0_lambda"], g["lambda"]))
+    condition = {}
+    for model in sorted({g["model"] for g in grid}):
+        mine = [g for g in grid if g["model"] == model]
+        fell = [g["a0_lambda"] for g in mine if g["falling"] == g["seeds"] and g["verdict"] != UNTESTED]
+        grew = [g["a0_lambda"] for g in mine if g["grew"]]
+        condition[model] = {"largest_a0_lambda_falling_every_seed": max(fell) if fell else None,
+                            "smallest_a0_lambda_growing_every_seed": min(grew) if grew else None,
+                            "a0_lambda_grid": sorted({g["a0_lambda"] for g in mine})}
+    return {"verdict": combine(list(parts.values())), "parts": parts, "falling_slope": FALLING_SLOPE,
+            "no_progress": NO_PROGRESS, "data": first["data"], "n0": first["n0"], "power": first["power"],
+            "horizons": {m: int(rows["last_step"].max()) for m, rows in table.groupby("model")},
+            "groups": groups, "agc_grid": grid, "agc_condition": condition}
+
+
+# -- prediction 4 -------------------------------------------------------------------------------------
+
+
+def pooled_slope(paths: pd.DataFrame) -> float:
+    """log-log slope of ||H|| over the last decade of steps, all seeds' points pooled."""
+    last = paths["step"].max()
+    return loglog_slope(paths["step"], paths["value"], last / 10)
+
+
+def assess_step_sizes(results: Path) -> dict:
+    table = _read(results, "step_sizes.csv")
+    if table is None:
+        return {"verdict": NOT_MEASURED}
+    paths = pd.read_csv(results / "step_sizes_paths.csv")
+    paths = paths[paths["metric"] == "H_norm"]
+    problems, verdicts = [], []
+    for problem, rows in table.groupby("problem", sort=True):
+        median = rows.groupby("power")["H_final"].median()
+        a1 = median[(median.index > A1_LOW) & (median.index <= A1_HIGH)]
+        best_p, best_a1 = float(a1.idxmin()), float(a1.min())
+        mine = paths[paths["problem"] == problem]
+        entry = {"problem": problem, "best_a1_power": best_p, "best_a1_H": best_a1, "a1_H": pair(a1),
+                 "H_final": [{"power": p, "median": median[p], "range": pair(rows.loc[rows["power"] == p, "H_final"])}
+                             for p in median.index]}
+        if 0 in median.index:
+            constant = rows[rows["power"] == 0]
+            noise_drop = float((constant["sample_grad_initial"] / constant["sample_grad_final"]).median())
+            slope = pooled_slope(mine[mine["power"] == 0])
+            if noise_drop >= NOISE_VANISHED:
+                verdict, floor = UNTESTED, None
+            else:
+                floor = bool(median[0] > ABOVE_BEST * best_a1 and slope >= FALLING_SLOPE)
+                verdict = "holds" if floor else "fails"
+            verdicts.append(verdict)
+            entry["constant"] = {"verdict": verdict, "H": median[0], "over_best": median[0] / best_a1, "slope": slope,
+                                 "noise_drop": noise_drop, "floor": floor,
+                                 "train_loss_final": constant["train_loss_final"].median()}
+        low = median[(median.index > 0) & (median.index <= A1_LOW)]
+        if len(low):
+            entry["no_square_sum"] = {"H": [{"power": p, "median": v} for p, v in low.items()],
+                                      "worse": bool(low.min() > ABOVE_BEST * best_a1)}
+        frozen = rows[rows["power"] > 1]
+        if len(frozen):
+            inside = bool((frozen["final_displacement"] <= frozen["frozen_radius"]).all())
+            slope = pooled_slope(mine[mine["power"] > 1])
+            stuck = bool(frozen["H_final"].median() > ABOVE_BEST * best_a1 and abs(slope) < -FALLING_SLOPE)
+            verdict = "holds" if inside and stuck else "fails"
+            verdicts.append(verdict)
+            entry["freeze"] = {"verdict": verdict, "inside": inside, "stuck": stuck, "slope": slope,
+                               "displacement": frozen["final_displacement"].max(),
+                               "radius": pair(frozen["frozen_radius"]), "remaining": pair(frozen["remaining_radius"]),
+                               "H": frozen["H_final"].median(), "over_best": frozen["H_final"].median() / best_a1}
+        problems.append(entry)
+    return {"verdict": combine(verdicts), "falling_slope": FALLING_SLOPE, "above_best": ABOVE_BEST,
+            "noise_vanished": NOISE_VANISHED, "powers": sorted(table["power"].unique()), "problems": problems}
+
+
+# -- prediction 5 -------------------------------------------------------------------------------------
+
+
+def assess_limit_set(results: Path) -> dict:
+    table = _read(results, "limit_set.csv")
+    if table is None:
+        return {"verdict": NOT_MEASURED}
+    keys = ["problem", "noise", "granularity", "tau"]
+    medians = table.groupby(keys, sort=True).median(numeric_only=True).reset_index()
+    sample = medians[medians["granularity"] == "sample"]
+    error = sample[["dist_to_root", "dist_to_mean"]].min(axis=1)
+    resolved = sample[sample["root_to_mean"] > RESOLVED * error]
+    closer = resolved["dist_to_root"] < resolved["dist_to_mean"]
+    verdict = UNTESTED if resolved.empty else "holds" if closer.all() else "partly" if closer.any() else "fails"
+    first = table.iloc[0]
+    biggest = sample.loc[sample["root_to_mean"].idxmax()]
+    # Points whose iterate is still far from the root, by the same factor against the median
+    # point: the runs there had not converged.
+    unconverged = sample[sample["dist_to_root"] > RESOLVED * sample["dist_to_root"].median()]
+    columns = ["problem", "noise", "tau", "root_to_mean", "dist_to_root", "dist_to_mean"]
+    result = {"verdict": verdict, "resolved_factor": RESOLVED, "points": len(sample), "resolved": len(resolved),
+              "nearer_root": int(closer.sum()), "batch_size": int(first["batch_size"]),
+              "steps": {p: int(rows["steps"].max()) for p, rows in table.groupby("problem")},
+              "largest_bias": biggest[columns].to_dict(), "median_dist_to_root": sample["dist_to_root"].median(),
+              "unconverged": unconverged[columns].to_dict("records"), "sample": sample[columns].to_dict("records")}
+    batch = medians[medians["granularity"] == "batch"]
+    if len(batch) and "dist_to_batch_root" in batch:
+        apart = batch[batch["batch_root_to_root"] > RESOLVED * batch[["dist_to_batch_root", "dist_to_root"]].min(axis=1)]
+        result["batch"] = {
+            "points": len(batch), "resolved": len(apart),
+            "nearer_batch_root": int((apart["dist_to_batch_root"] < apart["dist_to_root"]).sum()),
+            "draws": int(batch["batch_root_draws"].iloc[0]), "largest_error": batch["batch_root_error"].max(),
+            "rows": batch[["noise", "tau", "dist_to_batch_root", "dist_to_root", "dist_to_mean"]].to_dict("records")}
+    result["network"] = _network_bias(results)
+    return result
+
+
+def _network_bias(results: Path) -> dict | None:
+    """Prediction 5 on a network: the unclipped mean gradient against H in the convergence runs."""
+    table = _read(results, "convergence_summary.csv")
+    if table is None:
+        return None
+    rows = []
+    for (model, label, a0), group in table.groupby(["model", "method_label", "a0"], sort=True):
+        rows.append({"model": model, "method_label": label, "a0": a0,
+                     "mean_grad_initial": group["mean_grad_initial"].median(),
+                     "mean_grad_final": group["mean_grad_final"].median(), "H_final": group["H_final"].median(),
+                     "ratio_initial": (group["mean_grad_initial"] / group["H_initial"]).median(),
+                     "ratio_final": group["grad_over_H_final"].median()})
+    result = {"data": table["data"].iloc[0], "rows": rows}
+    norm = table[table["method_label"].str.startswith("norm")]
+    if len(norm):
+        result["norm"] = {
+            "H_ratio": pair(norm["H_ratio"]), "grad_change": pair(norm["mean_grad_final"] / norm["mean_grad_initial"]),
+            "grad_grew_on": sorted(model for model, group in norm.groupby("model")
+                                   if group["mean_grad_final"].median() > group["mean_grad_initial"].median()),
+            "ratio_initial": pair(norm["mean_grad_initial"] / norm["H_initial"]),
+            "ratio_final": pair(norm["grad_over_H_final"])}
+    return result
+
+
+# -- prediction 6 -------------------------------------------------------------------------------------
+
+
+def log_slope(values: pd.Series) -> float:
+    """Slope of log(value) against log(index): the exponent of a power law."""
+    return float(np.polyfit(np.log(values.index), np.log(values.values), 1)[0]) if len(values) > 1 else math.nan
+
+
+def assess_ode_tracking(results: Path) -> dict:
+    gaps = _read(results, "ode_gaps.csv")
+    if gaps is None:
+        return {"verdict": NOT_MEASURED}
+    median = gaps.groupby("a0")["max_gap"].median().sort_index(ascending=False)
+    shrinks = bool((median.diff().dropna() < 0).all())
+    means = _read(results, "ode_seed_mean_gaps.csv")
+    mean = means.set_index("a0")["max_gap_of_seed_mean"] if means is not None else pd.Series(dtype=float)
+    result = {"verdict": "holds" if shrinks and len(median) > 1 else "fails", "shrinks": shrinks,
+              "horizon": gaps["horizon"].min(), "exponent": log_slope(median),
+              "rows": [{"a0": a0, "seeds": int((gaps["a0"] == a0).sum()), "max_gap": value,
+                        "range": pair(gaps.loc[gaps["a0"] == a0, "max_gap"]),
+                        "seed_mean_gap": mean[a0] if a0 in mean else None} for a0, value in median.items()]}
+    if len(mean) > 1:
+        seeds = int(means["seeds"].min())
+        result["seed_mean"] = {"seeds": seeds, "gap": pair(mean), "exponent": log_slope(mean),
+                               "over_single": pair(mean / median), "noise_only": seeds ** -0.5}
+    return result
+
+
+# -- prediction 7 -------------------------------------------------------------------------------------
+
+
+def assess_agc_small_weights(results: Path) -> dict:
+    table = _read(results, "agc_units_by_decade.csv")
+    if table is None:
+        return {"verdict": NOT_MEASURED}
+    table = table[table["records"] >= MIN_RECORDS]
+    settings = pd.read_csv(results / "agc_settings.csv").iloc[0]
+    lam, eps = float(settings["clip_factor"]), float(settings["eps"])
+    eps_decade = math.floor(math.log10(eps))
+    decades = sorted(set.intersection(*(set(g["decade"]) for _, g in table.groupby("method_label"))))
+    if len(decades) < 2:
+        return {"verdict": UNTESTED, "why": "too few units per decade of ||W_i|| to compare"}
+    low, high = decades[0], decades[-1]
+    by = table.set_index(["method_label", "decade"])
+    labels = sorted(set(table["method_label"]))
+    methods = [{"method_label": label, "abs_low": by.loc[(label, low), "abs_step_median"],
+                "abs_high": by.loc[(label, high), "abs_step_median"], "rel_low": by.loc[(label, low), "rel_step_median"],
+                "rel_high": by.loc[(label, high), "rel_step_median"]} for label in labels]
+    result = {"verdict": UNTESTED, "lambda": lam, "eps": eps, "eps_decade": eps_decade, "low_decade": low,
+              "high_decade": high, "min_records": MIN_RECORDS, "grows_below_eps": GROWS_BELOW_EPS, "methods": methods}
+    agc = [label for label in labels if label.startswith("agc")]
+    if not agc:
+        return result
+    a = table[table["method_label"] == agc[0]].set_index("decade")
+    above = a[a.index >= eps_decade + 1]
+    below = a[a.index <= eps_decade - 1]
+    absolute = bool(a.loc[low, "abs_step_median"] > a.loc[high, "abs_step_median"])
+    rel_above = above["rel_step_median"].max() / above["rel_step_median"].min() if len(above) > 1 else math.nan
+    rel_below = (below["rel_step_median"].max() / above["rel_step_median"].median()
+                 if len(below) and len(above) else math.nan)
+    relative_grows = bool(rel_below > GROWS_BELOW_EPS)
+    verdict = "partly" if relative_grows and not absolute else "holds" if absolute and relative_grows else "fails"
+    return result | {"verdict": verdict, "agc_label": agc[0], "absolute_larger_for_small": absolute,
+                     "abs_low_over_high": a.loc[low, "abs_step_median"] / a.loc[high, "abs_step_median"],
+                     "rel_spread_above_eps": rel_above, "rel_below_over_above": rel_below,
+                     "relative_grows_below_eps": relative_grows,
+                     "others_rel_low_over_agc": {label: by.loc[(label, low), "rel_step_median"] / a.loc[low, "rel_step_median"]
+                                                 for label in labels if not label.startswith("agc")}}
+
+
+SECTIONS = {  # key: (number, title, assess)
+    "bounded_increments": (1, "Bounded increments", assess_increments),
+    "stability": (2, "Stability with high probability", assess_stability),
+    "convergence": (3, "Convergence of the averaged scaled gradient", assess_convergence),
+    "step_sizes": (4, "Step-size conditions", assess_step_sizes),
+    "limit_set": (5, "The limit set and the clipping bias", assess_limit_set),
+    "ode_tracking": (6, "ODE tracking", assess_ode_tracking),
+    "agc_small_weights": (7, "AGC and small weights", assess_agc_small_weights),
+}
+
+
+def assess_all(results: Path, scale: str) -> dict:
+    """Every prediction's verdict and numbers, JSON-ready (what results/verdicts.json holds)."""
+    return {"scale": scale, "predictions": {key: plain({"number": number, "title": title} | assess(results))
+                                            for key, (number, title, assess) in SECTIONS.items()}}
