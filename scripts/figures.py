@@ -4,7 +4,8 @@
     python scripts/figures.py plot all                                # results/*.csv -> paper_figures/
 
 ``collect`` reads the local run records (or, with ``--source wandb --entity E --project P``, an
-online W&B project) and writes the tidy table behind each figure into ``results/``. ``plot``
+online W&B project) and writes the tidy table behind each figure into ``results/``
+(gradclip.collect, which computes what the tables need: roots, ODE solutions, aggregations). ``plot``
 reads only those tables, so ``make figures`` rebuilds every figure without training. Each figure
 is written as PNG and PDF and says which algorithm and which granularity every curve is.
 """
@@ -19,16 +20,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
-from gradclip.analysis import (  # noqa: E402
-    MIN_RECORDS, agc_stability_limits, agc_unit_summary, convergence_summary, eval_paths, freeze_table,
-    increment_table, label_setting, ode_gap_summary, ode_seed_mean_gap, stability_table, total_schedule_sum, trajectories, with_labels)
-from gradclip.data import load_dataset  # noqa: E402
-from gradclip.meanfield import batch_clipped_root_location, clipped_root, least_squares, ode_path  # noqa: E402
-from gradclip.records import CONFIG_FILE, load_runs, load_units, load_wandb_runs  # noqa: E402
+from gradclip.analysis import MIN_RECORDS, label_setting  # noqa: E402
+from gradclip.collect import COLLECT, NOISE_LABEL, collect as collect_tables  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "legend.fontsize": 7, "figure.dpi": 150,
@@ -38,73 +33,7 @@ plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "legend.fontsize": 7, 
 # -- loading ----------------------------------------------------------------------------------------
 
 
-def load(args, experiment: str, keep_failed: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """An experiment's runs and metrics, local records or W&B. Only results enter a table:
-    completed and diverged runs (and failed ones where ``keep_failed``: the stability table
-    counts them). Interrupted, live and failed runs, and jobs that never had a config (bad
-    input, a corrupt record), are named here and left out."""
-    if args.source == "wandb":
-        runs, metrics = load_wandb_runs(args.entity, args.project, {"group": experiment})
-    else:
-        runs, metrics = load_runs(Path(args.runs) / experiment)
-    statuses = ["completed", "diverged"] + (["failed"] if keep_failed else [])
-    configured = runs["seed"].notna() if "seed" in runs else pd.Series(False, index=runs.index)
-    kept = runs["summary.status"].isin(statuses) & configured
-    for _, run in runs[~kept].iterrows():
-        print(f"figures: {experiment}: left out {run['run_id']} ({run['summary.status']}: {run['reason']})")
-    runs = runs[kept]
-    if runs.empty:
-        raise SystemExit(f"no finished runs of {experiment} in {args.source} records: run the sweep first")
-    return runs, metrics[metrics["run_id"].isin(runs["run_id"])]
-
-
-PROBLEMS = {"deep_tanh": "deep tanh MLP", "rnn_exploding": "RNN", "lstm": "LSTM", "mlp": "MLP",
-            "cnn1d": "CNN1D", "resnet": "1-D ResNet", "linear": "linear"}
-
-
-def problem(runs: pd.DataFrame) -> pd.Series:
-    """A readable name per run for the model: its preset's name (deep tanh MLP, exploding RNN,
-    LSTM) where it has one, else the model's."""
-    preset = runs["model.preset"] if "model.preset" in runs else pd.Series(None, index=runs.index, dtype=object)
-    names = preset.where(preset.notna(), runs["model.name"])
-    return names.map(lambda name: PROBLEMS.get(name, str(name).upper()))
-
-
-DATA_LABEL = {"mnist1d": "MNIST-1D"}
-NOISE_LABEL = {"gaussian": "gaussian noise", "lognormal": "skewed noise (lognormal)",
-               "student_t": "heavy-tailed noise (student-t, 3 d.o.f.)"}
-
-
 # -- stability (predictions 2 and 1) ------------------------------------------------------------------
-
-
-def collect_stability(args) -> None:
-    runs, metrics = load(args, "stability", keep_failed=True)
-    runs["model.name"] = problem(runs)
-    bounds = runs["divergence.max_norm"].unique()
-    if len(bounds) != 1:
-        raise SystemExit(f"stability runs use several bounds B = divergence.max_norm: {sorted(bounds)}")
-    bound = float(bounds[0])
-    results = Path(args.results)
-    table = stability_table(runs, bound)
-    first = runs.iloc[0]
-    table = table.assign(bound=bound, schedule=first["schedule.name"],
-                         power=first.get("schedule.power"), n0=first.get("schedule.n0"),
-                         failed_runs=int((runs["summary.status"] == "failed").sum()))
-    table.to_csv(results / "stability.csv", index=False)
-    agc_stability_limits(table).to_csv(results / "agc_stability.csv", index=False)
-    increment_table(runs).to_csv(results / "increments.csv", index=False)
-    # ||theta_n|| of the first seeds on one problem (the deep tanh MLP where present) at the a0
-    # where the methods' stable fractions differ most: what divergence looks like there.
-    model = "deep tanh MLP" if (table["model"] == "deep tanh MLP").any() else table["model"].iloc[0]
-    spread = table[table["model"] == model].groupby("a0")["stable_fraction"].agg(lambda f: f.max() - f.min())
-    a0 = float(spread[spread == spread.max()].index.max())
-    chosen = runs[(runs["model.name"] == model) & (runs["seed"] < 3)]
-    paths = trajectories(chosen, metrics, "train/param_norm", **{"schedule.a0": a0})
-    paths = paths.assign(a0=a0, model=model)
-    paths.drop(columns="run_id").to_csv(results / "stability_trajectories.csv", index=False)
-    print(f"stability: {len(runs)} runs -> {results}/stability.csv, agc_stability.csv, increments.csv, "
-          "stability_trajectories.csv")
 
 
 def schedule_label(table: pd.DataFrame) -> str:
@@ -249,30 +178,6 @@ def save(fig, stem: Path) -> None:
 # -- AGC and small weights (prediction 7) ----------------------------------------------------------
 
 
-def collect_agc_small_weights(args) -> None:
-    runs, _ = load(args, "agc_small_weights")
-    runs = with_labels(runs)
-    frames = []
-    for row in runs.itertuples():
-        units = load_units(row.run_id) if args.source == "local" else None
-        if units is None or units.empty:
-            raise SystemExit(f"{row.run_id} has no units.jsonl (per-unit records need the local files)")
-        units = units[units["param"].str.match(r"hidden\.\d+\.weight")].copy()  # rows AGC clips
-        units["method_label"] = row.method_label
-        units["seed"] = row.seed
-        frames.append(units)
-    units = pd.concat(frames, ignore_index=True)
-    units["abs_step"] = units["step_norm"] / units["lr"]  # ||Delta W_i|| / a(n)
-    units["rel_step"] = units["abs_step"] / units["weight_norm"]  # ||Delta W_i|| / (a(n) ||W_i||)
-    results = Path(args.results)
-    units.to_csv(results / "agc_units.csv", index=False)
-    agc_unit_summary(units).to_csv(results / "agc_units_by_decade.csv", index=False)
-    eps = runs.loc[runs["clip.method"] == "agc", "clip.eps"]
-    lam = runs.loc[runs["clip.method"] == "agc", "clip.clip_factor"]
-    pd.DataFrame({"clip_factor": lam.values[:1], "eps": eps.values[:1]}).to_csv(results / "agc_settings.csv", index=False)
-    print(f"agc_small_weights: {len(units)} unit records -> {results}/agc_units.csv, agc_units_by_decade.csv")
-
-
 def plot_agc_small_weights(args) -> None:
     results, figures = Path(args.results), Path(args.figures)
     units = pd.read_csv(results / "agc_units.csv")
@@ -309,21 +214,6 @@ def plot_agc_small_weights(args) -> None:
 
 
 # -- convergence (prediction 3; the network half of prediction 5) --------------------------------------
-
-
-def collect_convergence(args) -> None:
-    runs, metrics = load(args, "convergence")
-    runs["model"] = problem(runs)
-    info = runs[["run_id", "model", "schedule.a0"]].rename(columns={"schedule.a0": "a0"})
-    paths = eval_paths(runs, metrics).merge(info, on="run_id")
-    summary = convergence_summary(paths).merge(info, on="run_id")
-    first = runs.iloc[0]
-    summary = summary.assign(power=first["schedule.power"], n0=first["schedule.n0"],
-                             data=DATA_LABEL.get(first["data.name"], first["data.name"]))
-    results = Path(args.results)
-    paths.drop(columns="run_id").to_csv(results / "convergence.csv", index=False)
-    summary.drop(columns="run_id").to_csv(results / "convergence_summary.csv", index=False)
-    print(f"convergence: {len(runs)} runs -> {results}/convergence.csv, convergence_summary.csv")
 
 
 CONVERGENCE_PANELS = {"H_norm": "||H(θ_n)|| = ||mean_i ∇ℓ_i / c_i||", "mean_grad_norm": "||mean_i ∇ℓ_i|| (unclipped)",
@@ -364,42 +254,6 @@ def plot_convergence(args) -> None:
 
 
 # -- step sizes (prediction 4) ---------------------------------------------------------------------------
-
-
-def step_size_problem(runs: pd.DataFrame) -> pd.Series:
-    """'MLP on MNIST-1D' or 'regression, student_t noise': the problem a step-size run is on."""
-    return pd.Series([f"{m.upper()} on MNIST-1D" if d == "mnist1d" else
-                      f"regression, {NOISE_LABEL.get(n, n)}" if d == "linreg" else f"{m} on {d}"
-                      for m, d, n in zip(runs["model.name"], runs["data.name"],
-                                         runs.get("data.noise.dist", pd.Series("", index=runs.index)))],
-                     index=runs.index)
-
-
-def collect_step_sizes(args) -> None:
-    runs, metrics = load(args, "step_sizes")
-    runs["problem"] = step_size_problem(runs)
-    info = runs[["run_id", "problem", "schedule.power", "schedule.a0"]].rename(
-        columns={"schedule.power": "power", "schedule.a0": "a0"})
-    paths = eval_paths(runs, metrics, names=("H_norm", "train_loss")).merge(info, on="run_id")
-    freeze = freeze_table(runs, metrics)
-    summary = convergence_summary(paths).merge(info, on="run_id").merge(freeze, on="run_id")
-    by_id = runs.set_index("run_id").loc[summary["run_id"]]
-    summary["sum_lr"] = by_id["summary.sum_lr"].to_numpy()
-    summary["tau"] = by_id["clip.threshold"].to_numpy()
-    # How far theta can still move after the last step: tau sum_{n >= steps} a(n) (finite for p > 1).
-    summary["remaining_radius"] = [row["clip.threshold"] * total_schedule_sum(row, start=int(row["steps"]))
-                                   for _, row in by_id.iterrows()]
-    # The noise a constant step leaves behind comes from the per-example gradients: their mean norm
-    # in the first and the last logged batch.
-    noise = trajectories(runs, metrics, "train/sample_grad_norm_mean").sort_values("step").groupby("run_id")["value"]
-    summary["sample_grad_initial"] = noise.first().loc[summary["run_id"]].to_numpy()
-    summary["sample_grad_final"] = noise.last().loc[summary["run_id"]].to_numpy()
-    distance = trajectories(runs, metrics, "train/dist_from_init").merge(info, on="run_id")
-    results = Path(args.results)
-    paths.drop(columns="run_id").to_csv(results / "step_sizes_paths.csv", index=False)
-    distance.drop(columns=["run_id", "metric"]).to_csv(results / "step_sizes_distance.csv", index=False)
-    summary.drop(columns="run_id").to_csv(results / "step_sizes.csv", index=False)
-    print(f"step_sizes: {len(runs)} runs -> {results}/step_sizes.csv, step_sizes_paths.csv, step_sizes_distance.csv")
 
 
 def power_colors(powers) -> dict[float, tuple]:
@@ -465,68 +319,6 @@ def plot_step_sizes(args) -> None:
 # -- the limit set (prediction 5) ----------------------------------------------------------------------
 
 
-def theta_path(metrics: pd.DataFrame, run_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A run's logged theta (log_theta=true): the steps n, the ODE times t(n) = sum_{k<n} a(k)
-    logged with them, and theta_n as rows (components in the flat parameter order)."""
-    rows = metrics[metrics["run_id"] == run_id]
-    wide = rows[rows["metric"].str.startswith("train/theta_") | (rows["metric"] == "train/sum_lr")].pivot_table(
-        index="step", columns="metric", values="value").sort_index()
-    columns = sorted((c for c in wide.columns if c.startswith("train/theta_")), key=lambda c: int(c.rsplit("_", 1)[1]))
-    return wide.index.to_numpy(), wide["train/sum_lr"].to_numpy(), wide[columns].to_numpy()
-
-
-def design(run_dir: str) -> tuple[np.ndarray, np.ndarray]:
-    """The training inputs (with a column of ones for a model with a bias, in the order of the
-    flat parameter vector: weight, then bias) and targets of a run, regenerated from its config."""
-    config = OmegaConf.load(Path(run_dir) / CONFIG_FILE)
-    data = load_dataset(config.data)
-    x, y = data.x_train.double().numpy().reshape(data.num_train, -1), data.y_train.double().numpy().reshape(-1)
-    if config.model.bias:
-        x = np.column_stack([x, np.ones(len(y))])
-    return x, y
-
-
-# Monte Carlo batches behind batch clipping's fixed point on the location problem.
-BATCH_ROOT_DRAWS = 400_000
-
-
-def collect_limit_set(args) -> None:
-    if args.source == "wandb":
-        raise SystemExit("limit_set needs the training data of each run: collect it from local records")
-    runs, metrics = load(args, "limit_set")
-    rows, roots = [], {}
-    for _, run in runs[runs["summary.status"] == "completed"].iterrows():
-        x, y = design(run["run_id"])
-        tau, noise = float(run["clip.threshold"]), run["data.noise.dist"]
-        problem_name = {"linreg": "regression"}.get(run["data.name"], run["data.name"])
-        key = (problem_name, noise, tau, run["data.seed"])
-        if key not in roots:
-            roots[key] = (clipped_root(x, y, tau), least_squares(x, y))
-        root, mean = roots[key]
-        theta = theta_path(metrics, run["run_id"])[2][-1]
-        row = {"problem": problem_name, "noise": noise, "tau": tau, "granularity": run["clip.granularity"],
-               "seed": run["seed"], "batch_size": run["batch_size"], "steps": run["steps"],
-               "a0": run["schedule.a0"], "power": run["schedule.power"], "n0": run["schedule.n0"],
-               "dist_to_root": float(np.linalg.norm(theta - root)), "dist_to_mean": float(np.linalg.norm(theta - mean)),
-               "root_to_mean": float(np.linalg.norm(root - mean)),
-               "H_final": run["summary.final.eval/H_norm"], "mean_grad_final": run["summary.final.eval/mean_grad_norm"],
-               "theta": " ".join(f"{v:.6g}" for v in theta), "root": " ".join(f"{v:.6g}" for v in root),
-               "mean": " ".join(f"{v:.6g}" for v in mean)}
-        if problem_name == "location" and run["clip.granularity"] == "batch":
-            batch_key = (*key, int(run["batch_size"]))
-            if batch_key not in roots:
-                roots[batch_key] = batch_clipped_root_location(y, tau, int(run["batch_size"]), BATCH_ROOT_DRAWS)
-            batch_root, error = roots[batch_key]
-            row |= {"batch_root": batch_root, "batch_root_error": error, "batch_root_draws": BATCH_ROOT_DRAWS,
-                    "dist_to_batch_root": float(abs(theta[0] - batch_root)),
-                    "batch_root_to_root": float(abs(batch_root - root[0]))}
-        rows.append(row)
-    table = pd.DataFrame(rows).sort_values(["problem", "noise", "granularity", "tau", "seed"])
-    results = Path(args.results)
-    table.to_csv(results / "limit_set.csv", index=False)
-    print(f"limit_set: {len(table)} runs -> {results}/limit_set.csv")
-
-
 LIMIT_FLOOR = 1e-4  # the bottom of the axes: smaller distances (a root equal to the mean) are cut off
 
 
@@ -583,52 +375,6 @@ def plot_limit_set(args) -> None:
 # -- ODE tracking (prediction 6) ---------------------------------------------------------------------------
 
 
-def collect_ode_tracking(args) -> None:
-    if args.source == "wandb":
-        raise SystemExit("ode_tracking needs the training data of each run: collect it from local records")
-    runs, metrics = load(args, "ode_tracking")
-    runs = runs[runs["summary.status"] == "completed"]
-    problems = runs[["data.seed", "clip.threshold", "model.bias"]].drop_duplicates()
-    if len(problems) != 1 or len({tuple(t) for t in runs["summary.initial_theta"]}) != 1:
-        raise SystemExit("ode_tracking compares every run with one ODE: its runs must share data, tau and theta_0")
-    first = runs.iloc[0]
-    theta0 = np.asarray(first["summary.initial_theta"], dtype=float)
-    # Components by name, in the flat parameter order: head.weight, then head.bias.
-    names = [f"w{i + 1}" for i in range(len(theta0) - bool(first["model.bias"]))] + (["b"] if first["model.bias"] else [])
-    x, y = design(first["run_id"])
-    tau = float(first["clip.threshold"])
-    horizon = float(runs["summary.sum_lr"].min())  # every run reaches this ODE time
-    grid = np.linspace(0.0, horizon, 601)
-    logged = []
-    for _, run in runs.iterrows():
-        logged_steps, logged_t, logged_theta = theta_path(metrics, run["run_id"])
-        # t(n) = sum_{k<n} a(k) is logged with theta_n; theta_0 sits at t = 0.
-        t = np.concatenate([[0.0], logged_t])
-        steps = np.concatenate([[0], logged_steps])
-        iterates = np.vstack([theta0, logged_theta])
-        keep = t <= horizon * (1 + 1e-9)
-        logged.append((run, t[keep], steps[keep], iterates[keep]))
-    # One integration, read at the plotting grid and at every run's own times (not interpolated).
-    ode = ode_path(x, y, tau, theta0, np.concatenate([grid, *(t for _, t, _, _ in logged)]))
-    solution, ode = ode[:len(grid)], np.split(ode[len(grid):], np.cumsum([len(t) for _, t, _, _ in logged])[:-1])
-    frames = []
-    for (run, t, steps, iterates), at_t in zip(logged, ode):
-        frame = pd.DataFrame(iterates, columns=[f"theta_{n}" for n in names])
-        frame = frame.join(pd.DataFrame(at_t, columns=[f"ode_{n}" for n in names]))
-        frames.append(frame.assign(run_id=run["run_id"], a0=run["schedule.a0"], seed=run["seed"], step=steps, t=t,
-                                   gap=np.linalg.norm(iterates - at_t, axis=1)))
-    paths = pd.concat(frames, ignore_index=True)
-    gaps = ode_gap_summary(paths)
-    results = Path(args.results)
-    paths.drop(columns="run_id").to_csv(results / "ode_paths.csv", index=False, float_format="%.7g")
-    gaps.drop(columns="run_id").to_csv(results / "ode_gaps.csv", index=False)
-    ode_seed_mean_gap(paths).to_csv(results / "ode_seed_mean_gaps.csv", index=False)
-    pd.DataFrame(solution, columns=[f"ode_{n}" for n in names]).assign(t=grid, tau=tau).to_csv(
-        results / "ode_solution.csv", index=False, float_format="%.7g")
-    print(f"ode_tracking: {len(runs)} runs -> {results}/ode_paths.csv, ode_gaps.csv, ode_seed_mean_gaps.csv, "
-          "ode_solution.csv")
-
-
 COMPONENT_LABEL = {"b": "intercept b (head.bias)"}
 
 
@@ -675,9 +421,6 @@ def plot_ode_tracking(args) -> None:
     save(fig, figures / "ode_tracking")
 
 
-COLLECT = {"stability": collect_stability, "agc_small_weights": collect_agc_small_weights,
-           "convergence": collect_convergence, "step_sizes": collect_step_sizes, "limit_set": collect_limit_set,
-           "ode_tracking": collect_ode_tracking}
 PLOT = {"stability": [plot_stability, plot_increments], "agc_small_weights": [plot_agc_small_weights],
         "convergence": [plot_convergence], "step_sizes": [plot_step_sizes], "limit_set": [plot_limit_set],
         "ode_tracking": [plot_ode_tracking]}
@@ -702,7 +445,7 @@ def main() -> None:
     names = list(COLLECT if args.command == "collect" else PLOT) if "all" in args.experiment else args.experiment
     for name in names:
         if args.command == "collect":
-            COLLECT[name](args)
+            collect_tables(name, args)
         else:
             for plot_one in PLOT[name]:
                 plot_one(args)

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from gradclip.verdicts import IMPLIED, NOT_MEASURED, SECTIONS, assess_all
+from gradclip.verdicts import IMPLIED, NOT_MEASURED, assess_all
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,23 +1,18 @@
-"""The collect step of scripts/figures.py on small hand-built records whose answers are known:
+"""The collect step (gradclip.collect) on small hand-built records whose answers are known:
 the limit-set distances, and the ODE tables' time alignment (theta_n sits at t(n) = sum_{k<n} a(k))."""
 
-import importlib.util
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from gradclip.collect import Source, collect, design
 from gradclip.data import load_dataset
 from gradclip.meanfield import ode_path
 from gradclip.records import RunRecorder
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("figures", ROOT / "scripts" / "figures.py")
-figures = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(figures)
 
 
 def write_record(run_dir: Path, config: dict, thetas: list, sum_lr: list, summary: dict) -> None:
@@ -49,7 +44,7 @@ def test_limit_set_distances_are_those_of_the_logged_theta(make_cfg, tmp_path):
     for seed, theta in [(1, root), (2, mean)]:
         write_record(tmp_path / "limit_set" / f"seed={seed}", config | {"seed": seed}, [[theta]], [1.0],
                      {"final": final})
-    figures.collect_limit_set(SimpleNamespace(source="local", runs=str(tmp_path), results=str(tmp_path)))
+    collect("limit_set", Source(runs=tmp_path, results=tmp_path))
     table = pd.read_csv(tmp_path / "limit_set.csv").set_index("seed")
     at_root, at_mean = table.loc[1], table.loc[2]
     assert at_root["dist_to_root"] == pytest.approx(0, abs=1e-6)
@@ -65,14 +60,14 @@ def test_ode_tables_compare_theta_n_with_the_ode_at_t_n(make_cfg, tmp_path):
     config = OmegaConf.to_container(make_cfg("+experiment=ode_tracking", "schedule.a0=0.1", tiny=False), resolve=True)
     root = tmp_path / "ode_tracking"
     write_record(root / "probe", config, [[0.0, 0.0, 0.0]], [0.1], {"initial_theta": [0.0, 0.0, 0.0]})
-    x, y = figures.design(root / "probe")
+    x, y = design(root / "probe")
     theta0, a, steps = np.zeros(3), 0.1, 40
     t = a * np.arange(1, steps + 2)  # t(n) = sum_{k<n} a(k) = n a, for n = 1 .. steps + 1
     exact = ode_path(x, y, 1.0, theta0, t)
     summary = {"initial_theta": theta0.tolist(), "sum_lr": float(t[steps - 1])}
     write_record(root / "probe", config | {"seed": 0}, exact[:steps], t[:steps], summary)
     write_record(root / "shifted", config | {"seed": 1}, exact[1:], t[:steps], summary)
-    figures.collect_ode_tracking(SimpleNamespace(source="local", runs=str(tmp_path), results=str(tmp_path)))
+    collect("ode_tracking", Source(runs=tmp_path, results=tmp_path))
     paths = pd.read_csv(tmp_path / "ode_paths.csv")
     aligned, shifted = paths[paths.seed == 0], paths[paths.seed == 1]
     assert list(aligned.step) == list(range(steps + 1)) and aligned.t.iloc[0] == 0  # theta_0 at t = 0

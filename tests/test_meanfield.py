@@ -106,19 +106,15 @@ def test_mean_field_matches_the_runners_per_sample_clipping():
     np.testing.assert_allclose(mean[0].reshape(-1).numpy(), clipped_mean_field(theta, x, y, 0.8), rtol=1e-12)
 
 
-def test_figures_design_matches_the_runners_parameter_order(make_cfg, tmp_path):
-    """The limit-set and ODE tables rebuild each run's data with figures.design (weight columns,
+def test_collect_design_matches_the_runners_parameter_order(make_cfg, tmp_path):
+    """The limit-set and ODE tables rebuild each run's data with gradclip.collect.design (weight columns,
     then a column of ones for the bias): H from it at the logged theta equals the runner's own
     full-data eval/H_norm at the same step."""
-    import importlib.util
     import json
-    from pathlib import Path
 
+    from gradclip.collect import design
     from gradclip.runner import train
 
-    spec = importlib.util.spec_from_file_location("figures", Path(__file__).resolve().parents[1] / "scripts" / "figures.py")
-    figures = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(figures)
     cfg = make_cfg("model=linear", "model.bias=true", "data=linreg", "data.dim=2", "data.bias=2.0",
                    "data.noise.dist=lognormal", "clip=norm", "clip.granularity=sample", "clip.eps=0",
                    "clip.threshold=0.5", "schedule=constant", "schedule.a0=0.5", "steps=200", "log_theta=true",
@@ -129,7 +125,7 @@ def test_figures_design_matches_the_runners_parameter_order(make_cfg, tmp_path):
         if row["step"] == 200:  # the train/ and the eval/ row of the last step
             last |= row
     theta = np.array([last[f"train/theta_{i}"] for i in range(3)])
-    x, y = figures.design(tmp_path)
+    x, y = design(tmp_path)
     assert x.shape == (1000, 3) and (x[:, 2] == 1).all()
     h = np.linalg.norm(clipped_mean_field(theta, x, y, 0.5))
     assert h == pytest.approx(last["eval/H_norm"], rel=1e-4)
