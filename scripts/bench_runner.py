@@ -16,7 +16,11 @@ All on the default MLP (40-100-100-10) on MNIST-1D, batch 64, norm clipping (tau
    model-steps/s, against the same runs trained by the population engine alone in one process
    (composed configs, grouped, train_population, no W&B); target: at least half. At 2 threads
    also the same sweep with ``hydra.launcher.workers=2`` (two 1-thread worker processes, what
-   ``make reproduce`` does on 2 cores) against the same engine.
+   ``make reproduce`` does on 2 cores) against the same engine;
+6. one full-data evaluation (||H||, ||mean grad||, scaled loss, losses and accuracies over the
+   4,000 MNIST-1D training examples) of 6 members, per-sample norm clipping: the whole population
+   from ghost norms (what the loop uses) against one member at a time from vmap(grad), on the MLP
+   and the 1-D CNN.
 
 Timings cover the training loop only (start-up and evaluation excluded). Single runs and the plain
 loop alternate and the median of the per-pair ratios is reported, since this machine's speed
@@ -163,6 +167,33 @@ def stability_end_to_end(workdir: Path, threads: int, device: str) -> tuple[floa
     return end_to_end, steps / (time.perf_counter() - start)
 
 
+def evaluation_seconds(model: str, members: int, device: str) -> tuple[float, float]:
+    """Seconds of one full-data evaluation of ``members`` members: one member at a time from
+    vmap(grad) (gradclip.evaluation.evaluate), and the population at once from ghost norms."""
+    from gradclip.clipping import Clipper, make_clipper
+    from gradclip.evaluation import PopulationEvaluation, evaluate
+    from gradclip.population import Population
+
+    cfg = compose_run(f"model={model}", "clip.granularity=sample", f"device={device}")
+    data = load_dataset(cfg.data).to(device)
+    models = []
+    for seed in range(members):
+        torch.manual_seed(seed)
+        models.append(build_model(cfg.model, data.input_shape, data.num_outputs).to(device))
+    names = [name for name, _ in models[0].named_parameters()]
+    clippers = [make_clipper(cfg.clip, names) for _ in models]
+    loss_fn = per_example_loss(data.task)
+    start = time.perf_counter()
+    for m, clipper in zip(models, clippers):
+        evaluate(m, PerSampleGradients(m, loss_fn), clipper, data, loss_fn, cfg.eval_chunk)
+    one_at_a_time = time.perf_counter() - start
+    population = Population(models, loss_fn, Clipper.stacked(clippers).to(device), "sample")
+    together = PopulationEvaluation(population, loss_fn, cfg.eval_chunk)
+    start = time.perf_counter()
+    together(data)
+    return one_at_a_time, time.perf_counter() - start
+
+
 def peak_memory_gb(members: int, steps: int, threads: int, device: str) -> float:
     """Peak resident memory (CPU) or peak allocated GPU memory of a population of deep tanh MLPs
     with per-sample norm clipping, in a process of its own."""
@@ -235,6 +266,10 @@ def main() -> None:
                 side_by_side = sweep_end_to_end(workdir, 1, args.device, workers=threads)
                 print(f"5. the same sweep in {threads} 1-thread worker processes: {side_by_side:7.0f} model-steps/s "
                       f"end to end: {side_by_side / raw:.2f} of the {threads}-thread engine alone")
+            for model in ("mlp", "cnn1d"):
+                vmapped, ghosted = evaluation_seconds(model, 6, args.device)
+                print(f"6. full-data evaluation of 6 {model} members: {vmapped:.2f} s one at a time (vmap(grad)), "
+                      f"{ghosted:.2f} s together (ghost norms): {vmapped / ghosted:.1f}x")
 
 
 if __name__ == "__main__":

@@ -192,7 +192,7 @@ def test_a_failed_run_is_recorded(make_cfg, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr("gradclip.runner.evaluate", boom)
+    monkeypatch.setattr("gradclip.runner.PopulationEvaluation.__call__", boom)  # the full-data evaluation
     with pytest.raises(RuntimeError):
         train(make_cfg(), tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())

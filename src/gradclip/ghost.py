@@ -182,6 +182,20 @@ class GhostClipping:
         self._hooks = [m.register_forward_hook(self._tap(k)) for k, m in enumerate(self.modules)]
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], ClipStats, Tensor]:
+        pieces, losses = self._pieces_of(x, y)
+        with torch.no_grad():
+            return self._clip(pieces, losses)
+
+    def with_unclipped(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], ClipStats, Tensor, list[Tensor]]:
+        """As calling it, and also each member's unclipped SUM of per-example gradients
+        sum_i G_i ([M, *shape] per parameter): what a full-data evaluation needs beside H."""
+        pieces, losses = self._pieces_of(x, y)
+        with torch.no_grad():
+            return *self._clip(pieces, losses), [p.weighted_sum(None) for p in pieces]
+
+    def _pieces_of(self, x: Tensor, y: Tensor) -> tuple[list[_Piece], Tensor]:
+        """One forward and one backward pass: every parameter's activations and output
+        gradients, and the per-example losses [M, B]."""
         deltas, calls_of = self._zeros_for(x)
         members = self.members
         # Gradients of the SUMMED loss: example i's output gradient is that of its own loss.
@@ -195,7 +209,7 @@ class GhostClipping:
             losses = members.losses(out, y)
             grads = torch.autograd.grad(losses.sum(), deltas)
         with torch.no_grad():  # the activations are part of the forward graph: record nothing more
-            return self._clip(self._pieces(calls_of, acts, grads), losses.detach())
+            return self._pieces(calls_of, acts, grads), losses.detach()
 
     def _pieces(self, calls_of: list[list[int]], acts, grads) -> list[_Piece]:
         """Each parameter's activations and output gradients, over all calls of its layer

@@ -41,7 +41,8 @@ from gradclip.checks import ConfigError
 from gradclip.clipping import Clipper, make_clipper, unit_norms
 from gradclip.config import population_key, resolve_config, resolve_device, validate_config
 from gradclip.data import load_dataset
-from gradclip.evaluation import evaluate
+from gradclip.evaluation import PopulationEvaluation, evaluate
+from gradclip.ghost import ghost_unsupported_reason
 from gradclip.gradients import PerSampleGradients, per_example_loss
 from gradclip.models import build_model, per_sample_unsupported_reason
 from gradclip.population import Population
@@ -310,8 +311,19 @@ def _loop(cfg: DictConfig, population: Population, members: list[Member], data, 
     unit_log_every, log_theta = int(cfg.unit_log_every), bool(cfg.log_theta)
     max_norm = float(cfg.divergence.max_norm)
     eval_seconds = 0.0
-    eval_model = population.model if size == 1 else scratch
-    eval_per_sample = PerSampleGradients(eval_model, loss_fn) if eval_at else None
+    # Full-data rows: every member at once from ghost norms where they cover the model and the
+    # method (gradclip.evaluation.PopulationEvaluation), else one member at a time from
+    # vmap(grad); the summary names which (evaluation_gradients).
+    population_eval = eval_per_sample = None
+    if eval_at:
+        reason = ghost_unsupported_reason(population.model, population.clipper) if cfg.per_sample == "auto" \
+            else "per_sample=vmap"
+        if reason is None:
+            population_eval = PopulationEvaluation(population, loss_fn, cfg.eval_chunk)
+        else:
+            eval_per_sample = PerSampleGradients(population.model if size == 1 else scratch, loss_fn)
+        for member in members:
+            member.summary["evaluation_gradients"] = "ghost" if reason is None else f"vmap: {reason}"
 
     def eval_rows(step: int) -> float:
         """Log a full-data row for each active member if ``step`` is due one; return the seconds
@@ -319,10 +331,14 @@ def _loop(cfg: DictConfig, population: Population, members: list[Member], data, 
         if step not in eval_at:
             return 0.0
         start = time.perf_counter()
+        together = population_eval(data) if population_eval else None
         for k, member in enumerate(members):
             if member.active:
-                model = population.member_model(k, scratch)
-                metrics = evaluate(model, eval_per_sample, member.clipper, data, loss_fn, cfg.eval_chunk)
+                if together:
+                    metrics = together[k]
+                else:
+                    model = population.member_model(k, scratch)
+                    metrics = evaluate(model, eval_per_sample, member.clipper, data, loss_fn, cfg.eval_chunk)
                 row = {"step": step} | {f"eval/{key}": value for key, value in metrics.items()}
                 try:
                     member.recorder.log(row)
