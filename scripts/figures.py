@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from gradclip.analysis import MIN_RECORDS, label_setting  # noqa: E402
@@ -221,35 +222,50 @@ CONVERGENCE_PANELS = {"H_norm": "||H(θ_n)|| = ||mean_i ∇ℓ_i / c_i||", "mean
 
 
 def plot_convergence(args) -> None:
+    """One row per (model, method): the four full-data metrics against n on log-log axes, one
+    thin line per seed, coloured by a0 (norm clipping) or by a0·λ (AGC, whose bound scales with
+    λ and whose steps with a0), so that a grid of settings stays readable."""
     results, figures = Path(args.results), Path(args.figures)
     paths = pd.read_csv(results / "convergence.csv")
     summary = pd.read_csv(results / "convergence_summary.csv")
-    models = sorted(paths["model"].unique())
-    a0s = sorted(paths["a0"].unique())
-    labels = sorted(paths["method_label"].unique())
-    colors = {label: ("#2171b5" if label.startswith("norm") else "#238b45") for label in labels}
-    widths = {a0: 0.6 + 0.8 * k for k, a0 in enumerate(a0s)}
-    fig, axes = plt.subplots(len(models), 4, figsize=(10, 2.4 * len(models) + 0.9), constrained_layout=True,
-                             squeeze=False)
-    for row, model in zip(axes, models):
-        for ax, (metric, ylabel) in zip(row, CONVERGENCE_PANELS.items()):
-            chosen = paths[(paths["model"] == model) & (paths["metric"] == metric) & (paths["step"] > 0)]
+    paths = paths[paths["step"] > 0]
+    paths["family"] = paths["method_label"].str.split().str[0]
+    paths["setting"] = paths.apply(lambda r: label_setting(r["method_label"])[1], axis=1)
+    paths["product"] = paths["a0"] * np.where(paths["family"] == "agc", paths["setting"], 1.0)
+    rows = sorted(paths.groupby(["model", "family"]).groups)
+    fig, axes = plt.subplots(len(rows), 4, figsize=(11, 2.5 * len(rows) + 0.8), constrained_layout=True, squeeze=False)
+    for axes_row, (model, family) in zip(axes, rows):
+        mine = paths[(paths["model"] == model) & (paths["family"] == family)]
+        products = sorted(mine["product"].unique())
+        cmap = plt.get_cmap("viridis" if family == "agc" else "Blues")
+        shade = {v: cmap(0.15 + 0.75 * k / max(len(products) - 1, 1)) if family == "agc" else
+                 cmap(0.45 + 0.5 * k / max(len(products) - 1, 1)) for k, v in enumerate(products)}
+        for ax, (metric, ylabel) in zip(axes_row, CONVERGENCE_PANELS.items()):
+            chosen = mine[mine["metric"] == metric]
             for (label, a0, seed), line in chosen.groupby(["method_label", "a0", "seed"], sort=True):
-                ax.plot(line["step"], line["value"], color=colors[label], linewidth=widths[a0],
-                        linestyle="-" if a0 == a0s[-1] else "--", alpha=0.8,
-                        label=f"{label}, a0={a0:g}" if seed == chosen["seed"].min() else None)
+                product = line["product"].iloc[0]
+                name = (f"λ={label_setting(label)[1]:g}, a0={a0:g} (a0·λ={product:g})" if family == "agc"
+                        else f"{label}, a0={a0:g}")
+                ax.plot(line["step"], line["value"], color=shade[product], linewidth=0.8, alpha=0.7,
+                        label=name if seed == chosen["seed"].min() else None)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("step n")
             ax.set_ylabel(ylabel)
-        row[0].set_title(f"{model}")
-    handles, names = axes[0][0].get_legend_handles_labels()
+        labels = sorted(mine["method_label"].unique())
+        seeds = mine.groupby(["method_label", "a0"])["seed"].nunique()
+        settings = ", ".join(f"{v:g}" for v in sorted(mine["setting"].unique()))
+        what = labels[0] if len(labels) == 1 else f"{family} over {'λ' if family == 'agc' else 'τ'} ∈ {{{settings}}} and a0"
+        count = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
+        axes_row[0].set_title(f"{model}: {what}, {count} seeds", loc="left")
+        handles, names = axes_row[0].get_legend_handles_labels()
+        order = sorted(range(len(names)), key=lambda i: names[i])
+        axes_row[-1].legend([handles[i] for i in order], [names[i] for i in order], fontsize=6, frameon=False,
+                            loc="upper left", bbox_to_anchor=(1.0, 1.0))
     first = summary.iloc[0]
-    fig.legend(handles, names, loc="outside lower center", ncol=4, frameon=False,
-               title=f"per-sample clipping (granularity: sample); one line per seed; "
-                     f"a(n) = a0 / (n + {first['n0']:g})^{first['power']:g}")
     fig.suptitle(f"Convergence of the averaged scaled gradient on {first['data']} (prediction 3): full training set, "
-                 "per-example gradients; c_i of the run's method (AGC: ||g_i|| / ||clipped g_i||)")
+                 "per-example gradients; c_i of the run's method (AGC: ||g_i|| / ||clipped g_i||)\n"
+                 f"per-sample clipping; one line per seed; a(n) = a0 / (n + {first['n0']:g})^{first['power']:g}")
     save(fig, figures / "convergence")
 
 
