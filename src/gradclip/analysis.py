@@ -14,6 +14,8 @@ import pandas as pd
 from scipy.special import zeta
 from scipy.stats import binomtest
 
+from gradclip.labels import AGC_DEFAULT_EXCLUDE, agc_exemption
+
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (scipy's); (nan, nan) for no trials."""
@@ -33,11 +35,8 @@ def method_label(row: pd.Series) -> str:
     symbol, key = {"norm": ("τ", "clip.threshold"), "value": ("v", "clip.threshold"),
                    "agc": ("λ", "clip.clip_factor")}[method]
     where = row["clip.granularity"]
-    if method == "agc":
-        exclude = list(row.get("clip.exclude", ["head.*"]))
-        if exclude != ["head.*"]:
-            where += ", head clipped" if not exclude else f", exempt {' '.join(exclude)}"
-    return f"{method} {symbol}={row[key]:g} ({where})"
+    exemption = agc_exemption(row.get("clip.exclude", AGC_DEFAULT_EXCLUDE)) if method == "agc" else None
+    return f"{method} {symbol}={row[key]:g} ({where}{', ' + exemption if exemption else ''})"
 
 
 def label_setting(label: str) -> tuple[str, float]:

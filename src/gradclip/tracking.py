@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from urllib.request import getproxies
 
 from gradclip.checks import require_choice, require_known_keys
+from gradclip.labels import AGC_DEFAULT_EXCLUDE, agc_exemption
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +169,16 @@ def model_label(cfg: Mapping) -> str:
 
 def run_name(cfg: Mapping) -> str:
     """A name a dashboard sorts by: method+setting-granularity-model-data-schedule-a0-seed (the
-    model by its preset where it has one: deep_tanh, not mlp), with
+    model by its preset where it has one: deep_tanh, not mlp; AGC's exemption where it is not the
+    default head: agclam0.1_headclipped), with
     the noise of synthetic data (location_lognormal) and the exponent of a Robbins-Monro
     schedule (robbins_monro0.75), so that the runs of one sweep never share a name."""
     clip, data, schedule = cfg["clip"], cfg["data"], cfg["schedule"]
     setting = {"norm": f"tau{clip.get('threshold')}", "agc": f"lam{clip.get('clip_factor')}",
                "value": f"v{clip.get('threshold')}"}.get(clip["method"], "")
+    exemption = agc_exemption(clip.get("exclude", AGC_DEFAULT_EXCLUDE)) if clip["method"] == "agc" else None
+    if exemption:  # AGC with the head clipped is another method than timm's default: its own name
+        setting += "_" + exemption.replace(" ", "").replace("*", "")
     noise = f"_{data['noise']['dist']}" if "noise" in data else ""
     power = f"{schedule['power']}" if schedule["name"] == "robbins_monro" else ""
     parts = [clip["method"] + setting, clip["granularity"], model_label(cfg), data["name"] + noise,
@@ -191,6 +196,7 @@ def run_tags(cfg: Mapping) -> list[str]:
         tags.append(f"threshold:{clip['threshold']}")
     if clip["method"] == "agc":
         tags.append(f"clip_factor:{clip['clip_factor']}")
+        tags.append(f"exemption:{agc_exemption(clip.get('exclude', AGC_DEFAULT_EXCLUDE)) or 'head'}")
     if "noise" in data:
         tags.append(f"noise:{data['noise']['dist']}")
     if schedule["name"] == "robbins_monro":
