@@ -1,6 +1,6 @@
 """Figures from run records, in two stages:
 
-    python scripts/figures.py collect stability --runs runs/default   # records -> results/*.csv
+    python scripts/figures.py collect stability --runs runs/full      # records -> results/*.csv
     python scripts/figures.py plot all                                # results/*.csv -> paper_figures/
 
 ``collect`` reads the local run records (or, with ``--source wandb --entity E --project P``, an
@@ -88,7 +88,7 @@ def plot_stability(args) -> None:
     results, figures = Path(args.results), Path(args.figures)
     table = pd.read_csv(results / "stability.csv")
     paths = pd.read_csv(results / "stability_trajectories.csv")
-    order = ["deep tanh MLP", "RNN", "MLP", "LSTM", "1-D ResNet"]
+    order = ["deep tanh MLP", "exploding RNN", "MLP", "LSTM", "1-D ResNet"]
     models = sorted(set(table["model"]), key=lambda m: order.index(m) if m in order else len(order))
     styles = palette(sorted(set(table["method_label"])))
     columns = 2
@@ -447,7 +447,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     collect = sub.add_parser("collect", help="run records -> results/*.csv")
     collect.add_argument("experiment", nargs="+", choices=[*COLLECT, "all"])
-    collect.add_argument("--runs", default=str(ROOT / "runs" / "default"), help="output_root of the sweeps")
+    collect.add_argument("--runs", default=str(ROOT / "runs" / "full"),
+                         help="output_root of the sweeps (runs/full made the committed results/)")
     collect.add_argument("--source", choices=["local", "wandb"], default="local")
     collect.add_argument("--entity")
     collect.add_argument("--project", default="gradclip")

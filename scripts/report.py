@@ -19,13 +19,13 @@ from gradclip.verdicts import IMPLIED, NOT_MEASURED, assess_all
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fmt(x) -> str:
+def fmt(x, digits: int = 4) -> str:
     """A number as the report prints it; None (no value) as '–', 'inf' as '∞'."""
     if x is None:
         return "–"
     if isinstance(x, str):
         return {"inf": "∞", "-inf": "−∞"}.get(x, x)
-    return f"{x:.4g}"
+    return f"{x:.{digits}g}"
 
 
 def span(values) -> str:
@@ -48,16 +48,16 @@ def render_increments(a: dict) -> list[str]:
         return [f"**Verdict: {a['verdict']}.** The sweep has no clipped runs."]
     lines = [f"**Verdict: {a['verdict']}.** Over {a['runs']} clipped runs of the stability sweep (every problem and "
              f"a0; steps that diverged are left out), the largest ratio of the clipped gradient to its bound is "
-             f"{a['worst_update_ratio']:.7g} (norm clipping: max ‖clipped g‖ / τ; AGC: max over the units it clips of "
+             f"{fmt(a['worst_update_ratio'], 7)} (norm clipping: max ‖clipped g‖ / τ; AGC: max over the units it clips of "
              "‖G_i‖ / (λ max(‖W_i‖, ε))): "
              + (f"≤ 1 up to float32 rounding ({a['tolerance']:g})." if a["verdict"] == "holds" else "above 1."), "",
              "| method (granularity) | runs | worst clipped-gradient ratio | worst realised step ratio |",
              "|---|---|---|---|"]
     for row in a["methods"]:
-        lines.append(f"| {row['method_label']} | {row['runs']} | {row['worst_update_ratio']:.7g} | "
-                     f"{row['worst_step_ratio']:.7g} |")
+        lines.append(f"| {row['method_label']} | {row['runs']} | {fmt(row['worst_update_ratio'], 7)} | "
+                     f"{fmt(row['worst_step_ratio'], 7)} |")
     lines += ["", f"The realised step ‖θ(n+1) − θ(n)‖ / a(n), computed from the float32 weights, reaches "
-              f"{a['worst_step_ratio']:.7g} of the bound. It differs from the clipped gradient only by the rounding of "
+              f"{fmt(a['worst_step_ratio'], 7)} of the bound. It differs from the clipped gradient only by the rounding of "
               "θ − a(n)ĝ, about ulp(θ)/a(n) relative to the step, which grows as a(n) shrinks "
               "(`paper_figures/increments.png`). Per-sample clipping stays below the bound: a mean of "
               "clipped examples that point different ways is shorter than each of them."]
@@ -99,7 +99,8 @@ def render_stability(a: dict) -> list[str]:
                          + (f", the others {span(r['tested_stable_fraction'])}" if r["tested_stable_fraction"] else "")
                          )
             arms.append(text + ")")
-        lines.append(head + f"plain SGD is stable in fewer than half of the seeds at a0 ∈ {listed(p['unstable_a0'])} "
+        lines.append(head + f"plain SGD is stable in fewer than {a['unstable_below']:.0%} of the seeds at a0 ∈ "
+                     f"{listed(p['unstable_a0'])} "
                      f"(stable fraction {span(p['unclipped_stable_fraction'])}). There the stable fraction is: "
                      + "; ".join(arms) + f". At the smallest a0 = {fmt(p['smallest_a0'])} every method's stable "
                      f"fraction is {span(p['smallest_a0_stable_fraction'])}.")
@@ -141,23 +142,26 @@ def render_convergence(a: dict) -> list[str]:
                      f"{span(g['H_final'])} | {span(g['H_ratio'])} | {span(g['H_slope_last_decade'])} | "
                      f"{g['falling']}/{g['seeds']} | {verdict} |")
     if a["agc_grid"]:
-        lines += ["", "AGC over a0·λ (every unit clipped): does ‖H‖ turn down, and where does it grow? Per setting, "
-                  "the seeds whose ‖H‖ is still falling at the end, ‖H‖ end / start and ‖θ‖ end / start:", "",
-                  "| model | λ | a0 | a0·λ | ‖H‖ still falling | ‖H‖ end / start | ‖θ‖ end / start | verdict |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["", "AGC over a0·λ: does ‖H‖ turn down, and where does it grow? Per setting, the seeds whose ‖H‖ is "
+                  "still falling at the end, ‖H‖ end / start and ‖θ‖ end / start:", "",
+                  "| model | method (granularity) | a0 | a0·λ | ‖H‖ still falling | ‖H‖ end / start | ‖θ‖ end / start | "
+                  "verdict |", "|---|---|---|---|---|---|---|---|"]
         for g in a["agc_grid"]:
-            lines.append(f"| {g['model']} | {fmt(g['lambda'])} | {fmt(g['a0'])} | {fmt(g['a0_lambda'])} | "
+            lines.append(f"| {g['model']} | {g['method_label']} | {fmt(g['a0'])} | {fmt(g['a0_lambda'])} | "
                          f"{g['falling']}/{g['seeds']} | {span(g['H_ratio'])} | {span(g['param_growth'])} | "
                          f"{g['verdict']} |")
         lines.append("")
         for model, c in a["agc_condition"].items():
-            fell, grew = c["largest_a0_lambda_falling_every_seed"], c["smallest_a0_lambda_growing_every_seed"]
-            lines.append(f"- **{model}** (a0·λ ∈ {listed(c['a0_lambda_grid'])}): ‖H‖ still falling in every seed up to "
-                         + (f"a0·λ = {fmt(fell)}" if fell is not None else "no a0·λ on the grid")
-                         + "; ‖H‖ ended above its start in every seed from "
-                         + (f"a0·λ = {fmt(grew)} on." if grew is not None else "no a0·λ on the grid.")
-                         + " AGC's bound λ max(‖W_i‖, ε) scales with the weights; the paper's assumption A3 is not "
-                         "stated precisely, and this is the condition on a0·λ the runs point to.")
+            text = (f"- **{model}** (a0·λ ∈ {listed(c['a0_lambda_grid'])}): ‖H‖ still falling in every seed at a0·λ ∈ "
+                    f"{listed(c['falling_every_seed'])}; ended above its start in every seed at a0·λ ∈ "
+                    f"{listed(c['grew_every_seed'])}; no progress (untested) at a0·λ ∈ {listed(c['no_progress'])}.")
+            if c["separated"]:
+                text += (f" The two sets lie on either side of one value: the runs point to a condition of the form "
+                         f"a0·λ ≤ {fmt(max(c['falling_every_seed']))} for ‖H‖ to fall on this horizon, and growth from "
+                         f"a0·λ ≥ {fmt(min(c['grew_every_seed']))} (the paper's A3 is not stated precisely).")
+            else:
+                text += " The sets are not separated by a single a0·λ on this grid: no condition on a0·λ alone."
+            lines.append(text)
     return lines
 
 
@@ -357,7 +361,8 @@ def render(verdicts: dict, compare: dict | None = None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=str(ROOT / "results"))
-    parser.add_argument("--scale", default="full", help="the scale the tables come from, for the header")
+    parser.add_argument("--scale", required=True, help="the scale the tables come from (smoke, default, full), "
+                        "for the header and verdicts.json")
     parser.add_argument("--compare", default=None, help="another scale's verdicts.json, shown beside these")
     args = parser.parse_args()
     results = Path(args.results)

@@ -74,6 +74,18 @@ def test_stability_that_prediction_1_implies_is_not_a_test(tmp_path):
     assert verdicts.assess_stability(tmp_path)["parts"]["norm"] == "fails"
 
 
+def test_stability_judges_norm_clipping_on_its_tested_points_only(tmp_path):
+    """An implied, stable point (tau = 0.1) beside a tested one that fails like plain SGD (tau = 10):
+    the implied point must not lift the verdict to 'partly'."""
+    rows = stability_rows((1.0, 1.0), (1.0, 1.0))
+    tested = rows[rows["method"] == "norm"].assign(method_label="norm τ=10 (batch)")
+    tested.loc[tested["a0"] == 100.0, "stable_fraction"] = 0.0
+    rows.loc[rows["method"] == "norm", "implied_by_increments"] = True
+    pd.concat([rows, tested]).to_csv(tmp_path / "stability.csv", index=False)
+    arm = verdicts.assess_stability(tmp_path)["problems"][0]["arms"]["norm"]
+    assert arm["verdict"] == "fails" and arm["implied_points"] == 1 and arm["tested_stable_fraction"] == [0.0, 0.0]
+
+
 def test_stability_judges_agc_with_the_head_clipped_apart(tmp_path):
     rows = stability_rows((1.0, 1.0), (1.0, 1.0))
     clipped = rows[rows["method"] == "agc"].assign(method_label="agc λ=0.1 (batch, head clipped)", stable_fraction=0.0)
@@ -125,13 +137,20 @@ def test_convergence_slope_threshold(tmp_path, slope, expected):
 
 def test_agc_grid_names_the_a0_lambda_where_H_falls_and_where_it_grows(tmp_path):
     rows = []
-    for a0, slope, ratio in [(0.3, -0.3, 0.5), (3.0, -0.2, 0.8), (30.0, 0.4, 5.0)]:
-        rows.append(convergence_rows([slope, slope], [ratio, ratio], label="agc λ=0.01 (sample, head clipped)",
-                                     final_loss=1.0).assign(a0=a0))
+    for lam, a0, slope, ratio, loss in [(0.01, 0.03, 0.1, 1.01, 2.29), (0.1, 0.3, -0.3, 0.5, 1.0),
+                                        (0.01, 3.0, -0.2, 0.8, 1.0), (0.1, 3.0, 0.4, 5.0, 1.0)]:
+        rows.append(convergence_rows([slope, slope], [ratio, ratio], label=f"agc λ={lam:g} (sample, head clipped)",
+                                     final_loss=loss).assign(a0=a0))
     pd.concat(rows).to_csv(tmp_path / "convergence_summary.csv", index=False)
     a = verdicts.assess_convergence(tmp_path)
-    assert a["agc_condition"]["MLP"]["largest_a0_lambda_falling_every_seed"] == pytest.approx(0.03)
-    assert a["agc_condition"]["MLP"]["smallest_a0_lambda_growing_every_seed"] == pytest.approx(0.3)
+    c = a["agc_condition"]["MLP"]
+    assert c["a0_lambda_grid"] == [0.0003, 0.03, 0.3]  # 3 x 0.1 and 0.3 x 0.1 rounded to one value each
+    assert c["falling_every_seed"] == [0.03] and c["grew_every_seed"] == [0.3] and c["no_progress"] == [0.0003]
+    assert c["separated"]
+    rows[1] = rows[1].assign(H_slope_last_decade=0.2, H_final=3.0, H_ratio=3.0)  # a0*lambda = 0.03 grows too
+    pd.concat(rows).to_csv(tmp_path / "convergence_summary.csv", index=False)
+    c = verdicts.assess_convergence(tmp_path)["agc_condition"]["MLP"]
+    assert c["falling_every_seed"] == [0.03] and c["grew_every_seed"] == [0.03, 0.3] and not c["separated"]
 
 
 def step_size_rows(tmp_path, constant_final, frozen_final, frozen_displacement=0.5, noise_drop=1.5):
@@ -216,3 +235,35 @@ def test_report_is_rendered_from_verdicts_json(tmp_path):
     other = json.loads(json.dumps(data))
     other["scale"], other["predictions"]["stability"]["verdict"] = "default", "holds"
     assert "| 2. Stability with high probability | partly | holds |" in report.render(data, other)
+
+
+def agc_unit_rows(tmp_path, agc_abs, agc_rel):
+    """Medians per decade of ||W_i|| for AGC (eps = 1e-3: decade -3) and plain SGD."""
+    rows = []
+    for label, absolute, relative in [("agc λ=0.01 (sample)", agc_abs, agc_rel),
+                                      ("none", [1.0] * 5, [1e4, 1e3, 1e2, 10.0, 1.0])]:
+        for decade, a, r in zip(range(-4, 1), absolute, relative):
+            rows.append({"method_label": label, "decade": decade, "records": 100, "abs_step_median": a,
+                         "rel_step_median": r, "weight_norm_median": 10.0 ** decade})
+    pd.DataFrame(rows).to_csv(tmp_path / "agc_units_by_decade.csv", index=False)
+    pd.DataFrame({"clip_factor": [0.01], "eps": [1e-3]}).to_csv(tmp_path / "agc_settings.csv", index=False)
+
+
+@pytest.mark.parametrize("agc_abs, agc_rel, expected", [
+    ([1e-5, 1e-5, 1e-4, 1e-3, 1e-2], [0.1, 0.01, 0.01, 0.01, 0.01], "partly"),   # relative grows below eps only
+    ([1e-2, 1e-3, 1e-3, 1e-3, 1e-3], [100.0, 1.0, 0.1, 0.01, 0.001], "holds"),    # larger absolute steps too
+    ([1e-5, 1e-5, 1e-4, 1e-3, 1e-2], [0.01, 0.01, 0.01, 0.01, 0.01], "fails"),   # flat relative step
+])
+def test_agc_small_weights_verdicts(tmp_path, agc_abs, agc_rel, expected):
+    agc_unit_rows(tmp_path, agc_abs, agc_rel)
+    a = verdicts.assess_agc_small_weights(tmp_path)
+    assert a["verdict"] == expected and (a["low_decade"], a["high_decade"]) == (-4, 0)
+    assert report.render_agc_small_weights(json.loads(json.dumps(verdicts.plain(a))))[0].startswith(
+        f"**Verdict: {expected}.**")
+
+
+def test_renderers_take_missing_values(tmp_path):
+    """A value that does not exist (nan, None in verdicts.json) renders as '–', not a crash."""
+    increments(tmp_path, [float("nan")])
+    a = json.loads(json.dumps(verdicts.plain(verdicts.assess_increments(tmp_path))))
+    assert a["worst_update_ratio"] is None and "–" in report.render_increments(a)[0]

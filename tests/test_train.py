@@ -192,11 +192,16 @@ def test_a_failed_run_is_recorded(make_cfg, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr("gradclip.runner.PopulationEvaluation.__call__", boom)  # the full-data evaluation
-    with pytest.raises(RuntimeError):
-        train(make_cfg(), tmp_path)
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "failed" and "simulated" in summary["error"]
+    # The full-data evaluation fails, on either path (ghost norms for every member at once, or
+    # vmap(grad) one member at a time).
+    monkeypatch.setattr("gradclip.runner.PopulationEvaluation.__call__", boom)
+    monkeypatch.setattr("gradclip.runner.evaluate", boom)
+    for path in ("auto", "vmap"):
+        with pytest.raises(RuntimeError):
+            train(make_cfg(f"per_sample={path}"), tmp_path / path)
+        summary = json.loads((tmp_path / path / "summary.json").read_text())
+        assert summary["status"] == "failed" and "simulated" in summary["error"]
+        assert summary["evaluation_gradients"] == ("ghost" if path == "auto" else "vmap: per_sample=vmap")
     assert train(make_cfg(), tmp_path / "sweep-job", reraise=False)["status"] == "failed"
 
 

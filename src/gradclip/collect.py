@@ -60,8 +60,8 @@ def load(source, experiment: str, keep_failed: bool = False) -> tuple[pd.DataFra
     return runs, metrics[metrics["run_id"].isin(runs["run_id"])]
 
 
-PROBLEMS = {"deep_tanh": "deep tanh MLP", "rnn_exploding": "RNN", "lstm": "LSTM", "mlp": "MLP",
-            "cnn1d": "CNN1D", "resnet": "1-D ResNet", "linear": "linear"}
+PROBLEMS = {"deep_tanh": "deep tanh MLP", "rnn_exploding": "exploding RNN", "rnn": "RNN", "lstm": "LSTM",
+            "mlp": "MLP", "cnn1d": "CNN1D", "resnet": "1-D ResNet", "linear": "linear"}
 
 
 def problem(runs: pd.DataFrame) -> pd.Series:

@@ -88,7 +88,11 @@ class PopulationEvaluation:
 
     def __init__(self, population, loss_fn: LossFn, chunk: int) -> None:
         self.population, self.loss_fn, self.chunk = population, loss_fn, int(chunk)
-        self.ghost = GhostClipping(population, loss_fn, population.clipper)
+        # A population that trains with ghost norms already has them, with the same clipper and
+        # hooks; one that trains at batch granularity gets its own (idle outside evaluation).
+        training = getattr(population, "sample_clipping", None)
+        self.ghost = training if isinstance(training, GhostClipping) else GhostClipping(population, loss_fn,
+                                                                                        population.clipper)
 
     def _shared(self, x: Tensor) -> Tensor:
         """One chunk as every member's input, [M, C, ...] (a view: no copy per member)."""
