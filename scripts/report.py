@@ -96,8 +96,11 @@ def render_stability(a: dict) -> list[str]:
                 text += f": all {r['points']} points"
             elif arm == "norm":
                 text += (f"; {r['implied_points']} of {r['points']} points implied by prediction 1"
-                         + (f", the others {span(r['tested_stable_fraction'])}" if r["tested_stable_fraction"] else "")
-                         )
+                         + (f", the others {span(r['tested_stable_fraction'])}" if r["tested_stable_fraction"] else ""))
+                if r.get("implied_points_that_lost_seeds"):
+                    text += (f"; yet {r['implied_lost_runs']} runs were lost at {r['implied_points_that_lost_seeds']} "
+                             f"implied point(s), {fmt(r['implied_lost_non_finite'])} of them to a non-finite loss or "
+                             "gradient with the weights inside B: bounded increments bound θ, not the arithmetic")
             arms.append(text + ")")
         lines.append(head + f"plain SGD is stable in fewer than {a['unstable_below']:.0%} of the seeds at a0 ∈ "
                      f"{listed(p['unstable_a0'])} "

@@ -37,7 +37,7 @@ def test_stability_table_counts_bound_and_status():
     runs = pd.DataFrame([
         run("none", 1.0, 0, "completed", 50.0), run("none", 1.0, 1, "completed", 50.0),
         run("none", 10.0, 0, "completed", 500.0),  # finite but above B = 100: unstable
-        run("none", 10.0, 1, "diverged", math.inf),
+        run("none", 10.0, 1, "diverged", math.inf, **{"summary.diverged_reason": "non-finite gradient"}),
         run("none", 10.0, 2, "failed", math.nan),  # a crash is neither: left out
         run("norm", 10.0, 0, "completed", 60.0, "sample"), run("norm", 10.0, 1, "completed", 99.0, "sample"),
     ])
@@ -47,6 +47,7 @@ def test_stability_table_counts_bound_and_status():
     assert table.loc[("none", 10.0), "wilson_high"] == pytest.approx(wilson_interval(0, 2)[1])
     assert table.loc[("norm τ=1 (sample)", 10.0), "stable_fraction"] == 1.0
     assert table.loc[("none", 10.0), "median_diverged_step"] == 3.0
+    assert table.loc[("none", 10.0), "non_finite"] == 1  # the other was lost to the bound B
     # ||theta_0|| + tau * sum a = 5 + 1 * 4 * 10 = 45 < B = 100: norm clipping cannot reach B there
     assert table.loc[("norm τ=1 (sample)", 10.0), "implied_by_increments"]
     assert not table.loc[("none", 10.0), "implied_by_increments"]

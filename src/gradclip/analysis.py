@@ -76,8 +76,11 @@ def stability_table(runs: pd.DataFrame, bound: float) -> pd.DataFrame:
         first = group.iloc[0]
         sum_a = schedule_sum(first)
         reach = group["summary.initial_param_norm"].max() + first.get("clip.threshold", math.nan) * sum_a
+        reasons = group.get("summary.diverged_reason", pd.Series(dtype=object)).fillna("").astype(str)
         rows.append(dict(zip(keys, key)) | {
             "runs": n, "stable": stable, "stable_fraction": stable / n, "wilson_low": lo, "wilson_high": hi,
+            # lost to a non-finite loss, gradient or weight rather than to ||theta|| > B
+            "non_finite": int(reasons.str.startswith("non-finite").sum()),
             "median_diverged_step": group["summary.diverged_step"].median(), "steps": int(first["steps"]), "sum_lr": sum_a,
             "implied_by_increments": bool(first["clip.method"] == "norm" and reach < bound)})
     return pd.DataFrame(rows).rename(columns={"model.name": "model", "clip.method": "method",

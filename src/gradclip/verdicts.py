@@ -137,7 +137,11 @@ def _arm(rows: pd.DataFrame, unclipped: pd.Series) -> dict:
     judged = rows[~implied | (rows["stable_fraction"] < 1)]
     verdict = stability_verdict(judged["stable_fraction"], unclipped) if len(judged) else IMPLIED
     tested = rows[~implied]
+    lost = rows[implied & (rows["stable_fraction"] < 1)]
     return {"verdict": verdict, "points": len(rows), "implied_points": int(implied.sum()),
+            "implied_points_that_lost_seeds": len(lost),
+            "implied_lost_non_finite": int(lost["non_finite"].sum()) if "non_finite" in lost else None,
+            "implied_lost_runs": int((lost["runs"] - lost["stable"]).sum()),
             "stable_fraction": pair(rows["stable_fraction"]),
             "tested_stable_fraction": pair(tested["stable_fraction"]) if len(tested) else None}
 
