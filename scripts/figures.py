@@ -382,8 +382,9 @@ def plot_limit_set(args) -> None:
                 names.append(n)
     fig.legend(handles, names, loc="outside lower center", ncol=3, frameon=False)
     first = table.iloc[0]
-    fig.suptitle(f"Where clipped SGD ends (prediction 5): norm clipping with c = max(1, ||g||/τ), {first['steps']} "
-                 f"steps of {first['batch_size']} samples, a(n) = {first['a0']:g}/(n+{first['n0']:g})^{first['power']:g}\nper-sample = clip each example, then "
+    steps = ", ".join(f"{int(n)} ({problem})" for problem, n in table.groupby("problem")["steps"].max().items())
+    fig.suptitle(f"Where clipped SGD ends (prediction 5): norm clipping with c = max(1, ||g||/τ), steps {steps} "
+                 f"of {first['batch_size']} samples, a(n) = {first['a0']:g}/(n+{first['n0']:g})^{first['power']:g}\nper-sample = clip each example, then "
                  f"average; batch = clip the mean; distances below {LIMIT_FLOOR:g} are off the bottom of the axes")
     save(fig, figures / "limit_set")
 

@@ -162,8 +162,11 @@ def render_convergence(a: dict) -> list[str]:
                 text += (f" The two sets lie on either side of one value: the runs point to a condition of the form "
                          f"a0·λ ≤ {fmt(max(c['falling_every_seed']))} for ‖H‖ to fall on this horizon, and growth from "
                          f"a0·λ ≥ {fmt(min(c['grew_every_seed']))} (the paper's A3 is not stated precisely).")
+            elif not c["falling_every_seed"]:
+                text += (" ‖H‖ fell in every seed at no a0·λ of the grid: on this horizon the runs point to no "
+                         "condition on a0·λ under which AGC's ‖H‖ falls.")
             else:
-                text += " The sets are not separated by a single a0·λ on this grid: no condition on a0·λ alone."
+                text += " The two sets are not separated by one a0·λ on this grid: no condition on a0·λ alone."
             lines.append(text)
     return lines
 
@@ -343,6 +346,17 @@ RENDER = {"bounded_increments": render_increments, "stability": render_stability
           "agc_small_weights": render_agc_small_weights}
 
 
+SHORT_ARMS = {"norm": "norm", "agc": "AGC", "agc_head_clipped": "AGC, head clipped"}
+
+
+def _with_parts(p: dict) -> str:
+    """'partly (norm: holds; AGC: partly)': a verdict with the verdicts it combines."""
+    parts = p.get("parts") or {}
+    if not parts:
+        return p["verdict"]
+    return f"{p['verdict']} (" + "; ".join(f"{SHORT_ARMS.get(k, k)}: {v}" for k, v in parts.items()) + ")"
+
+
 def render(verdicts: dict, compare: dict | None = None) -> str:
     """REPORT.md from the content of verdicts.json (and another scale's, for the side-by-side table)."""
     text = ["# Report: which claims of Ramaswamy (2023) hold on these runs", "",
@@ -352,8 +366,8 @@ def render(verdicts: dict, compare: dict | None = None) -> str:
             "| prediction | verdict |" + (f" at the {compare['scale']} scale |" if compare else ""),
             "|---|---|" + ("---|" if compare else "")]
     for key, p in verdicts["predictions"].items():
-        other = compare["predictions"].get(key, {}).get("verdict", NOT_MEASURED) if compare else None
-        text.append(f"| {p['number']}. {p['title']} | {p['verdict']} |" + (f" {other} |" if compare else ""))
+        other = compare["predictions"].get(key, {"verdict": NOT_MEASURED}) if compare else None
+        text.append(f"| {p['number']}. {p['title']} | {_with_parts(p)} |" + (f" {_with_parts(other)} |" if compare else ""))
     text.append("")
     for key, p in verdicts["predictions"].items():
         body = ["Not measured at this scale."] if p["verdict"] == NOT_MEASURED else RENDER[key](p)

@@ -234,7 +234,8 @@ def test_report_is_rendered_from_verdicts_json(tmp_path):
     assert "## 5. The limit set and the clipping bias\n\n**Verdict: fails.**" in report.render(data)
     other = json.loads(json.dumps(data))
     other["scale"], other["predictions"]["stability"]["verdict"] = "default", "holds"
-    assert "| 2. Stability with high probability | partly | holds |" in report.render(data, other)
+    assert "| 2. Stability with high probability | partly (norm: holds; AGC: partly) | holds (norm: holds; AGC: partly) |" \
+        in report.render(data, other)
 
 
 def agc_unit_rows(tmp_path, agc_abs, agc_rel):
