@@ -14,7 +14,7 @@ import pandas as pd
 from scipy.special import zeta
 from scipy.stats import binomtest
 
-from gradclip.labels import AGC_DEFAULT_EXCLUDE, agc_exemption
+from gradclip.labels import agc_exemption
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -35,7 +35,7 @@ def method_label(row: pd.Series) -> str:
     symbol, key = {"norm": ("τ", "clip.threshold"), "value": ("v", "clip.threshold"),
                    "agc": ("λ", "clip.clip_factor")}[method]
     where = row["clip.granularity"]
-    exemption = agc_exemption(row.get("clip.exclude", AGC_DEFAULT_EXCLUDE)) if method == "agc" else None
+    exemption = agc_exemption(method, row.get("clip.exclude"))
     return f"{method} {symbol}={row[key]:g} ({where}{', ' + exemption if exemption else ''})"
 
 

@@ -11,10 +11,14 @@ from collections.abc import Iterable
 AGC_DEFAULT_EXCLUDE = ("head.*",)  # configs/clip/agc.yaml: the classifier head is exempt, as in timm
 
 
-def agc_exemption(exclude: Iterable[str]) -> str | None:
-    """What an AGC run exempts, when it is not the default: None for ``[head.*]``, 'head clipped'
-    for ``[]`` (every unit clipped, the paper's algorithm), else 'exempt <patterns>'."""
-    exclude = tuple(exclude)
+def agc_exemption(method: str, exclude: Iterable[str] | None) -> str | None:
+    """What a run's clipping exempts, where that names another method than the default: None
+    unless ``method`` is AGC with an exemption other than ``[head.*]`` (``exclude`` None: the
+    default); 'head clipped' for ``[]`` (every unit clipped, the paper's algorithm), else
+    'exempt <patterns>'."""
+    if method != "agc":  # (a frame of several methods holds nan for the others' exclude)
+        return None
+    exclude = AGC_DEFAULT_EXCLUDE if exclude is None else tuple(exclude)
     if exclude == AGC_DEFAULT_EXCLUDE:
         return None
     return "head clipped" if not exclude else f"exempt {' '.join(exclude)}"

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from urllib.request import getproxies
 
 from gradclip.checks import require_choice, require_known_keys
-from gradclip.labels import AGC_DEFAULT_EXCLUDE, agc_exemption
+from gradclip.labels import agc_exemption
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def run_name(cfg: Mapping) -> str:
     clip, data, schedule = cfg["clip"], cfg["data"], cfg["schedule"]
     setting = {"norm": f"tau{clip.get('threshold')}", "agc": f"lam{clip.get('clip_factor')}",
                "value": f"v{clip.get('threshold')}"}.get(clip["method"], "")
-    exemption = agc_exemption(clip.get("exclude", AGC_DEFAULT_EXCLUDE)) if clip["method"] == "agc" else None
+    exemption = agc_exemption(clip["method"], clip.get("exclude"))
     if exemption:  # AGC with the head clipped is another method than timm's default: its own name
         setting += "_" + exemption.replace(" ", "").replace("*", "")
     noise = f"_{data['noise']['dist']}" if "noise" in data else ""
@@ -196,7 +196,7 @@ def run_tags(cfg: Mapping) -> list[str]:
         tags.append(f"threshold:{clip['threshold']}")
     if clip["method"] == "agc":
         tags.append(f"clip_factor:{clip['clip_factor']}")
-        tags.append(f"exemption:{agc_exemption(clip.get('exclude', AGC_DEFAULT_EXCLUDE)) or 'head'}")
+        tags.append(f"exemption:{agc_exemption('agc', clip.get('exclude')) or 'head'}")
     if "noise" in data:
         tags.append(f"noise:{data['noise']['dist']}")
     if schedule["name"] == "robbins_monro":
