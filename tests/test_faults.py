@@ -58,6 +58,20 @@ def no_traceback(stderr: str) -> None:
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
 
 
+def signal_sweep(tmp_path: Path, signum: int, *overrides: str) -> tuple[int, str, Path]:
+    """A sweep of runs that never end on their own (``overrides`` name its seeds and launcher):
+    once seeds 0 and 1 log rows, ``signum`` goes to the sweep's own process alone. Returns the
+    exit code, stderr (checked to hold no traceback) and the sweep's folder."""
+    proc = launch("-m", *FAST, "steps=1000000", "name=pool", *overrides, cwd=tmp_path)
+    root = tmp_path / "runs" / "pool"
+    wait_for_rows(root, "*seed=0*/metrics.jsonl")
+    wait_for_rows(root, "*seed=1*/metrics.jsonl")
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    no_traceback(err)
+    return proc.returncode, err, root
+
+
 # -- signals ---------------------------------------------------------------------------------------
 
 
@@ -122,15 +136,9 @@ def test_ctrl_c_stops_a_sweep_which_reports_and_a_relaunch_finishes_it(tmp_path)
 def test_a_signal_to_a_joblib_sweep_stops_its_workers_too(tmp_path):
     """SIGUSR1 (a cluster's warning signal) to the sweep's parent process alone: it is passed on
     to the loky workers, whose runs end interrupted; the report comes, exit 128 + SIGUSR1."""
-    proc = launch("-m", *FAST, "steps=1000000", "seed=0,1,2,3", "name=pool", "hydra/launcher=joblib",
-                  "hydra.launcher.n_jobs=2", cwd=tmp_path)
-    root = tmp_path / "runs" / "pool"
-    wait_for_rows(root, "*seed=0*/metrics.jsonl")
-    wait_for_rows(root, "*seed=1*/metrics.jsonl")
-    proc.send_signal(signal.SIGUSR1)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGUSR1
-    no_traceback(err)
+    code, err, root = signal_sweep(tmp_path, signal.SIGUSR1, "seed=0,1,2,3", "hydra/launcher=joblib",
+                                   "hydra.launcher.n_jobs=2")
+    assert code == 128 + signal.SIGUSR1
     assert "UserWarning" not in err
     statuses = {d.name: run_state(d).status for d in root.iterdir() if (d / "summary.json").exists()}
     assert statuses == {f"{JOB}seed=0,steps=1000000": "interrupted", f"{JOB}seed=1,steps=1000000": "interrupted"}

@@ -217,19 +217,13 @@ def test_a_signal_to_a_sweep_with_workers_stops_them_and_journals_what_had_not_b
     """SIGTERM to the sweep's process alone: passed on to both workers, whose runs end
     interrupted at a step boundary; the third population, still queued, is journaled as not
     started; the report comes and the exit code is 128 + SIGTERM."""
-    from test_faults import JOB, launch, no_traceback, wait_for_rows
+    from test_faults import JOB, signal_sweep
 
     from gradclip.records import run_state
 
-    proc = launch("-m", *FAST, "steps=1000000", "seed=0,1,2", "name=pool", "hydra.launcher.workers=2",
-                  "hydra.launcher.max_members=1", cwd=tmp_path)
-    root = tmp_path / "runs" / "pool"
-    wait_for_rows(root, "*seed=0*/metrics.jsonl")
-    wait_for_rows(root, "*seed=1*/metrics.jsonl")
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    no_traceback(err)
+    code, err, root = signal_sweep(tmp_path, signal.SIGTERM, "seed=0,1,2", "hydra.launcher.workers=2",
+                                   "hydra.launcher.max_members=1")
+    assert code == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM; 3 jobs: 2 interrupted, 1 not started" in err
     assert {run_state(root / f"{JOB}seed={s},steps=1000000").status for s in (0, 1)} == {"interrupted"}
     assert not (root / f"{JOB}seed=2,steps=1000000" / "summary.json").exists()
