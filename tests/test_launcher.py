@@ -281,3 +281,36 @@ def test_a_worker_stopped_alone_ends_its_run_and_the_others_train_the_rest(tmp_p
     assert "was stopped by SIGTERM" in out + err
     assert run_state(doomed).status == "interrupted"
     assert {run_state(root / f"{JOB}steps={n}").status for n in (600, 700, 800)} == {"completed"}
+
+
+def test_workers_log_at_the_sweeps_verbosity(tmp_path):
+    """hydra.verbose reaches the worker processes: their DEBUG lines show with it, not without."""
+    for verbose, shown in (("hydra.verbose=gradclip.pool", True), ("hydra.verbose=false", False)):
+        done = gradclip_train("-m", *FAST, "steps=5", "seed=0,1,2,3", f"name={shown}", "hydra.launcher.workers=2",
+                              verbose, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert ("a population of 2 runs" in done.stdout + done.stderr) is shown, done.stdout
+
+
+def test_a_signal_while_the_workers_start_stops_the_sweep_cleanly(tmp_path):
+    """SIGTERM to the sweep's process the moment it starts its workers (they are still importing
+    torch): noted, not fatal anywhere; the sweep reports and exits 128 + SIGTERM; no job is left
+    started or running: each is not started, or interrupted at a step boundary."""
+    from test_faults import launch, no_traceback
+
+    from gradclip.records import run_state
+
+    proc = launch("-m", *FAST, "steps=1000000", "seed=0,1,2,3", "name=pool", "hydra.launcher.workers=2",
+                  cwd=tmp_path)
+    for line in proc.stdout:
+        if "worker processes" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    no_traceback(err)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "gradclip: sweep runs/pool: stopped by SIGTERM; 4 jobs:" in err
+    outcomes = {entry["outcome"] for entry in sweep.read_journal(tmp_path / "runs" / "pool")}
+    assert outcomes <= {"not_started", "interrupted"}, outcomes
+    for summary in (tmp_path / "runs" / "pool").glob("*seed=*/summary.json"):  # the runs that began
+        assert run_state(summary.parent).status == "interrupted", summary

@@ -24,7 +24,6 @@ workers' runs before it reports; if it dies, each worker ends after its current 
 from __future__ import annotations
 
 import logging
-import logging.config
 import multiprocessing
 import os
 import signal
@@ -40,8 +39,11 @@ RELAY_EVERY_S = 0.25  # how often a worker tells the sweep's process how far it 
 STOP_GRACE_S = 30.0  # how long a worker may take to end its runs once told to stop
 
 
-def run_in_workers(groups: list, workers: int, progress=None, logging_config: dict | None = None) -> None:
-    """Train the populations ``groups`` (lists of gradclip.train.Job) in ``workers`` processes."""
+def run_in_workers(groups: list, workers: int, progress=None, logging_config: dict | None = None,
+                   verbose: bool | str | list = False) -> None:
+    """Train the populations ``groups`` (lists of gradclip.train.Job) in ``workers`` processes,
+    whose logging is set up as the sweep's: ``logging_config`` (Hydra's ``hydra_logging``) and
+    ``verbose`` (``hydra.verbose``: true, or the loggers to show at DEBUG)."""
     from gradclip import train
     import torch
 
@@ -59,7 +61,7 @@ def run_in_workers(groups: list, workers: int, progress=None, logging_config: di
     try:
         for _ in range(started):
             ours, theirs = context.Pipe()
-            process = context.Process(target=_worker, args=(theirs, threads, logging_config), daemon=True,
+            process = context.Process(target=_worker, args=(theirs, threads, logging_config, verbose), daemon=True,
                                       name="gradclip-worker")
             process.start()
             theirs.close()
@@ -184,14 +186,17 @@ class _Relay:
         self.sent = time.monotonic()
 
 
-def _worker(conn: Connection, threads: int, logging_config: dict | None) -> None:
+def _worker(conn: Connection, threads: int, logging_config: dict | None, verbose: bool | str | list) -> None:
     """A worker process: train each population it is sent until it is sent None, the sweep's
     process is gone, or a stop signal reached it."""
     interrupts.install()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.SIGNALS)  # blocked by the parent while we started
     logging.raiseExceptions = False  # as in the sweep's process: a log that cannot be written is no crash
     if logging_config:
-        logging.config.dictConfig(logging_config)
+        from hydra.core.utils import configure_log
+        from omegaconf import OmegaConf
+
+        configure_log(OmegaConf.create(logging_config), verbose)
     import torch
 
     from gradclip.train import run_populations
@@ -205,6 +210,7 @@ def _worker(conn: Connection, threads: int, logging_config: dict | None) -> None
             return
         if group is None:
             return
+        log.debug("worker process %d: a population of %d runs", os.getpid(), len(group))
         run_populations([group], relay)
         relay.flush()
         try:

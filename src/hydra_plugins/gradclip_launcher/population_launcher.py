@@ -130,8 +130,10 @@ class PopulationLauncher(Launcher):
             groups = populations(pending, self.max_members, at_least=2 * self.workers if self.workers > 1 else 1)
             if self.workers > 1 and len(groups) > 1:
                 log.info(f"{len(groups)} populations in {min(self.workers, len(groups))} worker processes")
+                verbose = self.config.hydra.verbose
                 run_in_workers(groups, self.workers, progress,
-                               OmegaConf.to_container(self.config.hydra.hydra_logging, resolve=True))
+                               OmegaConf.to_container(self.config.hydra.hydra_logging, resolve=True),
+                               OmegaConf.to_container(verbose) if OmegaConf.is_config(verbose) else verbose)
             else:
                 run_populations(groups, progress)
         finally:
