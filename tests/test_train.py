@@ -65,6 +65,33 @@ def test_same_seed_same_metrics(make_cfg, tmp_path, granularity):
     assert read_rows(tmp_path / "a") != read_rows(tmp_path / "c")
 
 
+def test_deterministic_setting_reaches_torch_without_loading_inductor():
+    """gradclip.runner.use_deterministic_algorithms sets torch's flag (warn-only) both ways, and
+    in a fresh process it does so without importing torch._inductor, as torch's own call would."""
+    probe = """
+import sys, torch
+from gradclip.runner import use_deterministic_algorithms
+states = []
+for mode in (True, False, True):
+    use_deterministic_algorithms(mode)
+    states.append((torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()))
+print(states, "torch._inductor.config" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[(True, True), (False, True), (True, True)] False"
+
+
+def test_recorded_torchvision_version_is_the_packages_own():
+    """provenance reads torchvision's version from its version file (its import costs 1.4 s a
+    process): the same string its import gives, build tag included."""
+    import torchvision
+
+    from gradclip.provenance import versions
+
+    assert versions()["torchvision"] == torchvision.__version__
+
+
 def test_a_run_built_to_diverge_does_and_is_a_result(make_cfg, tmp_path):
     cfg = make_cfg("clip=none", "model=deep_tanh", "schedule=constant", "schedule.a0=50.0", "steps=200")
     summary = train(cfg, tmp_path)

@@ -139,6 +139,18 @@ def train(cfg: DictConfig, run_dir: Path, reraise: bool = True, wandb_dir: Path 
     return train_population([cfg], [run_dir], reraise, [wandb_dir])[0]
 
 
+def use_deterministic_algorithms(mode: bool) -> None:
+    """``torch.use_deterministic_algorithms(mode, warn_only=True)``, without its import of
+    torch._inductor (1.8 s in every process and worker here), which it makes only to set
+    inductor's own flag for torch.compile: gradclip compiles nothing. Where inductor is loaded
+    already, or torch lacks the setter, the public call does it all."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=True)
+    else:
+        setter(mode, warn_only=True)
+
+
 def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], reraise: bool = True,
                      wandb_dirs: Sequence[Path | None] | None = None, progress=None) -> list[dict]:
     """Train the runs ``cfgs`` (one population: they may differ only in POPULATION_KEYS of
@@ -182,7 +194,7 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], rerai
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
-    torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=True)
+    use_deterministic_algorithms(bool(cfg.deterministic))
     # Full float32 on GPUs too: cuDNN's default TF32 convolutions keep 10 bits of mantissa, which
     # moves a CNN run by ~1e-3 relative within a few steps (measured on an H100: a population
     # member and its single run then differ by more than float32 rounding).
