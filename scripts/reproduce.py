@@ -220,7 +220,7 @@ def main() -> None:
     missing = [name for name in EXPERIMENTS if name not in present]
     figures_py = [sys.executable, str(ROOT / "scripts" / "figures.py")]
     run([*figures_py, "collect", *present, "--runs", str(runs), "--results", str(results)])
-    run([*figures_py, "plot", *present, "--results", str(results), "--figures", str(figures)])
+    run([*figures_py, "plot", *(present if missing else ["all"]), "--results", str(results), "--figures", str(figures)])
     if missing:
         verb = "has" if len(missing) == 1 else "have"
         print(f"reproduce: no report: {', '.join(missing)} {verb} no records under {runs} yet (run with --only)",

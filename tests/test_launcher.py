@@ -194,7 +194,7 @@ def test_workers_train_populations_side_by_side_with_the_same_records_as_one_pro
     assert "4 populations in 2 worker processes" in two.stdout
     # The workers log at the sweep's hydra.verbose: their DEBUG lines (without it there are none:
     # test_a_worker_stopped_alone_ends_its_run_and_the_others_train_the_rest).
-    assert (two.stdout + two.stderr).count("a population of 2 runs") == 4, two.stdout
+    assert (two.stdout + two.stderr).count(": a population of 2 runs") == 4, two.stdout
     assert "gradclip: sweep runs/two: 8 jobs: 8 completed" in two.stderr
     side_by_side = summaries(tmp_path / "runs" / "two")
     here = tmp_path / "here"
@@ -282,7 +282,7 @@ def test_a_worker_stopped_alone_ends_its_run_and_the_others_train_the_rest(tmp_p
     assert proc.returncode == 1, err
     assert "4 jobs: 3 completed, 1 interrupted" in err
     assert "was stopped by SIGTERM" in out + err
-    assert "a population of" not in out + err  # a worker's DEBUG line: hydra.verbose is off
+    assert ": a population of" not in out + err  # a worker's DEBUG line: hydra.verbose is off
     assert run_state(doomed).status == "interrupted"
     assert {run_state(root / f"{JOB}steps={n}").status for n in (600, 700, 800)} == {"completed"}
 
