@@ -133,6 +133,30 @@ def test_ctrl_c_stops_a_sweep_which_reports_and_a_relaunch_finishes_it(tmp_path)
 
 
 @pytest.mark.slow
+def test_a_second_sweep_into_a_running_sweeps_folder_stops_at_once_and_harms_nothing(tmp_path):
+    """Two sweeps into one folder would share one journal (each clears it when it starts), and
+    the first's report would count the second's jobs. The second stops before any work with one
+    line naming the folder and the running sweep's process, exit 1; the first goes on, and its
+    report counts its own jobs only."""
+    proc = launch("-m", *FAST, "steps=1000000", "name=pool", "seed=0,1", cwd=tmp_path)
+    root = tmp_path / "runs" / "pool"
+    wait_for_rows(root, "*seed=0*/metrics.jsonl")
+    second = subprocess.run([sys.executable, "-m", "gradclip.train", "-m", *FAST, "steps=5", "name=pool", "seed=7"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1, second.stderr
+    assert second.stderr.strip().splitlines() == [
+        f"gradclip: runs/pool is the folder of a sweep that is still running (process {proc.pid} on "
+        f"{socket.gethostname()}): its report would be wrong if this one shared it; wait for it, or give "
+        "this sweep another name= or hydra.sweep.dir="]
+    assert not list(root.glob("*seed=7*"))
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    no_traceback(err)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM; 2 jobs: " in err, err  # (once it has ended, a relaunch may use the
+    # folder: test_ctrl_c_stops_a_sweep_which_reports_and_a_relaunch_finishes_it)
+
+
 def test_a_signal_to_a_joblib_sweep_stops_its_workers_too(tmp_path):
     """SIGUSR1 (a cluster's warning signal) to the sweep's parent process alone: it is passed on
     to the loky workers, whose runs end interrupted; the report comes, exit 128 + SIGUSR1."""

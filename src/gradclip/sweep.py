@@ -2,7 +2,9 @@
 
 Every job of a Hydra multirun writes one small JSON file into ``<sweep dir>/.sweep/`` (its
 journal entry: ``started`` when it begins, its outcome when it ends), whichever process or host
-runs it. :class:`SweepReport`, a Hydra callback, clears the journal when the sweep starts and
+runs it. :class:`SweepReport`, a Hydra callback, clears the journal when the sweep starts
+(and names itself its owner in ``launch.json``: a second sweep into the same folder while the
+owner still runs stops at once with one line and exit 1, since their reports would mix) and
 reads it when the sweep ends (or when a signal stops it) to print one line counting this
 launch's jobs by outcome, one line per job that needs attention, and to exit with a code that
 tells the truth:
@@ -35,6 +37,7 @@ from gradclip.records import RecordWriteError, process_alive, process_identity, 
 log = logging.getLogger(__name__)
 
 JOURNAL_DIR = ".sweep"
+LAUNCH_FILE = "launch.json"  # in the journal: the sweep process that owns it
 # Outcomes, in the order the report lists them; "started" is a job that has not ended (yet),
 # "running" one whose record a live process still writes.
 OUTCOMES = ("completed", "diverged", "skipped", "failed", "interrupted", "bad_input", "not_started", "running",
@@ -137,11 +140,22 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         global _sweep_dir, _sweep_pid, _sweep_ended
-        _sweep_dir, _sweep_pid, _sweep_ended = Path(config.hydra.sweep.dir), os.getpid(), False
-        folder = journal(_sweep_dir)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        folder = journal(sweep_dir)
+        other = _live_launch(folder / LAUNCH_FILE)
+        if other:  # its journal is in this folder: clearing it would make its report false
+            print(f"gradclip: {sweep_dir} is the folder of a sweep that is still running ({other}): its "
+                  f"report would be wrong if this one shared it; wait for it, or give this sweep another "
+                  f"name= or hydra.sweep.dir=", file=sys.stderr)
+            sys.exit(1)
+        _sweep_dir, _sweep_pid, _sweep_ended = sweep_dir, os.getpid(), False
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.iterdir():  # the journal of an earlier launch (and any half-written entry)
             old.unlink(missing_ok=True)
+        try:
+            write_json_atomic(folder / LAUNCH_FILE, {"process": process_identity()})
+        except (OSError, RecordWriteError) as error:  # bookkeeping: the runs' records are what count
+            log.warning("sweep journal: %s", error)
         if interrupts.received():  # a signal while Hydra was starting: launch nothing
             raise interrupts.SweepInterrupted(interrupts.received())
         in_process = config.hydra.launcher._target_.endswith(("BasicLauncher", "PopulationLauncher"))
@@ -161,6 +175,18 @@ class SweepReport(Callback):
         code = report(Path(config.hydra.sweep.dir), interrupts.received())
         if code:
             sys.exit(code)
+
+
+def _live_launch(path: Path) -> str:
+    """The process of another launch that owns this journal and still runs, in words ("" if
+    none: no launch file, a dead process, this very process, or one this host cannot see)."""
+    try:
+        owner = json.loads(path.read_text()).get("process")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not isinstance(owner, dict) or owner == process_identity() or process_alive(owner) is not True:
+        return ""
+    return f"process {owner.get('pid')} on {owner.get('host')}"
 
 
 def _stop_workers(signum: int) -> None:
