@@ -146,8 +146,8 @@ def test_a_second_sweep_into_a_running_sweeps_folder_stops_at_once_and_harms_not
     assert second.returncode == 1, second.stderr
     assert second.stderr.strip().splitlines() == [
         f"gradclip: runs/pool is the folder of a sweep that is still running (process {proc.pid} on "
-        f"{socket.gethostname()}): its report would be wrong if this one shared it; wait for it, or give "
-        "this sweep another name= or hydra.sweep.dir="]
+        f"{socket.gethostname()}, holding runs/pool/.sweep/launch.lock): its report would be wrong if this "
+        "one shared it; wait for it, or give this sweep another name= or hydra.sweep.dir="]
     assert not list(root.glob("*seed=7*"))
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -157,6 +157,7 @@ def test_a_second_sweep_into_a_running_sweeps_folder_stops_at_once_and_harms_not
     # folder: test_ctrl_c_stops_a_sweep_which_reports_and_a_relaunch_finishes_it)
 
 
+@pytest.mark.slow
 def test_a_signal_to_a_joblib_sweep_stops_its_workers_too(tmp_path):
     """SIGUSR1 (a cluster's warning signal) to the sweep's parent process alone: it is passed on
     to the loky workers, whose runs end interrupted; the report comes, exit 128 + SIGUSR1."""

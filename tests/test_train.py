@@ -82,14 +82,21 @@ print(states, "torch._inductor.config" in sys.modules)
     assert out.stdout.strip() == "[(True, True), (False, True), (True, True)] False"
 
 
-def test_recorded_torchvision_version_is_the_packages_own():
+def test_recorded_torchvision_version_is_the_packages_own_without_its_import():
     """provenance reads torchvision's version from its version file (its import costs 1.4 s a
-    process): the same string its import gives, build tag included."""
-    import torchvision
-
-    from gradclip.provenance import versions
-
-    assert versions()["torchvision"] == torchvision.__version__
+    process): in a fresh process, without importing torchvision, the string its import gives,
+    build tag included."""
+    probe = """
+import sys
+from gradclip.provenance import versions
+recorded = versions()["torchvision"]
+imported = "torchvision" in sys.modules
+import torchvision
+print(recorded == torchvision.__version__, imported)
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True False"
 
 
 def test_a_run_built_to_diverge_does_and_is_a_result(make_cfg, tmp_path):

@@ -196,7 +196,7 @@ def _worker(conn: Connection, threads: int, logging_config: dict | None, verbose
         from hydra.core.utils import configure_log
         from omegaconf import OmegaConf
 
-        configure_log(OmegaConf.create(logging_config), verbose)
+        configure_log(OmegaConf.create(logging_config), OmegaConf.create(verbose) if isinstance(verbose, list) else verbose)
     import torch
 
     from gradclip.train import run_populations

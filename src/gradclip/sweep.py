@@ -3,8 +3,9 @@
 Every job of a Hydra multirun writes one small JSON file into ``<sweep dir>/.sweep/`` (its
 journal entry: ``started`` when it begins, its outcome when it ends), whichever process or host
 runs it. :class:`SweepReport`, a Hydra callback, clears the journal when the sweep starts
-(and names itself its owner in ``launch.json``: a second sweep into the same folder while the
-owner still runs stops at once with one line and exit 1, since their reports would mix) and
+(holding a lock on it, ``launch.lock``, until it ends or its process dies, and naming itself in
+``launch.json``: a second sweep into the same folder while the first runs stops at once with
+one line and exit 1, since their reports would mix) and
 reads it when the sweep ends (or when a signal stops it) to print one line counting this
 launch's jobs by outcome, one line per job that needs attention, and to exit with a code that
 tells the truth:
@@ -21,6 +22,7 @@ launch did with them.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -37,7 +39,8 @@ from gradclip.records import RecordWriteError, process_alive, process_identity, 
 log = logging.getLogger(__name__)
 
 JOURNAL_DIR = ".sweep"
-LAUNCH_FILE = "launch.json"  # in the journal: the sweep process that owns it
+LAUNCH_FILE = "launch.json"  # in the journal: the sweep process that owns it (for messages)
+LOCK_FILE = "launch.lock"  # in the journal: flock'ed by that process while its sweep runs
 # Outcomes, in the order the report lists them; "started" is a job that has not ended (yet),
 # "running" one whose record a live process still writes.
 OUTCOMES = ("completed", "diverged", "skipped", "failed", "interrupted", "bad_input", "not_started", "running",
@@ -54,6 +57,7 @@ _sweep_pid: int | None = None
 # True while runs train in this process (gradclip.train sets it around each population).
 job_here = False
 _sweep_ended = False
+_lock: tuple[Path, int] | None = None  # (launch.lock, its open file) of this process's sweep
 
 
 def journal(sweep_dir: Path) -> Path:
@@ -142,16 +146,16 @@ class SweepReport(Callback):
         global _sweep_dir, _sweep_pid, _sweep_ended
         sweep_dir = Path(config.hydra.sweep.dir)
         folder = journal(sweep_dir)
-        other = _live_launch(folder / LAUNCH_FILE)
-        if other:  # its journal is in this folder: clearing it would make its report false
-            print(f"gradclip: {sweep_dir} is the folder of a sweep that is still running ({other}): its "
-                  f"report would be wrong if this one shared it; wait for it, or give this sweep another "
-                  f"name= or hydra.sweep.dir=", file=sys.stderr)
+        if not _own_journal(folder):  # another live sweep's: clearing it would make its report false
+            print(f"gradclip: {sweep_dir} is the folder of a sweep that is still running "
+                  f"({_owner(folder / LAUNCH_FILE)}, holding {folder / LOCK_FILE}): its report would be "
+                  f"wrong if this one shared it; wait for it, or give this sweep another name= or "
+                  f"hydra.sweep.dir=", file=sys.stderr)
             sys.exit(1)
         _sweep_dir, _sweep_pid, _sweep_ended = sweep_dir, os.getpid(), False
-        folder.mkdir(parents=True, exist_ok=True)
         for old in folder.iterdir():  # the journal of an earlier launch (and any half-written entry)
-            old.unlink(missing_ok=True)
+            if old.name != LOCK_FILE:
+                old.unlink(missing_ok=True)
         try:
             write_json_atomic(folder / LAUNCH_FILE, {"process": process_identity()})
         except (OSError, RecordWriteError) as error:  # bookkeeping: the runs' records are what count
@@ -173,20 +177,52 @@ class SweepReport(Callback):
         global _sweep_ended
         _sweep_ended = True  # a signal from now on has nothing left to stop
         code = report(Path(config.hydra.sweep.dir), interrupts.received())
+        _release_journal()  # the folder is free for the next sweep (of this process or another)
         if code:
             sys.exit(code)
 
 
-def _live_launch(path: Path) -> str:
-    """The process of another launch that owns this journal and still runs, in words ("" if
-    none: no launch file, a dead process, this very process, or one this host cannot see)."""
+def _own_journal(folder: Path) -> bool:
+    """Take the journal's lock (flock on ``.sweep/launch.lock``, held until the sweep ends or its
+    process dies, however it dies): False if another live process holds it. Where no lock can be
+    taken (a file system without flock, a folder that cannot be made) nothing is refused: the
+    journal is bookkeeping, and Hydra reports a folder it cannot write."""
+    global _lock
+    path = folder / LOCK_FILE
+    if _lock is not None and _lock[0] == path:  # this process's own earlier sweep here
+        return True
     try:
-        owner = json.loads(path.read_text()).get("process")
-    except (OSError, ValueError, AttributeError):
-        return ""
-    if not isinstance(owner, dict) or owner == process_identity() or process_alive(owner) is not True:
-        return ""
-    return f"process {owner.get('pid')} on {owner.get('host')}"
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    except OSError:
+        os.close(fd)
+        return True
+    _release_journal()
+    _lock = (path, fd)
+    return True
+
+
+def _release_journal() -> None:
+    global _lock
+    if _lock is not None:
+        os.close(_lock[1])  # closing the file releases its flock
+        _lock = None
+
+
+def _owner(path: Path) -> str:
+    """The process named in a journal's launch.json, in words."""
+    try:
+        owner = json.loads(path.read_text()).get("process") or {}
+        return f"process {owner['pid']} on {owner['host']}"
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return "another process"
 
 
 def _stop_workers(signum: int) -> None:
