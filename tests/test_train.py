@@ -65,6 +65,13 @@ def test_same_seed_same_metrics(make_cfg, tmp_path, granularity):
     assert read_rows(tmp_path / "a") != read_rows(tmp_path / "c")
 
 
+def in_fresh_python(code: str) -> str:
+    """What ``code`` prints in a new interpreter (where nothing is imported yet), stripped."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def test_deterministic_setting_reaches_torch_without_loading_inductor():
     """gradclip.runner.use_deterministic_algorithms sets torch's flag (warn-only) both ways, and
     in a fresh process it does so without importing torch._inductor, as torch's own call would."""
@@ -77,9 +84,7 @@ for mode in (True, False, True):
     states.append((torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()))
 print(states, "torch._inductor.config" in sys.modules)
 """
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[(True, True), (False, True), (True, True)] False"
+    assert in_fresh_python(probe) == "[(True, True), (False, True), (True, True)] False"
 
 
 def test_recorded_torchvision_version_is_the_packages_own_without_its_import():
@@ -94,9 +99,7 @@ imported = "torchvision" in sys.modules
 import torchvision
 print(recorded == torchvision.__version__, imported)
 """
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "True False"
+    assert in_fresh_python(probe) == "True False"
 
 
 def test_a_run_built_to_diverge_does_and_is_a_result(make_cfg, tmp_path):
