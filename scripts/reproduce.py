@@ -61,11 +61,11 @@ def stability_sweeps(scale: str) -> list[list[str]]:
     extra = ["model=lstm,resnet", seeds, "steps=100", "schedule.a0=1,10,1000,10000"]
     return [
         main + ["model=deep_tanh,mlp", "clip=none"],
-        main + ["model=deep_tanh,mlp", "clip=norm", "clip.threshold=0.1,1.0,10.0", "clip.granularity=batch,sample"],
+        main + ["model=deep_tanh,mlp", "clip=norm", "clip.threshold=1.0,10.0", "clip.granularity=batch,sample"],
         main + ["model=deep_tanh,mlp", "clip=agc", "clip.clip_factor=0.01,0.1", "clip.granularity=batch,sample"],
         main + ["model=deep_tanh,mlp", "clip=agc", "clip.clip_factor=0.01,0.1", "clip.exclude=[]"],
         main + ["model=rnn_exploding", "clip=none"],
-        main + ["model=rnn_exploding", "clip=norm", "clip.threshold=0.1,1.0,10.0"],
+        main + ["model=rnn_exploding", "clip=norm", "clip.threshold=1.0,10.0"],
         main + ["model=rnn_exploding", "clip=norm", "clip.threshold=1.0", "clip.granularity=sample"],
         main + ["model=rnn_exploding", "clip=agc", "clip.clip_factor=0.01,0.1"],
         main + ["model=rnn_exploding", "clip=agc", "clip.clip_factor=0.1", "clip.granularity=sample"],
@@ -90,9 +90,9 @@ def convergence_sweeps(scale: str) -> list[list[str]]:
     norm, agc = ["clip=norm", "clip.threshold=1.0", "clip.eps=0"], ["clip=agc", "clip.clip_factor=0.01", "clip.exclude=[]"]
     if scale == "full":
         long = ["model=mlp", "steps=50000", "eval_log_points=30", "log_every=500"]
-        cnn = ["model=cnn1d", "seed=range(0,8)"]
+        cnn = ["model=cnn1d", "schedule.a0=30", "seed=range(0,8)"]
         return [long + ["seed=range(0,8)", *norm],
-                long + ["seed=range(0,4)", "schedule.a0=0.3,3,30", "clip=agc", "clip.clip_factor=0.001,0.01,0.1",
+                long + ["seed=range(0,4)", "schedule.a0=3,30", "clip=agc", "clip.clip_factor=0.001,0.01,0.1",
                         "clip.exclude=[]"],
                 cnn + norm, cnn + agc]
     grid = {"smoke": ["model=mlp", "schedule.a0=30", "seed=0", "steps=200", "eval_log_points=6"], "default": []}[scale]
@@ -128,7 +128,7 @@ def limit_set_sweeps(scale: str) -> list[list[str]]:
 def ode_tracking_sweeps(scale: str) -> list[list[str]]:
     """configs/experiment/ode_tracking.yaml holds the default grid."""
     return [{"smoke": ["schedule.a0=0.1,0.01", "seed=0", "steps=600"], "default": [],
-             "full": ["schedule.a0=0.3,0.1,0.03,0.01,0.003,0.001", "seed=range(0,16)", "steps=6000"]}[scale]]
+             "full": ["schedule.a0=0.3,0.1,0.03,0.01,0.003,0.001", "seed=range(0,8)", "steps=6000"]}[scale]]
 
 
 EXPERIMENTS = {"stability": stability_sweeps, "agc_small_weights": agc_small_weights_sweeps,
