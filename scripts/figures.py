@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
+import signal
+import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import matplotlib
@@ -24,7 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from gradclip.analysis import MIN_RECORDS, label_setting  # noqa: E402
-from gradclip.collect import COLLECT, NOISE_LABEL, collect as collect_tables  # noqa: E402
+from gradclip.labels import NOISE_LABEL  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "legend.fontsize": 7, "figure.dpi": 150,
@@ -447,7 +451,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     collect = sub.add_parser("collect", help="run records -> results/*.csv")
-    collect.add_argument("experiment", nargs="+", choices=[*COLLECT, "all"])
+    collect.add_argument("experiment", nargs="+", choices=[*PLOT, "all"])  # (gradclip.collect.COLLECT's names)
     collect.add_argument("--runs", default=str(ROOT / "runs" / "full"),
                          help="output_root of the sweeps (runs/full made the committed results/)")
     collect.add_argument("--source", choices=["local", "wandb"], default="local")
@@ -458,15 +462,50 @@ def main() -> None:
     plot.add_argument("--figures", default=str(ROOT / "paper_figures"))
     for p in (collect, plot):
         p.add_argument("--results", default=str(ROOT / "results"))
+        p.add_argument("--jobs", type=int, default=1, help="processes side by side, one experiment (collect) or "
+                                                         "figure (plot) each at a time")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs={args.jobs} is not allowed: must be >= 1")
     Path(args.results).mkdir(parents=True, exist_ok=True)
-    names = list(COLLECT if args.command == "collect" else PLOT) if "all" in args.experiment else args.experiment
-    for name in names:
-        if args.command == "collect":
-            collect_tables(name, args)
-        else:
-            for plot_one in PLOT[name]:
-                plot_one(args)
+    names = list(PLOT) if "all" in args.experiment else args.experiment
+    tasks = [(args.command, name, k) for name in names
+             for k in range(1 if args.command == "collect" else len(PLOT[name]))]
+    if args.jobs == 1 or len(tasks) == 1:
+        for task in tasks:
+            _do(task, args)
+        return
+    # Fresh processes (spawn): collect imports torch, which must not be forked mid-run. A stop
+    # signal ends this command once the tasks under way are done, and starts no other; it is
+    # held while the pool starts its processes and takes the tasks (an exit half-way through a
+    # submit could leave a process waiting for work that never comes).
+    stops = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    for signum in stops:
+        signal.signal(signum, lambda signum, frame: sys.exit(128 + signum))
+    pool = None
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        pool = ProcessPoolExecutor(min(args.jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=signal.pthread_sigmask, initargs=(signal.SIG_UNBLOCK, stops))
+        futures = [pool.submit(_do, task, args) for task in tasks]
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+        for done in futures:
+            done.result()  # the first failure ends the command with its traceback
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _do(task: tuple[str, str, int], args) -> None:
+    """One experiment's tables (collect) or one of its figures (plot)."""
+    command, name, k = task
+    if command == "collect":
+        from gradclip.collect import collect  # (torch, for the data sets: plotting needs neither)
+
+        collect(name, args)
+    else:
+        PLOT[name][k](args)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,18 @@ def test_combine():
     assert verdicts.combine(["untested"]) == "untested"
 
 
+def test_every_experiment_has_its_tables_and_its_figures_and_plotting_needs_no_torch():
+    """figures.py names the experiments by its plots; gradclip.collect must know the same ones.
+    Plotting alone (make figures) does not import torch (collect does, for the data sets)."""
+    from gradclip.collect import COLLECT
+
+    assert list(figures.PLOT) == list(COLLECT)
+    probe = "import runpy, sys; runpy.run_path(sys.argv[1]); print('torch' in sys.modules)"
+    imported = subprocess.run([sys.executable, "-c", probe, str(ROOT / "scripts" / "figures.py")],
+                              capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "False"
+
+
 def test_palette_tells_every_setting_apart():
     labels = ["none"] + [f"norm τ={t:g} ({g})" for t in (0.1, 1, 10) for g in ("batch", "sample")] + \
              [f"agc λ={v:g} ({g})" for v in (0.01, 0.1, 1) for g in ("batch", "sample")]
@@ -268,3 +280,15 @@ def test_renderers_take_missing_values(tmp_path):
     increments(tmp_path, [float("nan")])
     a = json.loads(json.dumps(verdicts.plain(verdicts.assess_increments(tmp_path))))
     assert a["worst_update_ratio"] is None and "–" in report.render_increments(a)[0]
+
+
+def test_the_repository_cites_only_its_own_files_for_what_it_tests():
+    """The paper, its claims and the predictions are stated in docs/CLAIMS.md: no tracked file
+    may send a reader to a briefing outside the repository."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    texts = [path for path in tracked if path.endswith((".py", ".md", ".yaml", ".yml", ".toml", "Makefile"))]
+    assert "docs/CLAIMS.md" in texts
+    citing = [path for path in texts if any(name in (ROOT / path).read_text(encoding="utf-8")
+                                            for name in ("../shared", "PAPER.md", "REFERENCES.md"))
+              and path != "tests/test_report.py"]
+    assert citing == []

@@ -10,7 +10,8 @@ The two are different algorithms with different fixed points: batch clipping res
 zero-mean-gradient point by a positive number, so its rest points are those of plain SGD;
 per-sample clipping has rest points where mean_i g_i / c_i = 0 (eq. 22 of the paper).
 
-Semantics follow the reference implementations (see ../shared/REFERENCES.md):
+Semantics follow the reference implementations named below (docs/CLAIMS.md gives the clipping
+factor of each method in the paper's terms):
 
 * ``norm``: torch.nn.utils.clip_grad_norm_: every gradient is multiplied by
   min(1, tau / (||g|| + eps)) with one norm over all parameters. torch hard-codes eps = 1e-6;

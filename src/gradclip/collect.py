@@ -25,6 +25,7 @@ from gradclip.analysis import (
     agc_stability_limits, agc_unit_summary, convergence_summary, eval_paths, freeze_table, increment_table,
     ode_gap_summary, ode_seed_mean_gap, stability_table, total_schedule_sum, trajectories, with_labels)
 from gradclip.data import load_dataset
+from gradclip.labels import NOISE_LABEL
 from gradclip.meanfield import batch_clipped_root_location, clipped_root, least_squares, ode_path
 from gradclip.records import CONFIG_FILE, load_runs, load_units, load_wandb_runs
 
@@ -73,10 +74,6 @@ def problem(runs: pd.DataFrame) -> pd.Series:
 
 
 DATA_LABEL = {"mnist1d": "MNIST-1D"}
-
-
-NOISE_LABEL = {"gaussian": "gaussian noise", "lognormal": "skewed noise (lognormal)",
-               "student_t": "heavy-tailed noise (student-t, 3 d.o.f.)"}
 
 
 def collect_stability(source) -> None:

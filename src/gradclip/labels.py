@@ -10,6 +10,11 @@ from collections.abc import Iterable
 
 AGC_DEFAULT_EXCLUDE = ("head.*",)  # configs/clip/agc.yaml: the classifier head is exempt, as in timm
 
+# The noise distributions of the closed-form problems (gradclip.data), in words, in the order the
+# figures show them.
+NOISE_LABEL = {"gaussian": "gaussian noise", "lognormal": "skewed noise (lognormal)",
+               "student_t": "heavy-tailed noise (student-t, 3 d.o.f.)"}
+
 
 def agc_exemption(method: str, exclude: Iterable[str] | None) -> str | None:
     """What a run's clipping exempts, where that names another method than the default: None

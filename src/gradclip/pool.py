@@ -5,9 +5,10 @@ small tensor operations, not in arithmetic, so a second thread adds little (meas
 a 32-member MLP population trains 2,119 model-steps/s with 2 threads, 1,880 with 1) while a
 second process with one thread nearly doubles it (two 1-thread processes: 1,841 + 1,830). So a
 sweep of several populations trains them in ``N`` worker processes, each with
-``torch.get_num_threads() // N`` threads (``threads=`` in the config still wins), each taking
-the next population when it is done with one. The jobs are prepared in the sweep's process
-(gradclip.train.prepare_job); a worker trains a population exactly as the sweep's process would
+``torch.get_num_threads() // min(N, populations)`` threads (``threads=`` in the config still
+wins), each taking the next population when it is done with one. The jobs are prepared in the
+sweep's process (gradclip.train.prepare_job) while the workers start, so that their imports
+overlap that work; a worker trains a population exactly as the sweep's process would
 (gradclip.train.run_populations): the same records, journal entries and report lines.
 
 Stop signals: a signal to the sweep's process (``kill PID``, SLURM's SIGTERM) is passed on to
@@ -39,123 +40,142 @@ RELAY_EVERY_S = 0.25  # how often a worker tells the sweep's process how far it 
 STOP_GRACE_S = 30.0  # how long a worker may take to end its runs once told to stop
 
 
-def run_in_workers(groups: list, workers: int, progress=None, logging_config: dict | None = None,
-                   verbose: bool | str | list = False) -> None:
-    """Train the populations ``groups`` (lists of gradclip.train.Job) in ``workers`` processes,
-    whose logging is set up as the sweep's: ``logging_config`` (Hydra's ``hydra_logging``) and
-    ``verbose`` (``hydra.verbose``: true, or the loggers to show at DEBUG)."""
-    from gradclip import train
-    import torch
+class Workers:
+    """``count`` worker processes, started before their populations are known: a sweep starts
+    them as it begins to prepare its jobs, so that their imports (torch: about 2.5 s a process
+    here) overlap that preparation. Their logging is set up as the sweep's: ``logging_config``
+    (Hydra's ``hydra_logging``) and ``verbose`` (``hydra.verbose``: true, or the loggers to show
+    at DEBUG). :meth:`run` trains populations in them; :meth:`close` ends them (the sweep calls
+    it whatever happens; it is idempotent)."""
 
-    context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
-    started = min(workers, len(groups))
-    threads = max(1, torch.get_num_threads() // started)
-    queue = deque(groups)
-    processes = {}  # connection -> its worker process
-    idle, busy = [], {}  # connections of workers waiting; connection -> the population it trains
-    reported = {}  # connection -> runs of its population it has reported done
-    # Stop signals are blocked while the workers start (the mask survives their exec) and each
-    # worker unblocks them once its handler is installed: a signal during a worker's imports is
-    # then noted, not fatal.
-    signal.pthread_sigmask(signal.SIG_BLOCK, interrupts.SIGNALS)
-    try:
-        for _ in range(started):
-            ours, theirs = context.Pipe()
-            process = context.Process(target=_worker, args=(theirs, threads, logging_config, verbose), daemon=True,
-                                      name="gradclip-worker")
-            process.start()
-            theirs.close()
-            processes[ours] = process
-            idle.append(ours)
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.SIGNALS)
+    def __init__(self, count: int, logging_config: dict | None = None, verbose: bool | str | list = False) -> None:
+        context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
+        self.processes: dict[Connection, multiprocessing.Process] = {}  # connection -> its worker process
+        # Stop signals are blocked while the workers start (the mask survives their exec) and each
+        # worker unblocks them once its handler is installed: a signal during a worker's imports is
+        # then noted, not fatal.
+        signal.pthread_sigmask(signal.SIG_BLOCK, interrupts.SIGNALS)
+        try:
+            for _ in range(count):
+                ours, theirs = context.Pipe()
+                process = context.Process(target=_worker, args=(theirs, logging_config, verbose), daemon=True,
+                                          name="gradclip-worker")
+                process.start()
+                theirs.close()
+                self.processes[ours] = process
+        except BaseException:  # (a process that cannot be started): none is left behind
+            self.close(kill=True)
+            raise
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.SIGNALS)
 
-    def gone(conn: Connection, why: str) -> None:
-        """A worker that will train no more: the runs of its population that never began are
-        journaled as failed; those that began read as their records say."""
-        group = busy.pop(conn, [])
-        if group:
-            log.warning("worker process %d %s during a population of %d runs; their records read as what "
-                        "they hold", processes[conn].pid, why, len(group))
-        for job in group:
-            if not sweep.journal_entry(job.sweep_dir, job.run_dir.name):
-                job.outcome("failed", f"its worker process {why} before the run began")
-        if progress is not None and group:
-            progress.run_done(len(group) - reported.get(conn, 0))
-
-    stopped = None
-    try:
-        while queue or busy:
-            signum = interrupts.received()
-            if signum and stopped is None:
-                stopped = signum
-                for process in processes.values():  # a signal to this process alone reaches them too
-                    if process.is_alive():
-                        os.kill(process.pid, signum)
-                train._stop([job for group in queue for job in group], signum, raise_in_sweep=False)
-                queue.clear()
-            while idle and queue:
-                conn = idle.pop()
-                try:
-                    conn.send(queue[0])
-                except OSError:  # it died between populations: the others take its share
-                    log.warning("worker process %d ended (exit code %s) between populations",
-                                processes[conn].pid, processes[conn].exitcode)
-                    continue
-                busy[conn], reported[conn] = queue.popleft(), 0
-            if queue and not busy and not idle:  # no worker left to train the rest
-                for job in (job for group in queue for job in group):
-                    job.outcome("not_started", "every worker process of the sweep had ended")
-                queue.clear()
-            for conn in wait(list(busy), timeout=0.5):
-                try:
-                    kind, *values = conn.recv()
-                except (EOFError, OSError):  # the worker died (killed, out of memory)
-                    processes[conn].join(timeout=1)
-                    gone(conn, f"ended (exit code {processes[conn].exitcode})")
-                    continue
-                if kind == "progress":
-                    steps, runs, skipped = values
-                    reported[conn] += runs
-                    if progress is not None:
-                        progress.advance(steps)
-                        if runs:
-                            progress.run_done(runs, skipped)
-                elif kind == "idle":
-                    del busy[conn]
-                    idle.append(conn)
-                elif kind == "stopped" and stopped is not None:  # the sweep's own stop, passed on
-                    del busy[conn]
-                elif kind == "stopped":  # a signal to that worker alone: it takes no more populations
-                    gone(conn, f"was stopped by {interrupts.name(values[0])}")
-    except BaseException as error:  # this process failed: stop the workers' runs, account for the rest
-        log.error("the sweep's process failed (%s: %s); stopping its worker processes", type(error).__name__, error)
-        for conn in busy:
-            if processes[conn].is_alive():
-                os.kill(processes[conn].pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        while busy and time.monotonic() < deadline:
-            for conn in wait(list(busy), timeout=0.5):
-                try:
-                    if conn.recv()[0] in ("idle", "stopped"):
-                        busy.pop(conn)
-                except (EOFError, OSError):
-                    busy.pop(conn)
-        for job in (job for group in queue for job in group):
-            job.outcome("not_started", f"the sweep's process failed: {type(error).__name__}")
-        raise
-    finally:
-        for conn, process in processes.items():
+    def close(self, kill: bool = False) -> None:
+        """Tell every worker to end and wait for it (``kill``: end them at once, as when the sweep
+        stops before any population was sent)."""
+        for conn, process in self.processes.items():
+            if kill:
+                process.kill()
+                continue
             try:
                 conn.send(None)
             except OSError:
                 pass
-        for process in processes.values():
+        for process in self.processes.values():
             process.join(timeout=STOP_GRACE_S)
             if process.is_alive():
                 process.kill()
-    if stopped is not None:
-        train._stop_sweep(stopped)
+        self.processes = {}
+
+    def run(self, groups: list, progress=None) -> None:
+        """Train the populations ``groups`` (lists of gradclip.train.Job) in the workers, each
+        with ``torch.get_num_threads() // min(workers, populations)`` threads, then close them."""
+        from gradclip import train
+        import torch
+
+        processes = self.processes
+        threads = max(1, torch.get_num_threads() // min(len(processes), len(groups)))
+        queue = deque(groups)
+        idle, busy = list(processes), {}  # connections of workers waiting; connection -> the population it trains
+        reported = {}  # connection -> runs of its population it has reported done
+
+        def gone(conn: Connection, why: str) -> None:
+            """A worker that will train no more: the runs of its population that never began are
+            journaled as failed; those that began read as their records say."""
+            group = busy.pop(conn, [])
+            if group:
+                log.warning("worker process %d %s during a population of %d runs; their records read as what "
+                            "they hold", processes[conn].pid, why, len(group))
+            for job in group:
+                if not sweep.journal_entry(job.sweep_dir, job.run_dir.name):
+                    job.outcome("failed", f"its worker process {why} before the run began")
+            if progress is not None and group:
+                progress.run_done(len(group) - reported.get(conn, 0))
+
+        stopped = None
+        try:
+            while queue or busy:
+                signum = interrupts.received()
+                if signum and stopped is None:
+                    stopped = signum
+                    for process in processes.values():  # a signal to this process alone reaches them too
+                        if process.is_alive():
+                            os.kill(process.pid, signum)
+                    train._stop([job for group in queue for job in group], signum, raise_in_sweep=False)
+                    queue.clear()
+                while idle and queue:
+                    conn = idle.pop()
+                    try:
+                        conn.send((threads, queue[0]))
+                    except OSError:  # it died between populations: the others take its share
+                        log.warning("worker process %d ended (exit code %s) between populations",
+                                    processes[conn].pid, processes[conn].exitcode)
+                        continue
+                    busy[conn], reported[conn] = queue.popleft(), 0
+                if queue and not busy and not idle:  # no worker left to train the rest
+                    for job in (job for group in queue for job in group):
+                        job.outcome("not_started", "every worker process of the sweep had ended")
+                    queue.clear()
+                for conn in wait(list(busy), timeout=0.5):
+                    try:
+                        kind, *values = conn.recv()
+                    except (EOFError, OSError):  # the worker died (killed, out of memory)
+                        processes[conn].join(timeout=1)
+                        gone(conn, f"ended (exit code {processes[conn].exitcode})")
+                        continue
+                    if kind == "progress":
+                        steps, runs, skipped = values
+                        reported[conn] += runs
+                        if progress is not None:
+                            progress.advance(steps)
+                            if runs:
+                                progress.run_done(runs, skipped)
+                    elif kind == "idle":
+                        del busy[conn]
+                        idle.append(conn)
+                    elif kind == "stopped" and stopped is not None:  # the sweep's own stop, passed on
+                        del busy[conn]
+                    elif kind == "stopped":  # a signal to that worker alone: it takes no more populations
+                        gone(conn, f"was stopped by {interrupts.name(values[0])}")
+        except BaseException as error:  # this process failed: stop the workers' runs, account for the rest
+            log.error("the sweep's process failed (%s: %s); stopping its worker processes", type(error).__name__, error)
+            for conn in busy:
+                if processes[conn].is_alive():
+                    os.kill(processes[conn].pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_S
+            while busy and time.monotonic() < deadline:
+                for conn in wait(list(busy), timeout=0.5):
+                    try:
+                        if conn.recv()[0] in ("idle", "stopped"):
+                            busy.pop(conn)
+                    except (EOFError, OSError):
+                        busy.pop(conn)
+            for job in (job for group in queue for job in group):
+                job.outcome("not_started", f"the sweep's process failed: {type(error).__name__}")
+            raise
+        finally:
+            self.close()
+        if stopped is not None:
+            train._stop_sweep(stopped)
 
 
 class _Relay:
@@ -186,9 +206,9 @@ class _Relay:
         self.sent = time.monotonic()
 
 
-def _worker(conn: Connection, threads: int, logging_config: dict | None, verbose: bool | str | list) -> None:
-    """A worker process: train each population it is sent until it is sent None, the sweep's
-    process is gone, or a stop signal reached it."""
+def _worker(conn: Connection, logging_config: dict | None, verbose: bool | str | list) -> None:
+    """A worker process: train each population it is sent (with the number of threads sent
+    with it) until it is sent None, the sweep's process is gone, or a stop signal reached it."""
     interrupts.install()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.SIGNALS)  # blocked by the parent while we started
     logging.raiseExceptions = False  # as in the sweep's process: a log that cannot be written is no crash
@@ -201,15 +221,16 @@ def _worker(conn: Connection, threads: int, logging_config: dict | None, verbose
 
     from gradclip.train import run_populations
 
-    torch.set_num_threads(threads)
     relay = _Relay(conn)
     while True:
         try:
-            group = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             return
-        if group is None:
+        if message is None:
             return
+        threads, group = message
+        torch.set_num_threads(threads)
         log.debug("worker process %d: a population of %d runs", os.getpid(), len(group))
         run_populations([group], relay)
         relay.flush()

@@ -80,9 +80,7 @@ class PopulationLauncher(Launcher):
             loader.load_sweep_config = SweepConfigs(loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from gradclip import sweep
-        from gradclip.pool import run_in_workers
-        from gradclip.train import populations, prepare_job, run_populations
+        from gradclip.pool import Workers
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -104,6 +102,30 @@ class PopulationLauncher(Launcher):
                         "population share one working directory")
         configs = self.hydra_context.config_loader.load_sweep_config  # SweepConfigs, installed by setup
         runs, pending = [], []
+        workers = None
+        try:
+            if self.workers > 1 and self.backend == "local" and len(job_overrides) > 1:
+                # Started now, so that their imports overlap the preparation of the jobs below.
+                verbose = self.config.hydra.verbose
+                workers = Workers(min(self.workers, len(job_overrides)),
+                                  OmegaConf.to_container(self.config.hydra.hydra_logging, resolve=True),
+                                  OmegaConf.to_container(verbose) if OmegaConf.is_config(verbose) else verbose)
+            self._prepare(job_overrides, initial_job_idx, configs, runs, pending)
+            if self.backend != "local":
+                self._submit(pending)
+                return runs
+            self._train(pending, len(job_overrides), workers)
+        finally:
+            if workers is not None:
+                workers.close(kill=True)  # those the training did not use (it closes the others itself)
+        return runs
+
+    def _prepare(self, job_overrides, initial_job_idx, configs, runs: list, pending: list) -> None:
+        """Each job's folder, .hydra files, callbacks and checks (``_job``): its JobReturn into
+        ``runs``, and the job into ``pending`` if it is to train."""
+        from gradclip.train import prepare_job
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
         configs.checking = False  # each job's own config from here on, not the sweeper's check
         try:
             for idx, overrides in enumerate(job_overrides):
@@ -119,26 +141,27 @@ class PopulationLauncher(Launcher):
                     pending.append(ret.return_value)
         finally:
             configs.checking = True  # the sweeper checks the next batch
-        if self.backend != "local":
-            self._submit(pending)
-            return runs
-        progress = sweep.Progress(len(job_overrides), len(job_overrides) - len(pending),
-                                  sum(int(job.cfg.steps) for job in pending))
+
+    def _train(self, pending: list, total: int, workers) -> None:
+        """Train the pending jobs as populations: in the worker processes ``workers`` (started by
+        launch) where there are two populations or more, else in this process."""
+        from gradclip import sweep
+        from gradclip.train import populations, run_populations
+
+        progress = sweep.Progress(total, total - len(pending), sum(int(job.cfg.steps) for job in pending))
         try:
             # With workers, at least two populations each (halving the largest), so that a sweep of
             # a few large populations still keeps every worker busy to the end.
             groups = populations(pending, self.max_members, at_least=2 * self.workers if self.workers > 1 else 1)
-            if self.workers > 1 and len(groups) > 1:
+            if workers is not None and len(groups) > 1:
                 log.info(f"{len(groups)} populations in {min(self.workers, len(groups))} worker processes")
-                verbose = self.config.hydra.verbose
-                run_in_workers(groups, self.workers, progress,
-                               OmegaConf.to_container(self.config.hydra.hydra_logging, resolve=True),
-                               OmegaConf.to_container(verbose) if OmegaConf.is_config(verbose) else verbose)
+                workers.run(groups, progress)
             else:
+                if workers is not None:
+                    workers.close(kill=True)  # one population or none: this process trains it
                 run_populations(groups, progress)
         finally:
             progress.close()
-        return runs
 
     def _submit(self, pending: list) -> None:
         """One submitit task per population; wait for them all (each journals its own runs)."""
