@@ -485,8 +485,7 @@ def main() -> None:
     pool = None
     signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:
-        pool = ProcessPoolExecutor(min(args.jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=signal.pthread_sigmask, initargs=(signal.SIG_UNBLOCK, stops))
+        pool = ProcessPoolExecutor(min(args.jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"))
         futures = [pool.submit(_do, task, args) for task in tasks]
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
         for done in futures:

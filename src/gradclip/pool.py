@@ -14,9 +14,11 @@ overlap that work; a worker trains a population exactly as the sweep's process w
 Stop signals: a signal to the sweep's process (``kill PID``, SLURM's SIGTERM) is passed on to
 every worker, whose runs end at their next step boundary as ``interrupted``; the populations not
 yet begun are journaled as not started, and the sweep reports and exits 128 + the signal
-(Ctrl-C reaches the workers directly too; a signal while a worker starts is held until it can
-note it). A signal to one worker alone ends its runs the same way, and it takes no more
-populations: the others do. A worker that dies (killed, out of memory) leaves its runs' records
+(Ctrl-C reaches the workers directly too). A worker is sent no population and no signal until
+it says it is ready, its stop handler installed (a spawned process does not keep the sweep's
+signal mask); only a Ctrl-C in the first tenth of a second of a worker's life can still end it
+before that, and then it had no population. A signal to one worker alone ends its runs the same
+way, and it takes no more populations: the others do. A worker that dies (killed, out of memory) leaves its runs' records
 as they are, which the report then reads, and the runs of its population that never began are
 journaled as failed; the other workers go on. If the sweep's process fails, it stops the
 workers' runs before it reports; if it dies, each worker ends after its current population.
@@ -32,7 +34,7 @@ import time
 from collections import deque
 from multiprocessing.connection import Connection, wait
 
-from gradclip import interrupts, sweep
+from gradclip import interrupts  # (only this at the top: a worker installs its stop handler right after)
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +53,9 @@ class Workers:
     def __init__(self, count: int, logging_config: dict | None = None, verbose: bool | str | list = False) -> None:
         context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
         self.processes: dict[Connection, multiprocessing.Process] = {}  # connection -> its worker process
-        # Stop signals are blocked while the workers start (the mask survives their exec) and each
-        # worker unblocks them once its handler is installed: a signal during a worker's imports is
-        # then noted, not fatal.
-        signal.pthread_sigmask(signal.SIG_BLOCK, interrupts.SIGNALS)
+        # A spawned process does not keep this one's signal mask, so a worker cannot be shielded
+        # while it starts: it says "ready" once its stop handler is installed, and until then it
+        # is sent neither a population nor a signal (run).
         try:
             for _ in range(count):
                 ours, theirs = context.Pipe()
@@ -66,8 +67,6 @@ class Workers:
         except BaseException:  # (a process that cannot be started): none is left behind
             self.close(kill=True)
             raise
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.SIGNALS)
 
     def close(self, kill: bool = False) -> None:
         """Tell every worker to end and wait for it (``kill``: end them at once, as when the sweep
@@ -89,13 +88,14 @@ class Workers:
     def run(self, groups: list, progress=None) -> None:
         """Train the populations ``groups`` (lists of gradclip.train.Job) in the workers, each
         with ``torch.get_num_threads() // min(workers, populations)`` threads, then close them."""
-        from gradclip import train
+        from gradclip import sweep, train
         import torch
 
         processes = self.processes
         threads = max(1, torch.get_num_threads() // min(len(processes), len(groups)))
         queue = deque(groups)
-        idle, busy = list(processes), {}  # connections of workers waiting; connection -> the population it trains
+        starting = set(processes)  # connections of workers not yet ready (their stop handler not installed)
+        idle, busy = [], {}  # connections of workers waiting; connection -> the population it trains
         reported = {}  # connection -> runs of its population it has reported done
 
         def gone(conn: Connection, why: str) -> None:
@@ -113,12 +113,12 @@ class Workers:
 
         stopped = None
         try:
-            while queue or busy:
+            while queue or busy:  # (with a queue, workers still starting are waited for)
                 signum = interrupts.received()
                 if signum and stopped is None:
                     stopped = signum
-                    for process in processes.values():  # a signal to this process alone reaches them too
-                        if process.is_alive():
+                    for conn, process in processes.items():  # a signal to this process alone reaches them too
+                        if conn not in starting and process.is_alive():  # (one still starting gets no population)
                             os.kill(process.pid, signum)
                     train._stop([job for group in queue for job in group], signum, raise_in_sweep=False)
                     queue.clear()
@@ -131,18 +131,26 @@ class Workers:
                                     processes[conn].pid, processes[conn].exitcode)
                         continue
                     busy[conn], reported[conn] = queue.popleft(), 0
-                if queue and not busy and not idle:  # no worker left to train the rest
+                if queue and not busy and not idle and not starting:  # no worker left to train the rest
                     for job in (job for group in queue for job in group):
                         job.outcome("not_started", "every worker process of the sweep had ended")
                     queue.clear()
-                for conn in wait(list(busy), timeout=0.5):
+                for conn in wait([*busy, *starting], timeout=0.5):
                     try:
                         kind, *values = conn.recv()
                     except (EOFError, OSError):  # the worker died (killed, out of memory)
                         processes[conn].join(timeout=1)
-                        gone(conn, f"ended (exit code {processes[conn].exitcode})")
+                        if conn in starting:
+                            starting.discard(conn)
+                            log.warning("worker process %d ended (exit code %s) as it started",
+                                        processes[conn].pid, processes[conn].exitcode)
+                        else:
+                            gone(conn, f"ended (exit code {processes[conn].exitcode})")
                         continue
-                    if kind == "progress":
+                    if kind == "ready":
+                        starting.discard(conn)
+                        idle.append(conn)
+                    elif kind == "progress":
                         steps, runs, skipped = values
                         reported[conn] += runs
                         if progress is not None:
@@ -210,7 +218,10 @@ def _worker(conn: Connection, logging_config: dict | None, verbose: bool | str |
     """A worker process: train each population it is sent (with the number of threads sent
     with it) until it is sent None, the sweep's process is gone, or a stop signal reached it."""
     interrupts.install()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, interrupts.SIGNALS)  # blocked by the parent while we started
+    try:
+        conn.send(("ready",))  # from now on a stop signal is noted, not fatal
+    except OSError:  # the sweep's process is gone
+        return
     logging.raiseExceptions = False  # as in the sweep's process: a log that cannot be written is no crash
     if logging_config:
         from hydra.core.utils import configure_log
