@@ -38,6 +38,22 @@ def test_smoke_reproduce_writes_every_figure_and_the_report(tmp_path):
     for name in FIGURES:
         for suffix in (".png", ".pdf"):
             assert (figures / f"{name}{suffix}").stat().st_size > 1000
+    # figures.py --jobs 2 (make reproduce's two processes, one task each): the tables one process
+    # wrote, byte for byte, and both figures of an experiment that has two.
+    figures_py = [sys.executable, str(ROOT / "scripts" / "figures.py")]
+    again, redrawn = tmp_path / "again", tmp_path / "redrawn"
+    for command in ([*figures_py, "collect", "limit_set", "ode_tracking", "--runs", str(runs), "--results", str(again),
+                     "--jobs", "2"],
+                    [*figures_py, "plot", "stability", "--results", str(results), "--figures", str(redrawn),
+                     "--jobs", "2"]):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in again.iterdir()) == ["limit_set.csv", "ode_gaps.csv", "ode_paths.csv",
+                                                       "ode_seed_mean_gaps.csv", "ode_solution.csv"]
+    for table in again.iterdir():
+        assert table.read_bytes() == (results / table.name).read_bytes(), table.name
+    assert sorted(p.name for p in redrawn.iterdir()) == ["increments.pdf", "increments.png", "stability.pdf",
+                                                         "stability.png"]
     for name in TABLES:
         if name.endswith(".csv"):
             assert len(pd.read_csv(results / name)) > 0, name

@@ -18,9 +18,9 @@ yet begun are journaled as not started, and the sweep reports and exits 128 + th
 it says it is ready, its stop handler installed (a spawned process does not keep the sweep's
 signal mask); only a Ctrl-C in the first tenth of a second of a worker's life can still end it
 before that, and then it had no population. A signal to one worker alone ends its runs the same
-way, and it takes no more populations: the others do. A worker that dies (killed, out of memory) leaves its runs' records
-as they are, which the report then reads, and the runs of its population that never began are
-journaled as failed; the other workers go on. If the sweep's process fails, it stops the
+way, and it takes no more populations: the others do. A worker that dies (killed, out of
+memory) leaves its runs' records as they are, which the report then reads, and the runs of its
+population that never began are journaled as failed; the other workers go on. If the sweep's process fails, it stops the
 workers' runs before it reports; if it dies, each worker ends after its current population.
 """
 

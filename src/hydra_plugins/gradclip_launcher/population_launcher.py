@@ -110,7 +110,7 @@ class PopulationLauncher(Launcher):
                 workers = Workers(min(self.workers, len(job_overrides)),
                                   OmegaConf.to_container(self.config.hydra.hydra_logging, resolve=True),
                                   OmegaConf.to_container(verbose) if OmegaConf.is_config(verbose) else verbose)
-            self._prepare(job_overrides, initial_job_idx, configs, runs, pending)
+            self._prepare(job_overrides, initial_job_idx, sweep_dir, configs, runs, pending)
             if self.backend != "local":
                 self._submit(pending)
                 return runs
@@ -120,12 +120,11 @@ class PopulationLauncher(Launcher):
                 workers.close(kill=True)  # those the training did not use (it closes the others itself)
         return runs
 
-    def _prepare(self, job_overrides, initial_job_idx, configs, runs: list, pending: list) -> None:
+    def _prepare(self, job_overrides, initial_job_idx, sweep_dir: Path, configs, runs: list, pending: list) -> None:
         """Each job's folder, .hydra files, callbacks and checks (``_job``): its JobReturn into
         ``runs``, and the job into ``pending`` if it is to train."""
         from gradclip.train import prepare_job
 
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
         configs.checking = False  # each job's own config from here on, not the sweeper's check
         try:
             for idx, overrides in enumerate(job_overrides):
