@@ -2,10 +2,13 @@
 
     python scripts/reproduce.py --scale smoke|default|full [--launcher population|joblib|submitit_slurm]
 
-Sweeps run through gradclip's population launcher (the default of ``python -m gradclip.train
--m``: the jobs of a sweep that differ only in seed, step sizes, tau or lambda train together in
-one vectorised program), its populations side by side in ``--workers`` processes (one per core
-by default), into ``runs/<scale>/<experiment>/``.
+Sweeps run one after another in this process, each exactly as ``python -m gradclip.train -m
+...`` would run it (the line before each sweep prints that command), through gradclip's
+population launcher (the jobs of a sweep that differ only in seed, step sizes, tau or lambda
+train together in one vectorised program), its populations side by side in ``--workers``
+processes (one per core by default), into ``runs/<scale>/<experiment>/``. Torch is imported
+once and the worker processes start once, not once a sweep (gradclip.pool.kept): at the default
+scale, that was about 3 s of each of its 11 sweeps.
 Jobs are named by their overrides and skip themselves when their record is finished, so a second
 run after an interruption only trains what is missing. The full scale made the committed files and
 writes ``results/`` and ``paper_figures/``; other scales write ``runs/<scale>/results`` and
@@ -24,6 +27,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from gradclip import interrupts, pool  # (standard library only: torch is imported by the first sweep)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALES = ("smoke", "default", "full")
@@ -83,7 +88,7 @@ def convergence_sweeps(scale: str) -> list[list[str]]:
     """configs/experiment/convergence.yaml holds the default grid (the MLP). The full scale runs
     the MLP 50,000 steps with 8 seeds (norm clipping) and AGC over a grid of lambda x a0 (a0 in
     {3, 30}: a0 * lambda from 3e-3 to 3, 4 seeds; a0 = 0.3 is cut: its 12 runs would add about
-    4.5 minutes to the 9m14s of these 24, and a0 * lambda = 3e-3 already makes no progress), and
+    4.5 minutes to the 8m31s of these 24, and a0 * lambda = 3e-3 already makes no progress), and
     the 1-D CNN at a0 = 30, 5,000 steps, 8 seeds (cut: at the measured 480 model-steps/s of its
     per-sample population, 50,000 steps would take ~55 min)."""
     norm, agc = ["clip=norm", "clip.threshold=1.0", "clip.eps=0"], ["clip=agc", "clip.clip_factor=0.01", "clip.exclude=[]"]
@@ -138,35 +143,63 @@ EXPERIMENTS = {"stability": stability_sweeps, "agc_small_weights": agc_small_wei
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
+def sweep(argv: list[str]) -> None:
+    """Run one sweep, ``python -m gradclip.train <argv>``, in this process (torch is imported
+    once, and the worker processes start once: gradclip.pool.kept). A stop signal ends the runs
+    under way at a step boundary, and the sweep reports; a sweep that fails or is stopped ends
+    reproduce with its exit code and one line."""
+    from gradclip import train  # (imports torch: after the stop handler is installed)
+
+    print("+ python -m gradclip.train", " ".join(argv), flush=True)
+    signum = interrupts.received()  # (a signal between two sweeps: the next one does not begin)
+    code = interrupts.exit_code(signum) if signum else train.run_command(argv)
+    signum = interrupts.received()
+    if signum and not code:  # the sweep had just finished: stop here all the same
+        code = interrupts.exit_code(signum)
+    if code:
+        _stopped(code, argv[1:6])
+
+
+def _stopped(code: int, what: list[str]) -> None:
+    names = {int(s): s.name for s in signal.Signals}
+    how = f"stopped by {names[code - 128]}" if code - 128 in names else f"failed (exit {code})"
+    print(f"reproduce: {how} in: {' '.join(what)}; the same command resumes, training only what is missing",
+          file=sys.stderr)
+    sys.exit(code)
+
+
 def run(command: list[str]) -> None:
-    """Run one step. A stop signal is passed on to the step (a sweep ends its runs at a step
-    boundary and reports; Ctrl-C reaches it directly too, and a repeat changes nothing); a step
-    that fails or is stopped ends reproduce with its exit code and one line."""
+    """Run one step in a process of its own. A stop signal is passed on to the step (Ctrl-C
+    reaches it directly too, and a repeat changes nothing; one noted before the step began
+    stops reproduce before it); a step that fails or is stopped ends reproduce with its exit
+    code and one line."""
     print("+", " ".join(command), flush=True)
-    child = subprocess.Popen(command, cwd=ROOT)
-    received = []
+    received, child = [], None
 
     def pass_on(signum, frame):
         received.append(signum)
-        if len(received) == 1:  # (a Ctrl-C reaches the child too: it notes a signal once)
+        if len(received) == 1 and child is not None:  # (a child not yet started is told below)
             child.send_signal(signum)
 
     previous = {s: signal.signal(s, pass_on) for s in STOP_SIGNALS}
     try:
-        code = child.wait()
+        if interrupts.received():  # noted by this process's own handler, before this step
+            received.append(interrupts.received())
+        code = 0
+        if not received:
+            child = subprocess.Popen(command, cwd=ROOT)
+            if received:  # it came while the child was being started
+                child.send_signal(received[0])
+            code = child.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     if code < 0:  # killed by a signal it did not handle (SIGKILL): report it as a shell would
         code = 128 - code
-    if received and not code:  # the step had just finished: stop here all the same
+    if received and not code:  # the step had just finished (or never began): stop here all the same
         code = 128 + received[0]
     if code:
-        names = {int(s): s.name for s in signal.Signals}
-        what = f"stopped by {names[code - 128]}" if code - 128 in names else f"failed (exit {code})"
-        print(f"reproduce: {what} in: {' '.join(command[1:6])}; the same command resumes, training only what "
-              "is missing", file=sys.stderr)
-        sys.exit(code)
+        _stopped(code, command[1:6])
 
 
 def main() -> None:
@@ -194,26 +227,28 @@ def main() -> None:
     results = Path(args.results or (ROOT / "results" if args.scale == COMMITTED else runs / "results"))
     figures = Path(args.figures or (ROOT / "paper_figures" if args.scale == COMMITTED else runs / "paper_figures"))
     compared = ROOT / "results" / f"verdicts_{COMPARED}.json"
+    interrupts.install()  # a stop signal from here on is noted: the sweep under way ends at a step boundary
     start = time.perf_counter()
     sweeps = [(name, overrides) for name in args.only for overrides in EXPERIMENTS[name](args.scale)]
     seconds = dict.fromkeys(args.only, 0.0)  # each experiment's sweeps, wall clock
     timing = Timing(runs / TIMING_FILE)
     fresh = {name for name in args.only if not (runs / name).exists()}  # timed only when trained whole
     keys = [" ".join([name, *overrides]) for name, overrides in sweeps]
-    for k, ((name, overrides), key) in enumerate(zip(sweeps, keys), 1):
-        began = time.perf_counter()
-        print(f"reproduce: sweep {k} of {len(sweeps)} ({name}), {_clock(began - start)} so far"
-              f"{timing.left(keys[k - 1:])}", flush=True)
-        launcher = [f"hydra/launcher={args.launcher}", *args.launcher_args]
-        if args.launcher == "joblib":
-            launcher.append(f"hydra.launcher.n_jobs={args.jobs}")
-        if args.launcher == "population":
-            launcher.append(f"hydra.launcher.workers={args.workers}")
-        run([sys.executable, "-m", "gradclip.train", "-m", f"+experiment={name}", *overrides,
-             f"output_root={runs}", f"logger={args.logger}", *launcher])
-        seconds[name] += time.perf_counter() - began
-        if name in fresh:
-            timing.record(key, time.perf_counter() - began)
+    with pool.kept():  # one set of worker processes for every sweep
+        for k, ((name, overrides), key) in enumerate(zip(sweeps, keys), 1):
+            began = time.perf_counter()
+            print(f"reproduce: sweep {k} of {len(sweeps)} ({name}), {_clock(began - start)} so far"
+                  f"{timing.left(keys[k - 1:])}", flush=True)
+            launcher = [f"hydra/launcher={args.launcher}", *args.launcher_args]
+            if args.launcher == "joblib":
+                launcher.append(f"hydra.launcher.n_jobs={args.jobs}")
+            if args.launcher == "population":
+                launcher.append(f"hydra.launcher.workers={args.workers}")
+            sweep(["-m", f"+experiment={name}", *overrides, f"output_root={runs}", f"logger={args.logger}",
+                   *launcher])
+            seconds[name] += time.perf_counter() - began
+            if name in fresh:
+                timing.record(key, time.perf_counter() - began)
     trained = time.perf_counter() - start
     tables = time.perf_counter()
     # Tables and figures of every experiment that has records under --runs (with --only, the
@@ -236,6 +271,8 @@ def main() -> None:
         if args.scale == COMPARED and not args.results:
             shutil.copyfile(results / "verdicts.json", compared)
     timing.record(TABLES_KEY, time.perf_counter() - tables)
+    if interrupts.received():  # (noted between the steps above: the last one had finished)
+        _stopped(interrupts.exit_code(interrupts.received()), ["the tables, figures and report"])
     print(f"reproduce ({args.scale}): {', '.join(f'{name} {_clock(t)}' for name, t in seconds.items())}; "
           f"tables, figures and report {_clock(time.perf_counter() - tables)}; sweeps {_clock(trained)}, "
           f"total {_clock(time.perf_counter() - start)}")

@@ -323,3 +323,101 @@ def test_a_signal_while_the_workers_start_stops_the_sweep_cleanly(tmp_path, mome
     assert outcomes <= {"not_started", "interrupted"}, outcomes
     for summary in (tmp_path / "runs" / "pool").glob("*seed=*/summary.json"):  # the runs that began
         assert run_state(summary.parent).status == "interrupted", summary
+
+
+KEPT_SWEEPS = """
+import json, os, signal, sys
+from gradclip import interrupts, pool, train
+
+interrupts.install()
+fast, kill = json.loads(sys.argv[1]), sys.argv[2] == "kill"
+seen = []
+with pool.kept():
+    for name in ("a", "b"):
+        code = train.run_command(["-m", *fast, "steps=20", "seed=0,1,2,3", f"name={name}", "threads=1",
+                                  "hydra.launcher.workers=2", "hydra.launcher.max_members=2"])
+        workers = [process.pid for process in pool._kept.processes.values()]
+        seen.append({"code": code, "workers": workers})
+        if kill:  # one worker dies between the sweeps (an out-of-memory kill)
+            os.kill(workers[0], signal.SIGKILL)
+            pool._kept.processes[next(iter(pool._kept.processes))].join()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("between", ["nothing", "kill"])
+def test_sweeps_of_one_process_share_its_workers_until_it_ends(tmp_path, between):
+    """Two sweeps run in one process within gradclip.pool.kept (as scripts/reproduce.py runs
+    them): both train in the same two worker processes, started once; a worker that died between
+    them is replaced by a fresh pair; every worker has ended when the process has, and the runs
+    are those a sweep of its own trains (same rows)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", KEPT_SWEEPS, json.dumps(FAST), between], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    first, second = json.loads(done.stdout.splitlines()[-1])
+    assert first["code"] == second["code"] == 0, done.stderr
+    assert len(first["workers"]) == len(second["workers"]) == 2
+    if between == "kill":
+        assert not set(first["workers"]) & set(second["workers"])
+    else:
+        assert first["workers"] == second["workers"]
+    for pid in first["workers"] + second["workers"]:
+        assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
+    a, b = summaries(tmp_path / "runs" / "a"), summaries(tmp_path / "runs" / "b")
+    assert len(a) == len(b) == 4
+    trained_in = {name: {summary["process"]["pid"] for summary in runs.values()} for name, runs in (("a", a), ("b", b))}
+    assert trained_in["a"] <= set(first["workers"]) and trained_in["b"] <= set(second["workers"])
+    alone = gradclip_train("-m", *FAST, "steps=20", "seed=0,1,2,3", "name=alone", "threads=1",
+                           "hydra.launcher.max_members=2", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr
+    for name in a:
+        rows = (tmp_path / "runs" / "alone" / name / "metrics.jsonl").read_text()
+        assert (tmp_path / "runs" / "a" / name / "metrics.jsonl").read_text() == rows
+        assert (tmp_path / "runs" / "b" / name / "metrics.jsonl").read_text() == rows
+
+
+def _node_flags(node, path="") -> dict:
+    """Every node's flags and types under ``node``, by path (what a YAML comparison misses)."""
+    from omegaconf import DictConfig, ListConfig
+
+    found = {path: (dict(node._metadata.flags or {}), node._metadata.object_type, node._metadata.ref_type)}
+    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+    for key, _ in items:
+        child = node._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)):
+            found.update(_node_flags(child, f"{path}.{key}"))
+        else:
+            found[f"{path}.{key}"] = (dict(child._metadata.flags or {}), type(child), child._metadata.ref_type)
+    return found
+
+
+def test_sweep_configs_from_a_template_are_hydras_own_with_every_flag_and_type():
+    """The launcher's job configs (SweepConfigs: Hydra composes the first job of a signature,
+    the others are its pickled template with their own values): for jobs of two signatures, the
+    same YAML as Hydra's composition of each job, the same flags (struct, read-only) and node
+    types at every node; and a job's changes to its own config do not reach the next job."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict
+
+    from gradclip.config import CONFIG_DIR
+    from hydra_plugins.gradclip_launcher.sweep_configs import SweepConfigs
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("train", overrides=["+experiment=stability"], run_mode=RunMode.MULTIRUN)
+        configs = SweepConfigs(loader)
+        configs.checking = False
+        jobs = [["+experiment=stability", f"model={model}", f"seed={seed}", f"schedule.a0={a0}"]
+                for model in ("mlp", "rnn_exploding") for seed, a0 in ((0, 1), (1, 10), (2, 100))]
+        for overrides in jobs:
+            ours, hydras = configs(master, overrides), configs.compose(master, overrides)
+            assert OmegaConf.to_yaml(ours) == OmegaConf.to_yaml(hydras), overrides
+            assert _node_flags(ours) == _node_flags(hydras), overrides
+            with open_dict(ours):
+                ours.seed, ours.new_key = 99, 1  # a job's own changes: the next job does not see them
+        assert all(template[0] is not None and template[1] for template in configs.templates.values())

@@ -25,9 +25,8 @@ TABLES = ["stability.csv", "increments.csv", "stability_trajectories.csv", "agc_
 def test_smoke_reproduce_writes_every_figure_and_the_report(tmp_path):
     runs, results, figures = tmp_path / "runs", tmp_path / "results", tmp_path / "figures"
     # --logger none: W&B (tested in test_cli.py, test_tracking.py and test_faults.py) would cost
-    # each of the eleven sweep processes its import and every run its own W&B run. --workers 1:
-    # worker processes (tested in test_launcher.py) cost each smoke sweep more to start than
-    # they save.
+    # every run its own W&B run. --workers 1: worker processes (tested in test_launcher.py and
+    # below) cost runs this small more to start than they save.
     command = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--scale", "smoke", "--logger", "none",
                "--workers", "1", "--runs", str(runs), "--results", str(results), "--figures", str(figures)]
     first = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -77,3 +76,72 @@ def test_smoke_reproduce_writes_every_figure_and_the_report(tmp_path):
     assert second.returncode == 0, second.stderr
     assert re.search(r"gradclip: sweep .*: (\d+) jobs: \1 already finished \(skipped\)$", second.stderr.strip())
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")} == stamps
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(child) for child in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return found
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    """The process has ended (and been reaped, or is a zombie about to be)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (OSError, IndexError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["training", "tables"])
+def test_a_stop_signal_ends_reproduce_with_its_records_readable_and_a_rerun_finishes(tmp_path, moment):
+    """SIGTERM to reproduce as the first runs of its first sweep begin in the worker processes
+    (the sweeps run in reproduce's own process, sharing two workers), or as it starts building
+    the tables: the sweep stops its runs at a step boundary and reports, or the tables' process
+    stops; reproduce says where it stopped and exits 128 + SIGTERM; no process it started
+    outlives it; every record reads as finished or interrupted; the same command then trains
+    what is missing and exits 0."""
+    import signal
+    import time
+
+    from gradclip.records import run_state
+
+    runs = tmp_path / "runs"
+    command = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--scale", "smoke", "--only", "stability",
+               "--logger", "none", "--workers", "2", "--runs", str(runs), "--results", str(tmp_path / "results"),
+               "--figures", str(tmp_path / "figures")]
+    log = tmp_path / "reproduce.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, text=True)
+    began = {"training": lambda: list(runs.glob("stability/*/summary.json")),
+             "tables": lambda: "figures.py collect" in log.read_text()}[moment]
+    deadline = time.monotonic() + 300  # it never got there: fail, do not hang
+    children = set()
+    while not began() and proc.poll() is None and time.monotonic() < deadline:
+        children |= _children(proc.pid)
+        time.sleep(0.02)
+    children |= _children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    out = log.read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "Traceback" not in out
+    assert "reproduce: stopped by SIGTERM in: " in out
+    assert children and all(_gone(pid) for pid in children), "a process reproduce started outlived it"
+    states = [run_state(summary.parent) for summary in runs.rglob("summary.json")]
+    assert states and {state.status for state in states} <= {"completed", "diverged", "interrupted"}
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert {run_state(summary.parent).status for summary in runs.rglob("summary.json")} <= {"completed", "diverged"}
+    assert len(list(runs.rglob("summary.json"))) == 16

@@ -32,6 +32,7 @@ import os
 import signal
 import time
 from collections import deque
+from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
 
 from gradclip import interrupts  # (only this at the top: a worker installs its stop handler right after)
@@ -42,17 +43,43 @@ RELAY_EVERY_S = 0.25  # how often a worker tells the sweep's process how far it 
 STOP_GRACE_S = 30.0  # how long a worker may take to end its runs once told to stop
 
 
+_keeping = False  # within kept(): a sweep's workers wait for the next sweep of this process
+_kept: "Workers | None" = None  # those workers
+
+
+@contextmanager
+def kept():
+    """Within it, the worker processes of a sweep are kept for the next sweep of this process
+    (scripts/reproduce.py runs its sweeps in one process: the workers' start, about 2.5 s of
+    imports, is then paid once, not once a sweep); they end when it ends."""
+    global _keeping, _kept
+    _keeping = True
+    try:
+        yield
+    finally:
+        _keeping = False
+        if _kept is not None:
+            _kept.close()
+            _kept = None
+
+
 class Workers:
     """``count`` worker processes, started before their populations are known: a sweep starts
     them as it begins to prepare its jobs, so that their imports (torch: about 2.5 s a process
     here) overlap that preparation. Their logging is set up as the sweep's: ``logging_config``
     (Hydra's ``hydra_logging``) and ``verbose`` (``hydra.verbose``: true, or the loggers to show
-    at DEBUG). :meth:`run` trains populations in them; :meth:`close` ends them (the sweep calls
-    it whatever happens; it is idempotent)."""
+    at DEBUG). :meth:`run` trains populations in them; :meth:`release` (the sweep calls it
+    whatever happens) keeps them for the next sweep within :func:`kept`, or else :meth:`close`
+    ends them (idempotent)."""
 
     def __init__(self, count: int, logging_config: dict | None = None, verbose: bool | str | list = False) -> None:
         context = multiprocessing.get_context("spawn")  # fork after torch's thread pools start is unsafe
         self.processes: dict[Connection, multiprocessing.Process] = {}  # connection -> its worker process
+        self.starting: set[Connection] = set()  # workers not yet ready (their stop handler not installed)
+        self.settings = (logging_config, verbose)
+        # Whether the next sweep may use them (gradclip.pool.kept): False from the moment a run
+        # begins until it ends with every worker idle, none lost and no stop signal.
+        self.reusable = True
         # A spawned process does not keep this one's signal mask, so a worker cannot be shielded
         # while it starts: it says "ready" once its stop handler is installed, and until then it
         # is sent neither a population nor a signal (run).
@@ -64,9 +91,39 @@ class Workers:
                 process.start()
                 theirs.close()
                 self.processes[ours] = process
+                self.starting.add(ours)
         except BaseException:  # (a process that cannot be started): none is left behind
             self.close(kill=True)
             raise
+
+    @classmethod
+    def start(cls, count: int, logging_config: dict | None = None, verbose: bool | str | list = False) -> "Workers":
+        """``count`` workers: those :func:`kept` from this process's last sweep if they are as
+        many, set up alike and every one alive, else new ones."""
+        global _kept
+        if (_kept is not None and len(_kept.processes) == count and _kept.settings == (logging_config, verbose)
+                and _kept.alive()):
+            return _kept
+        if _kept is not None:
+            _kept.close()
+        workers = cls(count, logging_config, verbose)
+        if _keeping:
+            _kept = workers
+        return workers
+
+    def release(self, kill: bool = False) -> None:
+        """The sweep is done with them: within :func:`kept`, they wait for the next sweep if every
+        one is alive and idle and no stop signal came (a worker that a signal stopped, or that
+        died, ends them all); otherwise :meth:`close`."""
+        global _kept
+        if self is _kept and _keeping and self.reusable and self.alive() and not interrupts.received():
+            return
+        if self is _kept:
+            _kept = None
+        self.close(kill)
+
+    def alive(self) -> bool:
+        return bool(self.processes) and all(process.is_alive() for process in self.processes.values())
 
     def close(self, kill: bool = False) -> None:
         """Tell every worker to end and wait for it (``kill``: end them at once, as when the sweep
@@ -83,24 +140,29 @@ class Workers:
             process.join(timeout=STOP_GRACE_S)
             if process.is_alive():
                 process.kill()
-        self.processes = {}
+        self.processes, self.starting = {}, set()
 
     def run(self, groups: list, progress=None) -> None:
         """Train the populations ``groups`` (lists of gradclip.train.Job) in the workers, each
-        with ``torch.get_num_threads() // min(workers, populations)`` threads, then close them."""
+        with ``torch.get_num_threads() // min(workers, populations)`` threads, then release them."""
         from gradclip import sweep, train
         import torch
 
         processes = self.processes
         threads = max(1, torch.get_num_threads() // min(len(processes), len(groups)))
         queue = deque(groups)
-        starting = set(processes)  # connections of workers not yet ready (their stop handler not installed)
-        idle, busy = [], {}  # connections of workers waiting; connection -> the population it trains
+        self.reusable = False  # until every population is done with no worker lost
+        lost = False
+        starting = self.starting  # connections of workers not yet ready (their stop handler not installed)
+        idle = [conn for conn in processes if conn not in starting]  # workers waiting (kept from a last sweep)
+        busy = {}  # connection -> the population it trains
         reported = {}  # connection -> runs of its population it has reported done
 
         def gone(conn: Connection, why: str) -> None:
             """A worker that will train no more: the runs of its population that never began are
             journaled as failed; those that began read as their records say."""
+            nonlocal lost
+            lost = True
             group = busy.pop(conn, [])
             if group:
                 log.warning("worker process %d %s during a population of %d runs; their records read as what "
@@ -127,6 +189,7 @@ class Workers:
                     try:
                         conn.send((threads, queue[0]))
                     except OSError:  # it died between populations: the others take its share
+                        lost = True
                         log.warning("worker process %d ended (exit code %s) between populations",
                                     processes[conn].pid, processes[conn].exitcode)
                         continue
@@ -142,6 +205,7 @@ class Workers:
                         processes[conn].join(timeout=1)
                         if conn in starting:
                             starting.discard(conn)
+                            lost = True
                             log.warning("worker process %d ended (exit code %s) as it started",
                                         processes[conn].pid, processes[conn].exitcode)
                         else:
@@ -164,6 +228,7 @@ class Workers:
                         del busy[conn]
                     elif kind == "stopped":  # a signal to that worker alone: it takes no more populations
                         gone(conn, f"was stopped by {interrupts.name(values[0])}")
+            self.reusable = stopped is None and not lost
         except BaseException as error:  # this process failed: stop the workers' runs, account for the rest
             log.error("the sweep's process failed (%s: %s); stopping its worker processes", type(error).__name__, error)
             for conn in busy:
@@ -181,7 +246,7 @@ class Workers:
                 job.outcome("not_started", f"the sweep's process failed: {type(error).__name__}")
             raise
         finally:
-            self.close()
+            self.release()
         if stopped is not None:
             train._stop_sweep(stopped)
 

@@ -182,6 +182,16 @@ class SweepReport(Callback):
             sys.exit(code)
 
 
+def forget() -> None:
+    """This process's sweep is over, however it ended: its journal's lock is released and the
+    sweep's globals cleared, so that a next sweep of the same process starts from nothing
+    (gradclip.train.run_command)."""
+    global _sweep_dir, _sweep_pid, _sweep_ended, job_here
+    _release_journal()
+    _sweep_dir = _sweep_pid = None
+    _sweep_ended = job_here = False
+
+
 def _own_journal(folder: Path) -> bool:
     """Take the journal's lock (flock on ``.sweep/launch.lock``, held until the sweep ends or its
     process dies, however it dies): False if another live process holds it. Where no lock can be

@@ -344,5 +344,24 @@ def main() -> None:
         sys.exit(sweep.report_interrupted(stop.signum))
 
 
+def run_command(argv: list[str]) -> int:
+    """``python -m gradclip.train <argv>`` in this process, with its exit code returned instead
+    of exiting (scripts/reproduce.py runs its sweeps so: torch is imported once, and with
+    gradclip.pool.kept the worker processes start once, not once a sweep)."""
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "gradclip.train", *argv]
+    try:
+        main()
+    except SystemExit as exit:
+        if isinstance(exit.code, str):  # sys.exit("message") prints it, as the interpreter would
+            print(exit.code, file=sys.stderr)
+        return exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    finally:
+        sys.argv = saved
+        sweep.forget()
+        interrupts.install()  # (a sweep of joblib workers installs a handler of its own: not past its end)
+    return 0
+
+
 if __name__ == "__main__":
     main()

@@ -105,11 +105,12 @@ class PopulationLauncher(Launcher):
         workers = None
         try:
             if self.workers > 1 and self.backend == "local" and len(job_overrides) > 1:
-                # Started now, so that their imports overlap the preparation of the jobs below.
+                # Started now, so that their imports overlap the preparation of the jobs below (or
+                # kept from this process's last sweep: gradclip.pool.kept).
                 verbose = self.config.hydra.verbose
-                workers = Workers(min(self.workers, len(job_overrides)),
-                                  OmegaConf.to_container(self.config.hydra.hydra_logging, resolve=True),
-                                  OmegaConf.to_container(verbose) if OmegaConf.is_config(verbose) else verbose)
+                workers = Workers.start(min(self.workers, len(job_overrides)),
+                                        OmegaConf.to_container(self.config.hydra.hydra_logging, resolve=True),
+                                        OmegaConf.to_container(verbose) if OmegaConf.is_config(verbose) else verbose)
             self._prepare(job_overrides, initial_job_idx, sweep_dir, configs, runs, pending)
             if self.backend != "local":
                 self._submit(pending)
@@ -117,7 +118,7 @@ class PopulationLauncher(Launcher):
             self._train(pending, len(job_overrides), workers)
         finally:
             if workers is not None:
-                workers.close(kill=True)  # those the training did not use (it closes the others itself)
+                workers.release(kill=True)  # those the training did not use (it releases the others itself)
         return runs
 
     def _prepare(self, job_overrides, initial_job_idx, sweep_dir: Path, configs, runs: list, pending: list) -> None:
@@ -157,7 +158,7 @@ class PopulationLauncher(Launcher):
                 workers.run(groups, progress)
             else:
                 if workers is not None:
-                    workers.close(kill=True)  # one population or none: this process trains it
+                    workers.release(kill=True)  # one population or none: this process trains it
                 run_populations(groups, progress)
         finally:
             progress.close()

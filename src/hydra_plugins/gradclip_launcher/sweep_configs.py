@@ -14,7 +14,7 @@ from then on. The sweeper's check of a batch only needs to know that a job's con
 for a job of a checked signature whose value keys all exist, that costs no copy (``checking``).
 """
 
-import copy
+import pickle
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -33,7 +33,8 @@ class SweepConfigs:
         self.compose = loader.load_sweep_config  # Hydra's own
         self.parser = OverridesParser.create()
         self.parsed: dict[str, object] = {}  # override string -> Hydra's parse of it (a sweep repeats them)
-        self.templates: dict[tuple, list] = {}  # signature -> [config, checked] ([None, True]: Hydra's way)
+        # signature -> [config, checked, the config pickled] ([None, ...]: Hydra's way from then on)
+        self.templates: dict[tuple, list] = {}
         self.checking = True  # the sweeper's check of a batch; the launcher sets False for its own calls
 
     def __call__(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
@@ -45,14 +46,15 @@ class SweepConfigs:
         template = self.templates.get(signature)
         if template is None:
             config = self.compose(master_config, list(sweep_overrides))
-            self.templates[signature] = [copy.deepcopy(config), False]  # the job may change its own
+            blob = _pickled(config)  # a copy: the job may change its own
+            self.templates[signature] = [pickle.loads(blob), False, blob]
             return config
         if template[0] is None:
             return self.compose(master_config, list(sweep_overrides))
         if self.checking and template[1] and all(
                 OmegaConf.select(template[0], o.key_or_group, default=_ABSENT) is not _ABSENT for o in values):
             return template[0]  # it composes: the sweeper discards what it gets
-        config = self._from_template(template[0], master_config, parsed, values)
+        config = self._from_template(template[2], master_config, parsed, values)
         if not template[1]:  # the second job of this signature: both ways must agree
             hydra_way = self.compose(master_config, list(sweep_overrides))
             if OmegaConf.to_yaml(hydra_way) != OmegaConf.to_yaml(config):
@@ -78,8 +80,8 @@ class SweepConfigs:
                 and not self.loader.repository.group_exists(override.key_or_group))
 
     @staticmethod
-    def _from_template(template: DictConfig, master_config: DictConfig, parsed, values) -> DictConfig:
-        config = copy.deepcopy(template)
+    def _from_template(template: bytes, master_config: DictConfig, parsed, values) -> DictConfig:
+        config = pickle.loads(template)
         ConfigLoaderImpl._apply_overrides_to_config(values, config)
         task = [o for o in parsed if not o.is_hydra_override()]
         hydra = config.hydra
@@ -90,3 +92,10 @@ class SweepConfigs:
             exclude_keys=hydra.job.config.override_dirname.exclude_keys)
         OmegaConf.copy_cache(from_config=master_config, to_config=config)
         return config
+
+
+def _pickled(config: DictConfig) -> bytes:
+    """The config pickled: a copy made by unpickling it costs a seventh of copy.deepcopy's (which
+    walks every OmegaConf node in Python: 6 ms against 0.9 ms for this app's config), with the
+    same nodes, flags and types (tests/test_launcher.py)."""
+    return pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
