@@ -129,21 +129,27 @@ def render_convergence(a: dict) -> list[str]:
     summary = "; ".join(f"{label}: {v}" for label, v in a["parts"].items())
     horizons = ", ".join(f"{model} {steps}" for model, steps in a["horizons"].items())
     lines = [f"**Verdict: {a['verdict']}** ({summary}); horizons (steps): {horizons}. The theory says ‖H(θ_n)‖ → 0 "
-             "and gives no rate, so a finite run can only show whether ‖H‖ is still falling at its end: here, whether "
-             f"the log-log slope of ‖H‖ over the last decade of steps is below {a['falling_slope']} and ‖H‖ ended "
-             f"below its start, in every seed. A setting whose training loss fell by less than {a['no_progress']:.0%} "
-             f"made no progress and is untested. {a['data']}, ‖H‖ over the whole training set with per-example "
+             "and gives no rate, so a finite run can only show whether ‖H‖ is still falling at its end: here, per "
+             "seed, whether the robust (Theil-Sen) slope of log ‖H‖ against log n over the second half of the run in "
+             f"log time (n ≥ √N, at least {a['min_evaluations']} evaluations) is below {a['falling_slope']} and ‖H‖ "
+             "ended below its start. A setting holds where the 95% Wilson interval on the fraction of such seeds lies "
+             f"above {fmt(a['most'])}, fails where it lies below, and is untested where it straddles it (4 of 4 seeds "
+             f"decide, 3 of 3 do not). A setting whose training loss fell by less than {a['no_progress']:.0%} made no "
+             "progress and is untested; AGC whose ‖θ‖ ended more than "
+             f"{fmt(a['a3_growth'])}× its start in most seeds breaks A3 as this project reads it (the weights stay "
+             f"under control): hypothesis not met, not a test of the claim. {a['data']}, ‖H‖ over the whole training set with per-example "
              f"gradients, step sizes a(n) = a0 / (n + {fmt(a['n0'])})^{fmt(a['power'])}; figure "
              "`paper_figures/convergence.png`, table `results/convergence_summary.csv`.", "",
              "| model | method (granularity) | a0 | seeds | steps | training loss, start → end | ‖H‖ at n = 0 | "
-             "‖H‖ at the end | end / start | slope of log ‖H‖ over the last decade | ‖H‖ still falling | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "‖H‖ at the end | end / start | ‖θ‖ end / start | slope of log ‖H‖, second half | ‖H‖ still falling "
+             "(Wilson 95%) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in a["groups"]:
-        verdict = "untested: no progress" if g["verdict"] == "untested" else g["verdict"]
+        verdict = f"{g['verdict']}: {g['why']}" if g["why"] else g["verdict"]
         lines.append(f"| {g['model']} | {g['method_label']} | {fmt(g['a0'])} | {g['seeds']} | {g['last_step']} | "
                      f"{fmt(g['train_loss_initial'])} → {fmt(g['train_loss_final'])} | {span(g['H_initial'])} | "
-                     f"{span(g['H_final'])} | {span(g['H_ratio'])} | {span(g['H_slope_last_decade'])} | "
-                     f"{g['falling']}/{g['seeds']} | {verdict} |")
+                     f"{span(g['H_final'])} | {span(g['H_ratio'])} | {span(g['param_growth'])} | {span(g['H_slope'])} | "
+                     f"{g['falling']}/{g['seeds']} ({span(g['falling_interval'])}) | {verdict} |")
     if a["agc_grid"]:
         lines += ["", "AGC over a0·λ: does ‖H‖ turn down, and where does it grow? Per setting, the seeds whose ‖H‖ is "
                   "still falling at the end, ‖H‖ end / start and ‖θ‖ end / start:", "",
@@ -152,18 +158,19 @@ def render_convergence(a: dict) -> list[str]:
         for g in a["agc_grid"]:
             lines.append(f"| {g['model']} | {g['method_label']} | {fmt(g['a0'])} | {fmt(g['a0_lambda'])} | "
                          f"{g['falling']}/{g['seeds']} | {span(g['H_ratio'])} | {span(g['param_growth'])} | "
-                         f"{g['verdict']} |")
+                         f"{g['verdict']}{': ' + g['why'] if g['why'] else ''} |")
         lines.append("")
         for model, c in a["agc_condition"].items():
-            text = (f"- **{model}** (a0·λ ∈ {listed(c['a0_lambda_grid'])}): ‖H‖ still falling in every seed at a0·λ ∈ "
-                    f"{listed(c['falling_every_seed'])}; ended above its start in every seed at a0·λ ∈ "
-                    f"{listed(c['grew_every_seed'])}; no progress (untested) at a0·λ ∈ {listed(c['no_progress'])}.")
+            text = (f"- **{model}** (a0·λ ∈ {listed(c['a0_lambda_grid'])}): ‖H‖ still falling in most seeds (the "
+                    f"rule above) at a0·λ ∈ {listed(c['falling_most_seeds'])}; ended above its start in every seed at "
+                    f"a0·λ ∈ {listed(c['grew_every_seed'])}; ‖θ‖ grew past A3's {fmt(a['a3_growth'])}× at a0·λ ∈ "
+                    f"{listed(c['hypothesis_not_met'])}; no progress (untested) at a0·λ ∈ {listed(c['no_progress'])}.")
             if c["separated"]:
                 text += (f" The two sets lie on either side of one value: the runs point to a condition of the form "
-                         f"a0·λ ≤ {fmt(max(c['falling_every_seed']))} for ‖H‖ to fall on this horizon, and growth from "
+                         f"a0·λ ≤ {fmt(max(c['falling_most_seeds']))} for ‖H‖ to fall on this horizon, and growth from "
                          f"a0·λ ≥ {fmt(min(c['grew_every_seed']))} (the paper's A3 is not stated precisely).")
-            elif not c["falling_every_seed"]:
-                text += (" ‖H‖ fell in every seed at no a0·λ of the grid: on this horizon the runs point to no "
+            elif not c["falling_most_seeds"]:
+                text += (" ‖H‖ fell in most seeds at no a0·λ of the grid: on this horizon the runs point to no "
                          "condition on a0·λ under which AGC's ‖H‖ falls.")
             else:
                 text += " The two sets are not separated by one a0·λ on this grid: no condition on a0·λ alone."

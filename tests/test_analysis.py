@@ -8,7 +8,7 @@ import pytest
 
 from gradclip.analysis import (
     agc_stability_limits, agc_unit_summary, convergence_summary, eval_paths, freeze_table, increment_table,
-    loglog_slope, ode_gap_summary, ode_seed_mean_gap, schedule_sum, stability_table, total_schedule_sum, trajectories,
+    late_slope, loglog_slope, ode_gap_summary, ode_seed_mean_gap, schedule_sum, stability_table, total_schedule_sum, trajectories,
     wilson_interval)
 
 
@@ -110,6 +110,22 @@ def test_loglog_slope_of_power_laws_and_plateaus():
     assert loglog_slope([0, 1, 10], [5.0, 1.0, 0.1], from_step=0) == pytest.approx(-1.0)  # step 0 is skipped
 
 
+def test_late_slope_fits_the_second_half_in_log_time_robustly():
+    """Theil-Sen over the evaluations at n >= sqrt(N): a power law's exponent; a fall that
+    stopped reads as the plateau; one outlying point (the last) moves it little, where least
+    squares would follow it; and it says how many evaluations it rests on."""
+    n = np.unique(np.geomspace(1, 10_000, 21).round()).astype(int)
+    slope, points = late_slope(n, 3.0 * n**-0.5)
+    assert slope == pytest.approx(-0.5) and points == int((n >= 100).sum()) == 11
+    assert late_slope(n, np.minimum(1.0, 50.0 / n).clip(0.2))[0] == pytest.approx(0.0, abs=1e-12)
+    outlier = 3.0 * n**-0.5
+    outlier[-1] *= 100  # one bad last evaluation
+    assert late_slope(n, outlier)[0] == pytest.approx(-0.5, abs=0.1)
+    assert loglog_slope(n, outlier, from_step=100) > -0.1  # least squares: the last point alone cancels the fall
+    assert late_slope([0, 1, 10, 100], [5.0, 1.0, 0.1, 0.01]) == (pytest.approx(-1.0), 2)  # step 0 skipped
+    assert math.isnan(late_slope([0, 5], [1.0, 1.0])[0])
+
+
 def test_convergence_summary_from_eval_paths():
     runs = pd.DataFrame([{"run_id": "r", "clip.method": "norm", "clip.threshold": 1.0, "clip.granularity": "sample",
                           "seed": 0}])
@@ -122,7 +138,7 @@ def test_convergence_summary_from_eval_paths():
     assert set(paths["metric"]) == {"H_norm", "mean_grad_norm"} and (paths["method_label"] == "norm τ=1 (sample)").all()
     row = convergence_summary(paths).iloc[0]
     assert row["H_initial"] == 2.0 and row["H_final"] == 0.001 and row["H_ratio"] == pytest.approx(5e-4)
-    assert row["H_slope_last_decade"] == pytest.approx(-1.0)  # steps 100 and 1000
+    assert row["H_slope"] == pytest.approx(-1.0) and row["H_slope_points"] == 2  # steps >= sqrt(1000): 100, 1000
     assert row["grad_over_H_final"] == pytest.approx(500.0)
 
 

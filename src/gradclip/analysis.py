@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 from scipy.special import zeta
-from scipy.stats import binomtest
+from scipy.stats import binomtest, theilslopes
 
 from gradclip.labels import agc_exemption
 
@@ -183,6 +183,21 @@ def loglog_slope(steps, values, from_step: float) -> float:
     return float(np.polyfit(np.log(steps[keep]), np.log(values[keep]), 1)[0])
 
 
+def late_slope(steps, values) -> tuple[float, int]:
+    """The slope of log(value) against log(step) over the second half of a run in log time (the
+    evaluations at steps >= sqrt(last step), with step, value > 0), fitted robustly (Theil-Sen:
+    the median of the slopes between every two points, scipy's), and the number of evaluations
+    it rests on: -1 for values that fall like 1/n, 0 for a plateau; one outlying point, such as
+    the last, cannot set it. nan with fewer than 2 points."""
+    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    keep = (steps > 0) & (values > 0) & np.isfinite(values)
+    if keep.any():
+        keep &= steps >= math.sqrt(steps[keep].max())
+    if keep.sum() < 2:
+        return math.nan, int(keep.sum())
+    return float(theilslopes(np.log(values[keep]), np.log(steps[keep]))[0]), int(keep.sum())
+
+
 def eval_paths(runs: pd.DataFrame, metrics: pd.DataFrame,
                names=("H_norm", "mean_grad_norm", "train_loss", "scaled_loss", "param_norm")) -> pd.DataFrame:
     """The full-data ``eval/`` metrics of every run in long form, with its method label and seed."""
@@ -192,10 +207,10 @@ def eval_paths(runs: pd.DataFrame, metrics: pd.DataFrame,
     return rows.merge(info, on="run_id").sort_values(["run_id", "metric", "step"], ignore_index=True)
 
 
-def convergence_summary(paths: pd.DataFrame, last_fraction: float = 0.1) -> pd.DataFrame:
+def convergence_summary(paths: pd.DataFrame) -> pd.DataFrame:
     """Per run, from :func:`eval_paths`: ||H|| at step 0 and at the end, its smallest value, the
-    log-log slope of ||H|| over the last decade of steps (from ``last_fraction`` * last step on),
-    the unclipped ||mean grad l_i|| at the start and the end beside ||H|| (prediction 5 on a
+    robust log-log slope of ||H|| over the second half of the run in log time (:func:`late_slope`)
+    and how many evaluations it rests on, the unclipped ||mean grad l_i|| at the start and the end beside ||H|| (prediction 5 on a
     network), ||theta|| and the training loss at the start and the end."""
     rows = []
     for run_id, run in paths.groupby("run_id", sort=True):
@@ -203,11 +218,10 @@ def convergence_summary(paths: pd.DataFrame, last_fraction: float = 0.1) -> pd.D
         grad = run[run["metric"] == "mean_grad_norm"].sort_values("step")
         weights = run[run["metric"] == "param_norm"].sort_values("step")
         loss = run[run["metric"] == "train_loss"].sort_values("step")
-        last = int(h["step"].max())
+        slope, points = late_slope(h["step"], h["value"])
         rows.append({"run_id": run_id, "method_label": run["method_label"].iloc[0], "seed": run["seed"].iloc[0],
-                     "last_step": last, "H_initial": h["value"].iloc[0], "H_final": h["value"].iloc[-1],
-                     "H_min": h["value"].min(), "H_slope_last_decade": loglog_slope(h["step"], h["value"],
-                                                                                    last_fraction * last),
+                     "last_step": int(h["step"].max()), "H_initial": h["value"].iloc[0], "H_final": h["value"].iloc[-1],
+                     "H_min": h["value"].min(), "H_slope": slope, "H_slope_points": points,
                      "mean_grad_initial": grad["value"].iloc[0] if len(grad) else math.nan,
                      "mean_grad_final": grad["value"].iloc[-1] if len(grad) else math.nan,
                      "param_norm_initial": weights["value"].iloc[0] if len(weights) else math.nan,

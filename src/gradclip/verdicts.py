@@ -9,9 +9,13 @@ the report is computed outside this module, and the tests check the rules on dat
 
 Verdict labels: ``holds`` / ``partly`` / ``fails``; ``untested`` where the data cannot decide
 (plain SGD never failed, the run made no progress, the two candidates are too close to tell
-apart); ``implied by prediction 1`` where norm clipping's stability follows from its bounded
-increments by arithmetic (||theta_0|| + tau sum a(n) < B); ``not measured`` where the scale did not
-run the experiment.
+apart, too few seeds or evaluations); ``implied by prediction 1`` where norm clipping's
+stability follows from its bounded increments by arithmetic (||theta_0|| + tau sum a(n) < B);
+``hypothesis not met`` where the runs break a hypothesis of the claim (AGC's weights grew
+without control, against A3); ``not measured`` where the scale did not run the experiment.
+Where a rule is decided per seed, the verdict comes from the Wilson interval on the fraction of
+seeds that satisfy it: ``holds`` if the whole interval lies above MOST, ``fails`` if it lies
+below, ``untested`` if it straddles it.
 """
 
 from __future__ import annotations
@@ -27,14 +31,25 @@ from gradclip.analysis import MIN_RECORDS, label_setting, loglog_slope, wilson_i
 NOT_MEASURED = "not measured"
 UNTESTED = "untested"
 IMPLIED = "implied by prediction 1"
+HYPOTHESIS_NOT_MET = "hypothesis not met"
 
 # Rounding allowance for a ratio that is <= 1 in exact arithmetic, computed in float32.
 FLOAT_TOLERANCE = 1e-5
 # Plain SGD counts as unstable at an a0 where fewer than this fraction of its seeds were stable.
 UNSTABLE = 0.5
-# ||H|| "still falling" at the end of a run: its log-log slope over the last decade of steps is
-# below this (a fall of at least ~11% per decade), and it ended below where it started.
+# ||H|| "still falling" at the end of a run: the robust (Theil-Sen) log-log slope of ||H|| over
+# the second half of the run in log time is below this (a fall of at least ~11% per decade), and
+# ||H|| ended below where it started.
 FALLING_SLOPE = -0.05
+# That slope needs at least this many evaluations of ||H||; with fewer the run is untested.
+MIN_EVALUATIONS = 10
+# A rule decided per seed holds where the Wilson interval (95%) on the fraction of seeds that
+# satisfy it lies wholly above this, and fails where it lies wholly below (most seeds must agree
+# and the seeds must be enough to say so: 4 of 4 decide, 3 of 3 do not).
+MOST = 0.5
+# A3, AGC's extra hypothesis, read as "the weights stay under control": it is not met in a run
+# whose ||theta|| ended more than this many times its start.
+A3_GROWTH = 2.0
 # A group of runs made no progress when its training loss fell by less than this fraction: its
 # ||H|| then says nothing about convergence.
 NO_PROGRESS = 0.02
@@ -77,12 +92,21 @@ def pair(values) -> list[float]:
 
 
 def combine(verdicts: list[str]) -> str:
-    """One verdict from several: untested parts (and parts implied by prediction 1) do not count
-    against the tested ones; agreeing parts keep their verdict, disagreeing ones make 'partly'."""
-    tested = [v for v in verdicts if v not in (UNTESTED, IMPLIED, NOT_MEASURED)]
+    """One verdict from several: untested parts (and parts implied by prediction 1, or whose
+    hypothesis was not met) do not count against the tested ones; agreeing parts keep their
+    verdict, disagreeing ones make 'partly'."""
+    tested = [v for v in verdicts if v not in (UNTESTED, IMPLIED, HYPOTHESIS_NOT_MET, NOT_MEASURED)]
     if not tested:
-        return IMPLIED if IMPLIED in verdicts else UNTESTED
+        return next((v for v in (IMPLIED, HYPOTHESIS_NOT_MET) if v in verdicts), UNTESTED)
     return tested[0] if all(v == tested[0] for v in tested) else "partly"
+
+
+def seeds_verdict(satisfied: int, seeds: int) -> tuple[str, list[float]]:
+    """A rule decided per seed: its verdict from the Wilson interval on the fraction of seeds
+    that satisfy it (see MOST), and the interval."""
+    low, high = wilson_interval(satisfied, seeds)
+    verdict = UNTESTED if seeds == 0 else "holds" if low > MOST else "fails" if high < MOST else UNTESTED
+    return verdict, [low, high]
 
 
 def _read(results: Path, name: str) -> pd.DataFrame | None:
@@ -191,14 +215,23 @@ def assess_stability(results: Path) -> dict:
 
 
 def is_falling(rows: pd.DataFrame) -> pd.Series:
-    return (rows["H_slope_last_decade"] < FALLING_SLOPE) & (rows["H_final"] < rows["H_initial"])
+    return (rows["H_slope"] < FALLING_SLOPE) & (rows["H_final"] < rows["H_initial"])
 
 
-def falling_verdict(rows: pd.DataFrame) -> str:
+def falling_verdict(rows: pd.DataFrame) -> tuple[str, str]:
+    """A setting's verdict on prediction 3 and, where it is untested or its hypothesis not met,
+    why: no progress (its training loss fell by less than NO_PROGRESS); fewer than
+    MIN_EVALUATIONS evaluations behind a slope; AGC whose ||theta|| grew past A3_GROWTH in most
+    seeds; else the seeds whose ||H|| is still falling, through :func:`seeds_verdict`."""
     if (rows["train_loss_final"] / rows["train_loss_initial"]).median() > 1 - NO_PROGRESS:
-        return UNTESTED
-    falling = is_falling(rows)
-    return "holds" if falling.all() else "fails" if not falling.any() else "partly"
+        return UNTESTED, "no progress"
+    if rows["H_slope_points"].min() < MIN_EVALUATIONS:
+        return UNTESTED, f"fewer than {MIN_EVALUATIONS} evaluations"
+    growth = rows["param_norm_final"] / rows["param_norm_initial"]
+    if rows["method_label"].iloc[0].startswith("agc") and growth.median() > A3_GROWTH:
+        return HYPOTHESIS_NOT_MET, f"‖θ‖ grew past {A3_GROWTH:g}× (A3)"
+    verdict, _ = seeds_verdict(int(is_falling(rows).sum()), len(rows))
+    return verdict, "too few seeds agree" if verdict == UNTESTED else ""
 
 
 def assess_convergence(results: Path) -> dict:
@@ -207,15 +240,18 @@ def assess_convergence(results: Path) -> dict:
         return {"verdict": NOT_MEASURED}
     groups, verdicts = [], {}
     for (model, label, a0), rows in table.groupby(["model", "method_label", "a0"], sort=True):
-        verdict = falling_verdict(rows)
+        verdict, why = falling_verdict(rows)
         verdicts.setdefault(label, []).append(verdict)
+        falling = int(is_falling(rows).sum())
         groups.append({"model": model, "method_label": label, "a0": a0, "seeds": len(rows),
-                       "last_step": int(rows["last_step"].max()), "verdict": verdict,
+                       "last_step": int(rows["last_step"].max()), "verdict": verdict, "why": why,
+                       "falling_interval": wilson_interval(falling, len(rows)),
+                       "evaluations": int(rows["H_slope_points"].min()),
                        "train_loss_initial": rows["train_loss_initial"].median(),
                        "train_loss_final": rows["train_loss_final"].median(),
                        "H_initial": pair(rows["H_initial"]), "H_final": pair(rows["H_final"]),
-                       "H_ratio": pair(rows["H_ratio"]), "H_slope_last_decade": pair(rows["H_slope_last_decade"]),
-                       "falling": int(is_falling(rows).sum()),
+                       "H_ratio": pair(rows["H_ratio"]), "H_slope": pair(rows["H_slope"]),
+                       "falling": falling,
                        "param_growth": pair(rows["param_norm_final"] / rows["param_norm_initial"])})
     parts = {label: combine(v) for label, v in verdicts.items()}
     first = table.iloc[0]
@@ -226,7 +262,7 @@ def assess_convergence(results: Path) -> dict:
         product = float(f"{g['a0'] * lam:.6g}")  # 3 x 0.1 is 0.30000000000000004 in floats
         grid.append({"model": g["model"], "method_label": g["method_label"], "lambda": lam, "a0": g["a0"],
                      "a0_lambda": product, "falling": g["falling"], "seeds": g["seeds"], "verdict": g["verdict"],
-                     "grew": g["verdict"] != UNTESTED and g["H_ratio"][0] > 1, "H_ratio": g["H_ratio"],
+                     "why": g["why"], "grew": g["why"] != "no progress" and g["H_ratio"][0] > 1, "H_ratio": g["H_ratio"],
                      "param_growth": g["param_growth"]})
     grid.sort(key=lambda g: (g["model"], g["a0_lambda"], g["lambda"]))
     condition = {}
@@ -234,13 +270,16 @@ def assess_convergence(results: Path) -> dict:
         mine = [g for g in grid if g["model"] == model]
         falling = sorted({g["a0_lambda"] for g in mine if g["verdict"] == "holds"})
         grew = sorted({g["a0_lambda"] for g in mine if g["grew"]})
-        idle = sorted({g["a0_lambda"] for g in mine if g["verdict"] == UNTESTED})
+        idle = sorted({g["a0_lambda"] for g in mine if g["why"] == "no progress"})
+        uncontrolled = sorted({g["a0_lambda"] for g in mine if g["verdict"] == HYPOTHESIS_NOT_MET})
         condition[model] = {"a0_lambda_grid": sorted({g["a0_lambda"] for g in mine}),
-                            "falling_every_seed": falling, "grew_every_seed": grew, "no_progress": idle,
+                            "falling_most_seeds": falling, "grew_every_seed": grew, "no_progress": idle,
+                            "hypothesis_not_met": uncontrolled,
                             # the two sets lie on either side of one a0*lambda: a condition the data point to
                             "separated": bool(falling and grew and max(falling) < min(grew))}
     return {"verdict": combine(list(parts.values())), "parts": parts, "falling_slope": FALLING_SLOPE,
-            "no_progress": NO_PROGRESS, "data": first["data"], "n0": first["n0"], "power": first["power"],
+            "min_evaluations": MIN_EVALUATIONS, "most": MOST, "a3_growth": A3_GROWTH, "no_progress": NO_PROGRESS,
+            "data": first["data"], "n0": first["n0"], "power": first["power"],
             "horizons": {m: int(rows["last_step"].max()) for m, rows in table.groupby("model")},
             "groups": groups, "agc_grid": grid, "agc_condition": condition}
 
