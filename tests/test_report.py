@@ -216,22 +216,19 @@ def test_agc_grid_names_the_a0_lambda_where_H_falls_and_where_it_grows(tmp_path)
     assert c["falling_most_seeds"] == [0.03] and c["grew_every_seed"] == [0.03, 0.3, 3.0] and not c["separated"]
 
 
-def step_size_rows(tmp_path, constant_final, frozen_final, frozen_displacement=0.5, noise_drop=1.5):
-    """A regression whose A1 schedules end at ||H|| = 0.01; ||H|| paths are flat for p = 0 and 1.5."""
-    rows, paths = [], []
+def step_size_rows(tmp_path, constant_final, frozen_final, frozen_displacement=0.5, noise_drop=1.5, seeds=4,
+                   slope=0.0, points=12):
+    """A regression whose A1 schedules end at ||H|| = 0.01; ||H|| is flat (late slope ``slope``)
+    for p = 0 and 1.5 in every seed."""
+    rows = []
     for p, final in [(0.0, constant_final), (0.3, 0.01), (0.75, 0.01), (1.5, frozen_final)]:
-        rows.append({"problem": "regression", "power": p, "seed": 0, "a0": 1.0, "tau": 1.0, "last_step": 5000,
-                     "H_initial": 0.2, "H_final": final, "H_slope": 0.0 if p in (0.0, 1.5) else -0.5,
-                     "final_displacement": frozen_displacement if p > 1 else 1.0,
-                     "frozen_radius": 2.6 if p > 1 else float("inf"), "remaining_radius": 0.03 if p > 1 else float("inf"),
-                     "sum_lr": 2.5, "train_loss_final": 0.1, "sample_grad_initial": 3.0,
-                     "sample_grad_final": 3.0 / noise_drop})
-        for step in (10, 100, 1000, 5000):
-            value = final if p in (0.0, 1.5) else final * (5000 / step) ** 0.5
-            paths.append({"problem": "regression", "power": p, "seed": 0, "metric": "H_norm", "step": step,
-                          "value": value})
+        rows += [{"problem": "regression", "power": p, "seed": seed, "a0": 1.0, "tau": 1.0, "last_step": 5000,
+                  "H_initial": 0.2, "H_final": final, "H_slope": slope if p in (0.0, 1.5) else -0.5,
+                  "H_slope_points": points, "final_displacement": frozen_displacement if p > 1 else 1.0,
+                  "frozen_radius": 2.6 if p > 1 else float("inf"), "remaining_radius": 0.03 if p > 1 else float("inf"),
+                  "sum_lr": 2.5, "train_loss_final": 0.1, "sample_grad_initial": 3.0,
+                  "sample_grad_final": 3.0 / noise_drop} for seed in range(seeds)]
     pd.DataFrame(rows).to_csv(tmp_path / "step_sizes.csv", index=False)
-    pd.DataFrame(paths).to_csv(tmp_path / "step_sizes_paths.csv", index=False)
 
 
 @pytest.mark.parametrize("constant, frozen, displacement, noise_drop, expected", [
@@ -246,6 +243,34 @@ def test_step_size_verdicts(tmp_path, constant, frozen, displacement, noise_drop
     a = verdicts.assess_step_sizes(tmp_path)
     assert a["verdict"] == expected
     assert (a["problems"][0]["constant"]["verdict"] == "untested") == (noise_drop > verdicts.NOISE_VANISHED)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({}, "holds"),
+    ({"constant_final": 0.01 * verdicts.ABOVE_BEST * 1.001}, "holds"),   # just above 2x the best A1 schedule
+    ({"constant_final": 0.01 * verdicts.ABOVE_BEST * 0.999}, "fails"),   # just below
+    ({"slope": verdicts.FALLING_SLOPE + 1e-3}, "holds"),                  # flat enough: a floor, still frozen
+    ({"slope": verdicts.FALLING_SLOPE - 1e-3}, "fails"),                  # still falling: neither
+    ({"points": verdicts.MIN_EVALUATIONS - 1}, "untested"),
+    ({"seeds": 3}, "untested"),                                           # 3 of 3 cannot decide
+    ({"noise_drop": verdicts.NOISE_VANISHED * 0.999}, "holds"),
+])
+def test_step_size_rules_at_their_boundaries(tmp_path, change, expected):
+    """Each threshold of prediction 4's per-seed rules, from both sides (both rules share the
+    slope and the factor over the best A1 schedule; the freeze also needs |slope| < 0.05)."""
+    step_size_rows(tmp_path, **{"constant_final": 0.05, "frozen_final": 0.1} | change)
+    a = verdicts.assess_step_sizes(tmp_path)
+    entry = a["problems"][0]
+    if "constant_final" in change:  # the floor alone moves
+        assert entry["constant"]["verdict"] == expected and entry["freeze"]["verdict"] == "holds"
+    else:
+        assert a["verdict"] == expected, entry
+
+
+def test_a_constant_step_whose_noise_vanished_is_untested(tmp_path):
+    step_size_rows(tmp_path, 0.05, 0.1, noise_drop=verdicts.NOISE_VANISHED * 1.001)
+    constant = verdicts.assess_step_sizes(tmp_path)["problems"][0]["constant"]
+    assert constant["verdict"] == "untested" and constant["why"] == "the noise vanished"
 
 
 def limit_rows(dist_to_root, dist_to_mean, root_to_mean=0.5):

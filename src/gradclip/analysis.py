@@ -173,16 +173,6 @@ def agc_unit_summary(units: pd.DataFrame) -> pd.DataFrame:
 # -- convergence and step sizes (predictions 3 and 4) --------------------------------------------------
 
 
-def loglog_slope(steps, values, from_step: float) -> float:
-    """Least-squares slope of log(value) against log(step) over the points with step >= from_step
-    (and step, value > 0): -1 for values that fall like 1/n, 0 for a plateau; nan with < 2 points."""
-    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
-    keep = (steps >= from_step) & (steps > 0) & (values > 0) & np.isfinite(values)
-    if keep.sum() < 2:
-        return math.nan
-    return float(np.polyfit(np.log(steps[keep]), np.log(values[keep]), 1)[0])
-
-
 def late_slope(steps, values) -> tuple[float, int]:
     """The slope of log(value) against log(step) over the second half of a run in log time (the
     evaluations at steps >= sqrt(last step), with step, value > 0), fitted robustly (Theil-Sen:
