@@ -273,10 +273,18 @@ def test_a_constant_step_whose_noise_vanished_is_untested(tmp_path):
     assert constant["verdict"] == "untested" and constant["why"] == "the noise vanished"
 
 
-def limit_rows(dist_to_root, dist_to_mean, root_to_mean=0.5):
-    return pd.DataFrame([{"problem": "location", "noise": "lognormal", "tau": 0.3, "granularity": "sample",
-                          "seed": 0, "batch_size": 32, "steps": 6000, "dist_to_root": dist_to_root,
-                          "dist_to_mean": dist_to_mean, "root_to_mean": root_to_mean}])
+def limit_rows(dist_to_root, dist_to_mean, root_to_mean=0.5, seeds=4, nearer=None):
+    """One location point, ``seeds`` seeds alike, of which ``nearer`` (default: as the distances
+    say) ended nearer the root than the mean."""
+    rows = []
+    for seed in range(seeds):
+        to_root, to_mean = dist_to_root, dist_to_mean
+        if nearer is not None:
+            to_root, to_mean = (min(to_root, to_mean), max(to_root, to_mean))[:: 1 if seed < nearer else -1]
+        rows.append({"problem": "location", "noise": "lognormal", "tau": 0.3, "granularity": "sample", "seed": seed,
+                     "batch_size": 32, "steps": 6000, "dist_to_root": to_root, "dist_to_mean": to_mean,
+                     "root_to_mean": root_to_mean})
+    return pd.DataFrame(rows)
 
 
 @pytest.mark.parametrize("to_root, to_mean, root_to_mean, expected", [
@@ -287,6 +295,31 @@ def limit_rows(dist_to_root, dist_to_mean, root_to_mean=0.5):
 def test_limit_set_verdicts(tmp_path, to_root, to_mean, root_to_mean, expected):
     limit_rows(to_root, to_mean, root_to_mean).to_csv(tmp_path / "limit_set.csv", index=False)
     assert verdicts.assess_limit_set(tmp_path)["verdict"] == expected
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"root_to_mean": 0.01 * verdicts.RESOLVED * 1.001}, "holds"),   # just resolved
+    ({"root_to_mean": 0.01 * verdicts.RESOLVED * 0.999}, "untested"),  # just not
+    ({"nearer": 4}, "holds"), ({"nearer": 3}, "untested"), ({"nearer": 1}, "untested"), ({"nearer": 0}, "fails"),
+    ({"seeds": 3, "nearer": 3}, "untested"),                          # 3 of 3 cannot decide
+])
+def test_limit_set_rules_at_their_boundaries(tmp_path, change, expected):
+    """A point resolves where root and mean lie RESOLVED x further apart than the (median) iterate
+    from the nearer one; there the seeds nearer the root decide through the Wilson interval."""
+    limit_rows(**{"dist_to_root": 0.01, "dist_to_mean": 0.49} | change).to_csv(tmp_path / "limit_set.csv", index=False)
+    assert verdicts.assess_limit_set(tmp_path)["verdict"] == expected
+
+
+def test_a_point_whose_runs_did_not_converge_resolves_nothing(tmp_path):
+    """Far from the root against the median point (RESOLVED x its distance): not converged, so
+    not resolved, whatever its distances say; listed as such."""
+    near = [limit_rows(0.01, 0.49).assign(tau=tau) for tau in (1.0, 3.0, 10.0)]
+    far = limit_rows(0.01 * verdicts.RESOLVED * 1.01, 5.0, root_to_mean=5.0).assign(tau=0.1)
+    pd.concat([*near, far]).to_csv(tmp_path / "limit_set.csv", index=False)
+    a = verdicts.assess_limit_set(tmp_path)
+    assert a["points"] == 4 and a["resolved"] == 3 and a["verdict"] == "holds"
+    assert [r["tau"] for r in a["unconverged"]] == [0.1]
+    assert [r["verdict"] for r in a["sample"] if r["tau"] == 0.1] == ["untested"]
 
 
 @pytest.mark.parametrize("gaps, expected", [([0.5, 0.2, 0.05], "holds"), ([0.5, 0.6, 0.05], "fails")])

@@ -349,27 +349,41 @@ def _per_seed(satisfied: pd.Series, rows: pd.DataFrame) -> tuple[str, str]:
 
 
 def assess_limit_set(results: Path) -> dict:
+    """Prediction 5. A (problem, noise, tau) point of per-sample clipping is resolved where the
+    root of eq. (22) and the mean are RESOLVED times further apart than the median final iterate
+    is from the nearer of the two, and its runs converged (the median iterate is not RESOLVED
+    times further from the root than the median point's); at a resolved point the seeds whose
+    iterate ended nearer the root than the mean decide, through :func:`seeds_verdict`."""
     table = _read(results, "limit_set.csv")
     if table is None:
         return {"verdict": NOT_MEASURED}
     keys = ["problem", "noise", "granularity", "tau"]
     medians = table.groupby(keys, sort=True).median(numeric_only=True).reset_index()
-    sample = medians[medians["granularity"] == "sample"]
+    sample = medians[medians["granularity"] == "sample"].copy()
+    # Points whose iterate is still far from the root, by the same factor against the median
+    # point: the runs there had not converged, and resolve nothing.
+    converged = sample["dist_to_root"] <= RESOLVED * sample["dist_to_root"].median()
     error = sample[["dist_to_root", "dist_to_mean"]].min(axis=1)
-    resolved = sample[sample["root_to_mean"] > RESOLVED * error]
+    sample["resolved"] = (sample["root_to_mean"] > RESOLVED * error) & converged
+    runs = table[table["granularity"] == "sample"].assign(nearer=lambda t: t["dist_to_root"] < t["dist_to_mean"])
+    counts = runs.groupby(["problem", "noise", "tau"])["nearer"].agg(["sum", "size"]).astype(int)
+    sample = sample.join(counts.rename(columns={"sum": "seeds_nearer_root", "size": "seeds"}), on=["problem", "noise", "tau"])
+    sample["verdict"] = [seeds_verdict(r.seeds_nearer_root, r.seeds)[0] if r.resolved else UNTESTED
+                         for r in sample.itertuples()]
+    resolved = sample[sample["resolved"]]
     closer = resolved["dist_to_root"] < resolved["dist_to_mean"]
-    verdict = UNTESTED if resolved.empty else "holds" if closer.all() else "partly" if closer.any() else "fails"
+    verdict = UNTESTED if resolved.empty else combine(list(resolved["verdict"]))
     first = table.iloc[0]
     biggest = sample.loc[sample["root_to_mean"].idxmax()]
-    # Points whose iterate is still far from the root, by the same factor against the median
-    # point: the runs there had not converged.
-    unconverged = sample[sample["dist_to_root"] > RESOLVED * sample["dist_to_root"].median()]
     columns = ["problem", "noise", "tau", "root_to_mean", "dist_to_root", "dist_to_mean"]
-    result = {"verdict": verdict, "resolved_factor": RESOLVED, "points": len(sample), "resolved": len(resolved),
-              "nearer_root": int(closer.sum()), "batch_size": int(first["batch_size"]),
+    result = {"verdict": verdict, "resolved_factor": RESOLVED, "most": MOST, "points": len(sample),
+              "resolved": len(resolved), "nearer_root": int(closer.sum()),
+              "resolved_verdicts": {v: int((resolved["verdict"] == v).sum()) for v in ("holds", "fails", UNTESTED)},
+              "batch_size": int(first["batch_size"]), "seeds": pair(sample["seeds"]),
               "steps": {p: int(rows["steps"].max()) for p, rows in table.groupby("problem")},
               "largest_bias": biggest[columns].to_dict(), "median_dist_to_root": sample["dist_to_root"].median(),
-              "unconverged": unconverged[columns].to_dict("records"), "sample": sample[columns].to_dict("records")}
+              "unconverged": sample.loc[~converged, columns].to_dict("records"),
+              "sample": sample[columns + ["resolved", "seeds", "seeds_nearer_root", "verdict"]].to_dict("records")}
     batch = medians[medians["granularity"] == "batch"]
     if len(batch) and "dist_to_batch_root" in batch:
         apart = batch[batch["batch_root_to_root"] > RESOLVED * batch[["dist_to_batch_root", "dist_to_root"]].min(axis=1)]
