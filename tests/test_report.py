@@ -121,12 +121,14 @@ def test_palette_tells_every_setting_apart():
 
 
 def convergence_rows(slopes, ratios, label="norm τ=1 (sample)", final_loss=1.0, points=12, growth=1.2):
+    """One setting, a seed per slope; ``growth``: ||theta|| end / start, one for all or one a seed."""
+    growths = growth if isinstance(growth, list) else [growth] * len(slopes)
     return pd.DataFrame([{"model": "MLP", "method_label": label, "a0": 30.0, "seed": k, "last_step": 5000,
                           "H_initial": 1.0, "H_final": r, "H_min": r, "H_slope": s, "H_slope_points": points,
                           "H_ratio": r, "mean_grad_initial": 0.5, "mean_grad_final": 0.5, "grad_over_H_final": 0.5 / r,
-                          "param_norm_initial": 10.0, "param_norm_final": 10.0 * growth, "train_loss_initial": 2.3,
+                          "param_norm_initial": 10.0, "param_norm_final": 10.0 * g, "train_loss_initial": 2.3,
                           "train_loss_final": final_loss, "power": 0.75, "n0": 10, "data": "MNIST-1D"}
-                         for k, (s, r) in enumerate(zip(slopes, ratios))])
+                         for k, (s, r, g) in enumerate(zip(slopes, ratios, growths))])
 
 
 def convergence_verdict(tmp_path, rows: pd.DataFrame) -> dict:
@@ -187,6 +189,16 @@ def test_agc_whose_weights_grow_past_a3_is_no_test_of_the_claim(tmp_path, label,
     a = (rows.to_csv(tmp_path / "convergence_summary.csv", index=False), verdicts.assess_convergence(tmp_path))[1]
     assert a["groups"][0]["verdict"] == expected
     assert a["verdict"] == expected  # and a part whose hypothesis is not met is not a failure of the claim
+
+
+@pytest.mark.parametrize("growth, expected", [
+    ([1.0, 1.9, 2.2, 2.2], "fails"),                # half the seeds past 2x (median 2.05): not most
+    ([1.5, 2.5, 2.5, 2.5], "hypothesis not met"),   # most seeds past 2x
+    ([2.5, 2.5, 2.5, float("nan")], "untested"),    # a seed without ||theta||: A3 cannot be checked
+])
+def test_a3_is_judged_on_most_seeds(tmp_path, growth, expected):
+    rows = convergence_rows(FLAT, [3.0] * 4, label="agc λ=0.1 (sample, head clipped)", growth=growth)
+    assert convergence_verdict(tmp_path, rows)["verdict"] == expected
 
 
 def test_parts_whose_hypothesis_is_not_met_do_not_count_against_tested_ones():
@@ -254,6 +266,9 @@ def test_step_size_verdicts(tmp_path, constant, frozen, displacement, noise_drop
     ({"points": verdicts.MIN_EVALUATIONS - 1}, "untested"),
     ({"seeds": 3}, "untested"),                                           # 3 of 3 cannot decide
     ({"noise_drop": verdicts.NOISE_VANISHED * 0.999}, "holds"),
+    ({"slope": -verdicts.FALLING_SLOPE + 1e-3}, "partly"),               # rising: a floor, but not frozen
+    ({"frozen_final": 0.01 * verdicts.ABOVE_BEST * 1.001}, "holds"),     # just above 2x: frozen short
+    ({"frozen_final": 0.01 * verdicts.ABOVE_BEST * 0.999}, "partly"),    # just below: not frozen
 ])
 def test_step_size_rules_at_their_boundaries(tmp_path, change, expected):
     """Each threshold of prediction 4's per-seed rules, from both sides (both rules share the
@@ -261,14 +276,27 @@ def test_step_size_rules_at_their_boundaries(tmp_path, change, expected):
     step_size_rows(tmp_path, **{"constant_final": 0.05, "frozen_final": 0.1} | change)
     a = verdicts.assess_step_sizes(tmp_path)
     entry = a["problems"][0]
-    if "constant_final" in change:  # the floor alone moves
+    if "frozen_final" in change:  # the freeze alone moves
+        assert entry["constant"]["verdict"] == "holds" and entry["freeze"]["verdict"] == {"holds": "holds"}.get(
+            expected, "fails")
+    elif "constant_final" in change:  # the floor alone moves
         assert entry["constant"]["verdict"] == expected and entry["freeze"]["verdict"] == "holds"
     else:
         assert a["verdict"] == expected, entry
 
 
+def test_a_floor_in_3_of_4_seeds_cannot_decide(tmp_path):
+    """As at the default scale: one seed's ||H|| still falls at the end."""
+    step_size_rows(tmp_path, 0.05, 0.1)
+    table = pd.read_csv(tmp_path / "step_sizes.csv")
+    table.loc[(table["power"] == 0) & (table["seed"] == 0), "H_slope"] = verdicts.FALLING_SLOPE - 1e-3
+    table.to_csv(tmp_path / "step_sizes.csv", index=False)
+    constant = verdicts.assess_step_sizes(tmp_path)["problems"][0]["constant"]
+    assert (constant["verdict"], constant["floor_seeds"], constant["why"]) == ("untested", 3, "too few seeds agree")
+
+
 def test_a_constant_step_whose_noise_vanished_is_untested(tmp_path):
-    step_size_rows(tmp_path, 0.05, 0.1, noise_drop=verdicts.NOISE_VANISHED * 1.001)
+    step_size_rows(tmp_path, 0.05, 0.1, noise_drop=verdicts.NOISE_VANISHED)  # (at the threshold itself)
     constant = verdicts.assess_step_sizes(tmp_path)["problems"][0]["constant"]
     assert constant["verdict"] == "untested" and constant["why"] == "the noise vanished"
 

@@ -41,14 +41,15 @@ UNSTABLE = 0.5
 # the second half of the run in log time is below this (a fall of at least ~11% per decade), and
 # ||H|| ended below where it started.
 FALLING_SLOPE = -0.05
-# That slope needs at least this many evaluations of ||H||; with fewer the run is untested.
+# That slope needs at least this many evaluations of ||H||: a setting with a run that has fewer
+# is untested.
 MIN_EVALUATIONS = 10
 # A rule decided per seed holds where the Wilson interval (95%) on the fraction of seeds that
 # satisfy it lies wholly above this, and fails where it lies wholly below (most seeds must agree
 # and the seeds must be enough to say so: 4 of 4 decide, 3 of 3 do not).
 MOST = 0.5
-# A3, AGC's extra hypothesis, read as "the weights stay under control": it is not met in a run
-# whose ||theta|| ended more than this many times its start.
+# A3, AGC's extra hypothesis, read as "the weights stay under control": it is not met in a setting
+# where more than half the seeds' ||theta|| ended more than this many times its start.
 A3_GROWTH = 2.0
 # A group of runs made no progress when its training loss fell by less than this fraction: its
 # ||H|| then says nothing about convergence.
@@ -218,17 +219,22 @@ def is_falling(rows: pd.DataFrame) -> pd.Series:
     return (rows["H_slope"] < FALLING_SLOPE) & (rows["H_final"] < rows["H_initial"])
 
 
-def falling_verdict(rows: pd.DataFrame) -> tuple[str, str]:
-    """A setting's verdict on prediction 3 and, where it is untested or its hypothesis not met,
-    why: no progress (its training loss fell by less than NO_PROGRESS); AGC whose ||theta|| grew
-    past A3_GROWTH in most seeds; fewer than MIN_EVALUATIONS evaluations behind a slope; else the
-    seeds whose ||H|| is still falling, through :func:`seeds_verdict`."""
+def falling_verdict(rows: pd.DataFrame) -> tuple[str, str, list[float]]:
+    """A setting's verdict on prediction 3, why where it is untested or its hypothesis not met,
+    and the Wilson interval on the fraction of seeds whose ||H|| is still falling: no progress
+    (its training loss fell by less than NO_PROGRESS); AGC whose ||theta|| grew past A3_GROWTH in
+    more than half its seeds (or was not recorded: untested); else the seeds, through
+    :func:`_per_seed`."""
+    verdict, why, interval = _per_seed(is_falling(rows), rows)
     if (rows["train_loss_final"] / rows["train_loss_initial"]).median() > 1 - NO_PROGRESS:
-        return UNTESTED, "no progress"
-    growth = rows["param_norm_final"] / rows["param_norm_initial"]
-    if rows["method_label"].iloc[0].startswith("agc") and growth.median() > A3_GROWTH:
-        return HYPOTHESIS_NOT_MET, f"‖θ‖ grew past {A3_GROWTH:g}× (A3)"
-    return _per_seed(is_falling(rows), rows)
+        return UNTESTED, "no progress", interval
+    if rows["method_label"].iloc[0].startswith("agc"):
+        growth = rows["param_norm_final"] / rows["param_norm_initial"]
+        if growth.isna().any():
+            return UNTESTED, "‖θ‖ not recorded (A3 cannot be checked)", interval
+        if (growth > A3_GROWTH).sum() > len(rows) / 2:
+            return HYPOTHESIS_NOT_MET, f"‖θ‖ grew past {A3_GROWTH:g}× (A3)", interval
+    return verdict, why, interval
 
 
 def assess_convergence(results: Path) -> dict:
@@ -237,18 +243,17 @@ def assess_convergence(results: Path) -> dict:
         return {"verdict": NOT_MEASURED}
     groups, verdicts = [], {}
     for (model, label, a0), rows in table.groupby(["model", "method_label", "a0"], sort=True):
-        verdict, why = falling_verdict(rows)
+        verdict, why, interval = falling_verdict(rows)
         verdicts.setdefault(label, []).append(verdict)
-        falling = int(is_falling(rows).sum())
         groups.append({"model": model, "method_label": label, "a0": a0, "seeds": len(rows),
                        "last_step": int(rows["last_step"].max()), "verdict": verdict, "why": why,
-                       "falling_interval": wilson_interval(falling, len(rows)),
+                       "falling_interval": interval,
                        "evaluations": int(rows["H_slope_points"].min()),
                        "train_loss_initial": rows["train_loss_initial"].median(),
                        "train_loss_final": rows["train_loss_final"].median(),
                        "H_initial": pair(rows["H_initial"]), "H_final": pair(rows["H_final"]),
                        "H_ratio": pair(rows["H_ratio"]), "H_slope": pair(rows["H_slope"]),
-                       "falling": falling,
+                       "falling": int(is_falling(rows).sum()),
                        "param_growth": pair(rows["param_norm_final"] / rows["param_norm_initial"])})
     parts = {label: combine(v) for label, v in verdicts.items()}
     first = table.iloc[0]
@@ -307,14 +312,14 @@ def assess_step_sizes(results: Path) -> dict:
             constant = rows[rows["power"] == 0]
             noise_drop = float((constant["sample_grad_initial"] / constant["sample_grad_final"]).median())
             floor = (constant["H_final"] > ABOVE_BEST * best_a1) & (constant["H_slope"] >= FALLING_SLOPE)
-            verdict, why = _per_seed(floor, constant)
+            verdict, why, interval = _per_seed(floor, constant)
             if noise_drop >= NOISE_VANISHED:
                 verdict, why = UNTESTED, "the noise vanished"
             verdicts.append(verdict)
             entry["constant"] = {"verdict": verdict, "why": why, "H": median[0], "over_best": median[0] / best_a1,
                                  "slope": pair(constant["H_slope"]), "noise_drop": noise_drop,
                                  "seeds": len(constant), "floor_seeds": int(floor.sum()),
-                                 "interval": wilson_interval(int(floor.sum()), len(constant)),
+                                 "interval": interval,
                                  "train_loss_final": constant["train_loss_final"].median()}
         low = median[(median.index > 0) & (median.index <= A1_LOW)]
         if len(low):
@@ -324,10 +329,10 @@ def assess_step_sizes(results: Path) -> dict:
         if len(frozen):
             inside = frozen["final_displacement"] <= frozen["frozen_radius"]
             stuck = (frozen["H_final"] > ABOVE_BEST * best_a1) & (frozen["H_slope"].abs() < -FALLING_SLOPE)
-            verdict, why = _per_seed(inside & stuck, frozen)
+            verdict, why, interval = _per_seed(inside & stuck, frozen)
             verdicts.append(verdict)
             entry["freeze"] = {"verdict": verdict, "why": why, "inside": int(inside.sum()), "stuck": int(stuck.sum()),
-                               "seeds": len(frozen), "interval": wilson_interval(int((inside & stuck).sum()), len(frozen)),
+                               "seeds": len(frozen), "interval": interval,
                                "slope": pair(frozen["H_slope"]), "displacement": frozen["final_displacement"].max(),
                                "radius": pair(frozen["frozen_radius"]), "remaining": pair(frozen["remaining_radius"]),
                                "H": frozen["H_final"].median(), "over_best": frozen["H_final"].median() / best_a1}
@@ -337,12 +342,14 @@ def assess_step_sizes(results: Path) -> dict:
             "powers": sorted(table["power"].unique()), "problems": problems}
 
 
-def _per_seed(satisfied: pd.Series, rows: pd.DataFrame) -> tuple[str, str]:
-    """The verdict of a per-seed rule over ``rows`` (runs), and why where it is untested."""
+def _per_seed(satisfied: pd.Series, rows: pd.DataFrame) -> tuple[str, str, list[float]]:
+    """The verdict of a per-seed rule over a setting's runs ``rows`` (untested if any run has
+    fewer than MIN_EVALUATIONS evaluations behind its slope), why where it is untested, and the
+    Wilson interval on the fraction of seeds that satisfy it."""
+    verdict, interval = seeds_verdict(int(satisfied.sum()), len(rows))
     if rows["H_slope_points"].min() < MIN_EVALUATIONS:
-        return UNTESTED, f"fewer than {MIN_EVALUATIONS} evaluations"
-    verdict, _ = seeds_verdict(int(satisfied.sum()), len(rows))
-    return verdict, "too few seeds agree" if verdict == UNTESTED else ""
+        return UNTESTED, f"fewer than {MIN_EVALUATIONS} evaluations", interval
+    return verdict, "too few seeds agree" if verdict == UNTESTED else "", interval
 
 
 # -- prediction 5 -------------------------------------------------------------------------------------
