@@ -429,3 +429,23 @@ def test_the_repository_cites_only_its_own_files_for_what_it_tests():
                                             for name in ("../shared", "PAPER.md", "REFERENCES.md"))
               and path != "tests/test_report.py"]
     assert citing == []
+
+
+@pytest.mark.parametrize("batch_root, expected_resolved", [
+    (0.1, 1),     # 0.1 from the mean and 0.4 from the root, the iterate 0.002 from it: resolved from both
+    (0.005, 0),   # as near the mean as the iterate is (within 5x): it cannot be told from the mean
+])
+def test_batch_clipping_fixed_point_must_stand_apart_from_the_root_and_the_mean(tmp_path, batch_root, expected_resolved):
+    """Batch clipping's fixed point is judged only where the runs can tell it from the root of
+    (22) and, apart, from the mean; there 4 of 4 seeds nearer it hold."""
+    theta = batch_root + 0.002
+    rows = [{"problem": "location", "noise": "lognormal", "tau": 0.3, "granularity": granularity, "seed": seed,
+             "batch_size": 32, "steps": 6000, "mean": "0.0", "root": 0.5, "theta": theta, "batch_root": batch_root,
+             "dist_to_batch_root": 0.002, "dist_to_root": abs(theta - 0.5), "dist_to_mean": abs(theta),
+             "root_to_mean": 0.5, "batch_root_to_root": abs(batch_root - 0.5), "batch_root_error": 1e-4,
+             "batch_root_draws": 1000}
+            for seed in range(4) for granularity in ("sample", "batch")]
+    pd.DataFrame(rows).to_csv(tmp_path / "limit_set.csv", index=False)
+    b = verdicts.assess_limit_set(tmp_path)["batch"]
+    assert b["resolved_from_root"] == 1 and b["resolved"] == expected_resolved
+    assert b["resolved_verdicts"]["holds"] == expected_resolved

@@ -391,16 +391,40 @@ def assess_limit_set(results: Path) -> dict:
               "largest_bias": biggest[columns].to_dict(), "median_dist_to_root": sample["dist_to_root"].median(),
               "unconverged": sample.loc[~converged, columns].to_dict("records"),
               "sample": sample[columns + ["resolved", "seeds", "seeds_nearer_root", "verdict"]].to_dict("records")}
-    batch = medians[medians["granularity"] == "batch"]
+    batch = table[table["granularity"] == "batch"]
     if len(batch) and "dist_to_batch_root" in batch:
-        apart = batch[batch["batch_root_to_root"] > RESOLVED * batch[["dist_to_batch_root", "dist_to_root"]].min(axis=1)]
-        result["batch"] = {
-            "points": len(batch), "resolved": len(apart),
-            "nearer_batch_root": int((apart["dist_to_batch_root"] < apart["dist_to_root"]).sum()),
-            "draws": int(batch["batch_root_draws"].iloc[0]), "largest_error": batch["batch_root_error"].max(),
-            "rows": batch[["noise", "tau", "dist_to_batch_root", "dist_to_root", "dist_to_mean"]].to_dict("records")}
+        result["batch"] = _batch_fixed_point(batch)
     result["network"] = _network_bias(results)
     return result
+
+
+def _batch_fixed_point(batch: pd.DataFrame) -> dict:
+    """Batch clipping's own fixed point (the Huber estimate of the batch means) at each (noise,
+    tau) point: resolved from the root of eq. (22) and, apart, from the mean, each where the two
+    are RESOLVED times further apart than the median iterate is from the nearer one; where it is
+    resolved from both, the seeds that ended nearer it than either decide (:func:`seeds_verdict`)."""
+    batch = batch.assign(batch_root_to_mean=(batch["batch_root"] - pd.to_numeric(batch["mean"], errors="coerce")).abs())
+    batch = batch.assign(nearer=(batch["dist_to_batch_root"] < batch["dist_to_root"])
+                         & (batch["dist_to_batch_root"] < batch["dist_to_mean"]))
+    points = batch.groupby(["noise", "tau"], sort=True).agg(
+        dist_to_batch_root=("dist_to_batch_root", "median"), dist_to_root=("dist_to_root", "median"),
+        dist_to_mean=("dist_to_mean", "median"), batch_root_to_root=("batch_root_to_root", "median"),
+        batch_root_to_mean=("batch_root_to_mean", "median"), seeds=("seed", "size"),
+        seeds_nearer=("nearer", "sum")).reset_index()
+    from_root = points["batch_root_to_root"] > RESOLVED * points[["dist_to_batch_root", "dist_to_root"]].min(axis=1)
+    from_mean = points["batch_root_to_mean"] > RESOLVED * points[["dist_to_batch_root", "dist_to_mean"]].min(axis=1)
+    points["resolved"] = from_root & from_mean
+    points["verdict"] = [seeds_verdict(int(r.seeds_nearer), int(r.seeds))[0] if r.resolved else UNTESTED
+                         for r in points.itertuples()]
+    resolved = points[points["resolved"]]
+    return {"points": len(points), "resolved_from_root": int(from_root.sum()), "resolved_from_mean": int(from_mean.sum()),
+            "resolved": len(resolved),
+            "nearer_batch_root": int(((resolved["dist_to_batch_root"] < resolved["dist_to_root"])
+                                      & (resolved["dist_to_batch_root"] < resolved["dist_to_mean"])).sum()),
+            "resolved_verdicts": {v: int((resolved["verdict"] == v).sum()) for v in ("holds", "fails", UNTESTED)},
+            "draws": int(batch["batch_root_draws"].iloc[0]), "largest_error": batch["batch_root_error"].max(),
+            "rows": points[["noise", "tau", "dist_to_batch_root", "dist_to_root", "dist_to_mean", "batch_root_to_mean",
+                            "resolved", "seeds", "seeds_nearer", "verdict"]].to_dict("records")}
 
 
 def _network_bias(results: Path) -> dict | None:
