@@ -76,8 +76,10 @@ def render_stability(a: dict) -> list[str]:
     lines = [f"**Verdict: {a['verdict']}** ({parts}). Stable = finite with ‖θ_n‖ ≤ B = {fmt(a['bound'])} at every "
              f"step; {a['seeds']} seeds per point (a point where every seed is stable has the 95% Wilson interval "
              f"[{fmt(lo)}, 1]); {a['failed_runs']} runs crashed and are left out. A method is judged at the a0 where "
-             f"plain SGD is stable in fewer than {a['unstable_below']:.0%} of the seeds: it holds if every seed is "
-             "stable there, partly if it is more stable than plain SGD. Norm-clipping points where "
+             "plain SGD is unstable (the 95% Wilson interval of its stable fraction lies below "
+             f"{fmt(a['most'])}), point by point: a point holds where the Wilson interval of the method's stable "
+             f"fraction lies above {fmt(a['most'])}, fails where it lies below, and is untested where it straddles "
+             "it; the method's points combined make its verdict (partly where they disagree). Norm-clipping points where "
              "‖θ_0‖ + τ Σa(n) < B are stable by prediction 1 alone (arithmetic, not a test); an arm whose points "
              f"are all of that kind reads '{IMPLIED}'. Figure: `paper_figures/stability.png`; table with "
              "Wilson intervals: `results/stability.csv`.", ""]
@@ -92,6 +94,11 @@ def render_stability(a: dict) -> list[str]:
             if not r["points"]:
                 continue
             text = f"{ARM_NAMES[arm]} {span(r['stable_fraction'])} ({r['verdict']}"
+            counts = r.get("judged_verdicts") or {}
+            if any(counts.values()):
+                plural = {"holds": "hold", "fails": "fail"}
+                text += ": " + ", ".join(f"{n} point {v}" if n == 1 else f"{n} points {plural.get(v, v)}"
+                                         for v, n in counts.items() if n)
             if r["verdict"] == IMPLIED:
                 text += f": all {r['points']} points"
             elif arm == "norm":
@@ -102,7 +109,7 @@ def render_stability(a: dict) -> list[str]:
                              f"implied point(s), {fmt(r['implied_lost_non_finite'])} of them to a non-finite loss or "
                              "gradient with the weights inside B: bounded increments bound θ, not the arithmetic")
             arms.append(text + ")")
-        lines.append(head + f"plain SGD is stable in fewer than {a['unstable_below']:.0%} of the seeds at a0 ∈ "
+        lines.append(head + "plain SGD is unstable (Wilson interval below one half) at a0 ∈ "
                      f"{listed(p['unstable_a0'])} "
                      f"(stable fraction {span(p['unclipped_stable_fraction'])}). There the stable fraction is: "
                      + "; ".join(arms) + f". At the smallest a0 = {fmt(p['smallest_a0'])} every method's stable "

@@ -36,25 +36,47 @@ def test_bounded_increments_verdicts(tmp_path):
     assert verdicts.assess_increments(tmp_path)["verdict"] == "untested"
 
 
-def stability_rows(norm, agc, none=(1.0, 0.0), implied=False):
+def stability_rows(norm, agc, none=(1.0, 0.0), implied=False, runs=8):
+    """Stable fractions at a0 = 1 and 100 for plain SGD, norm clipping and AGC on one model."""
     rows = []
     for method, label, fractions in [("none", "none", none), ("norm", "norm τ=1 (batch)", norm),
                                      ("agc", "agc λ=0.1 (batch)", agc)]:
         for a0, f in zip((1.0, 100.0), fractions):
             rows.append({"model": "MLP", "method_label": label, "method": method, "granularity": "batch", "a0": a0,
-                         "runs": 8, "stable": int(8 * f), "stable_fraction": f, "wilson_low": 0.0, "wilson_high": 1.0,
-                         "implied_by_increments": implied and method == "norm", "bound": 1e4, "steps": 50, "failed_runs": 0})
+                         "runs": runs, "stable": round(runs * f), "stable_fraction": f, "wilson_low": 0.0,
+                         "wilson_high": 1.0, "implied_by_increments": implied and method == "norm", "bound": 1e4,
+                         "steps": 50, "failed_runs": 0})
     return pd.DataFrame(rows)
 
 
 @pytest.mark.parametrize("norm, agc, expected", [
     ((1.0, 1.0), (1.0, 1.0), "holds"),
-    ((1.0, 1.0), (1.0, 0.5), "partly"),
+    ((1.0, 1.0), (1.0, 0.125), "partly"),   # AGC: 1 of 8 stable where plain SGD is not
+    ((1.0, 1.0), (1.0, 0.5), "holds"),      # AGC: 4 of 8, untested: it does not count against norm
     ((1.0, 0.0), (1.0, 0.0), "fails"),
 ])
 def test_stability_verdicts(tmp_path, norm, agc, expected):
     stability_rows(norm, agc).to_csv(tmp_path / "stability.csv", index=False)
     assert verdicts.assess_stability(tmp_path)["verdict"] == expected
+
+
+@pytest.mark.parametrize("stable, runs, expected", [(8, 8, "holds"), (7, 8, "holds"), (6, 8, "untested"),
+                                                   (4, 4, "holds"), (3, 3, "untested"), (1, 8, "fails")])
+def test_a_stability_point_is_decided_by_its_seeds(tmp_path, stable, runs, expected):
+    """Where plain SGD is unstable (0 of ``runs``), a method's point by the Wilson interval of its
+    stable fraction: 7 of 8 [0.53, 0.98] holds, 6 of 8 [0.41, 0.93] cannot decide."""
+    stability_rows((1.0, stable / runs), (1.0, 1.0), runs=runs).to_csv(tmp_path / "stability.csv", index=False)
+    assert verdicts.assess_stability(tmp_path)["parts"]["norm"] == expected
+
+
+@pytest.mark.parametrize("none, judged", [((1.0, 0.0), True), ((1.0, 1 / 8), True), ((1.0, 2 / 8), False)])
+def test_plain_sgd_must_be_unstable_by_its_wilson_interval(tmp_path, none, judged):
+    """A point judges the methods where plain SGD's Wilson interval lies below one half: 1 of 8
+    stable [0.02, 0.47] does, 2 of 8 [0.07, 0.59] does not (the grid then tests nothing)."""
+    stability_rows((1.0, 1.0), (1.0, 1.0), none=none).to_csv(tmp_path / "stability.csv", index=False)
+    a = verdicts.assess_stability(tmp_path)
+    assert (a["problems"][0]["unstable_a0"] == [100.0]) == judged
+    assert a["verdict"] == ("holds" if judged else "untested")
 
 
 def test_stability_grid_that_never_destabilises_plain_sgd_is_untested(tmp_path):
@@ -65,10 +87,10 @@ def test_stability_grid_that_never_destabilises_plain_sgd_is_untested(tmp_path):
 def test_stability_that_prediction_1_implies_is_not_a_test(tmp_path):
     """Norm clipping stable only where ||theta_0|| + tau sum a(n) < B: 'implied by prediction 1',
     and the overall verdict rests on AGC alone; an implied point that lost a seed (a non-finite
-    loss with bounded weights) is a failure all the same."""
-    stability_rows((1.0, 1.0), (1.0, 0.5), implied=True).to_csv(tmp_path / "stability.csv", index=False)
+    loss with bounded weights) is judged all the same."""
+    stability_rows((1.0, 1.0), (1.0, 0.125), implied=True).to_csv(tmp_path / "stability.csv", index=False)
     a = verdicts.assess_stability(tmp_path)
-    assert a["parts"] == {"norm": verdicts.IMPLIED, "agc": "partly"} and a["verdict"] == "partly"
+    assert a["parts"] == {"norm": verdicts.IMPLIED, "agc": "fails"} and a["verdict"] == "fails"
     assert a["problems"][0]["arms"]["norm"]["implied_points"] == 1  # one unstable a0
     stability_rows((1.0, 0.0), (1.0, 1.0), implied=True).to_csv(tmp_path / "stability.csv", index=False)
     assert verdicts.assess_stability(tmp_path)["parts"]["norm"] == "fails"
@@ -79,7 +101,7 @@ def test_stability_judges_norm_clipping_on_its_tested_points_only(tmp_path):
     the implied point must not lift the verdict to 'partly'."""
     rows = stability_rows((1.0, 1.0), (1.0, 1.0))
     tested = rows[rows["method"] == "norm"].assign(method_label="norm τ=10 (batch)")
-    tested.loc[tested["a0"] == 100.0, "stable_fraction"] = 0.0
+    tested.loc[tested["a0"] == 100.0, ["stable_fraction", "stable"]] = 0.0, 0
     rows.loc[rows["method"] == "norm", "implied_by_increments"] = True
     pd.concat([rows, tested]).to_csv(tmp_path / "stability.csv", index=False)
     arm = verdicts.assess_stability(tmp_path)["problems"][0]["arms"]["norm"]
@@ -88,7 +110,8 @@ def test_stability_judges_norm_clipping_on_its_tested_points_only(tmp_path):
 
 def test_stability_judges_agc_with_the_head_clipped_apart(tmp_path):
     rows = stability_rows((1.0, 1.0), (1.0, 1.0))
-    clipped = rows[rows["method"] == "agc"].assign(method_label="agc λ=0.1 (batch, head clipped)", stable_fraction=0.0)
+    clipped = rows[rows["method"] == "agc"].assign(method_label="agc λ=0.1 (batch, head clipped)", stable_fraction=0.0,
+                                                   stable=0)
     pd.concat([rows, clipped]).to_csv(tmp_path / "stability.csv", index=False)
     a = verdicts.assess_stability(tmp_path)
     assert a["parts"] == {"norm": "holds", "agc": "holds", "agc_head_clipped": "fails"} and a["verdict"] == "partly"
@@ -369,7 +392,7 @@ def test_missing_tables_say_not_measured(tmp_path):
 def test_report_is_rendered_from_verdicts_json(tmp_path):
     """report.py writes verdicts.json (strict JSON: no nan) and renders REPORT.md from the file: a
     verdict edited in the file is the verdict the report prints."""
-    stability_rows((1.0, 1.0), (1.0, 0.5)).to_csv(tmp_path / "stability.csv", index=False)
+    stability_rows((1.0, 1.0), (1.0, 0.125)).to_csv(tmp_path / "stability.csv", index=False)
     limit_rows(0.01, 0.49).to_csv(tmp_path / "limit_set.csv", index=False)
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), "--results", str(tmp_path),
                            "--scale", "smoke"], capture_output=True, text=True)
@@ -383,7 +406,7 @@ def test_report_is_rendered_from_verdicts_json(tmp_path):
     assert "## 5. The limit set and the clipping bias\n\n**Verdict: fails.**" in report.render(data)
     other = json.loads(json.dumps(data))
     other["scale"], other["predictions"]["stability"]["verdict"] = "default", "holds"
-    assert "| 2. Stability with high probability | partly (norm: holds; AGC: partly) | holds (norm: holds; AGC: partly) |" \
+    assert "| 2. Stability with high probability | partly (norm: holds; AGC: fails) | holds (norm: holds; AGC: fails) |" \
         in report.render(data, other)
 
 

@@ -35,8 +35,6 @@ HYPOTHESIS_NOT_MET = "hypothesis not met"
 
 # Rounding allowance for a ratio that is <= 1 in exact arithmetic, computed in float32.
 FLOAT_TOLERANCE = 1e-5
-# Plain SGD counts as unstable at an a0 where fewer than this fraction of its seeds were stable.
-UNSTABLE = 0.5
 # ||H|| "still falling" at the end of a run: the robust (Theil-Sen) log-log slope of ||H|| over
 # the second half of the run in log time is below this (a fall of at least ~11% per decade), and
 # ||H|| ended below where it started.
@@ -141,17 +139,15 @@ def assess_increments(results: Path) -> dict:
 # -- prediction 2 and AGC's stability -------------------------------------------------------------------
 
 
-def stability_verdict(fractions: pd.Series, unclipped: pd.Series) -> str:
-    """holds: every seed stable where plain SGD mostly is not; partly: more stable than plain SGD
-    on average; fails: no better."""
-    if fractions.empty:
+def stability_verdict(points: pd.DataFrame) -> str:
+    """A method's verdict over its points (rows of stability.csv): each point by the seeds that
+    stayed stable (:func:`seeds_verdict`), the points combined (partly where they disagree)."""
+    if points.empty:
         return UNTESTED
-    if fractions.min() == 1:
-        return "holds"
-    return "partly" if fractions.mean() > unclipped.mean() else "fails"
+    return combine([seeds_verdict(int(r.stable), int(r.runs))[0] for r in points.itertuples()])
 
 
-def _arm(rows: pd.DataFrame, unclipped: pd.Series) -> dict:
+def _arm(rows: pd.DataFrame) -> dict:
     """One method's points at the a0 where plain SGD is unstable. Norm clipping's points where
     ||theta_0|| + tau sum a(n) < B are implied by prediction 1 and judge nothing, unless a seed
     was lost there all the same (a non-finite loss or gradient with bounded weights): the verdict
@@ -160,10 +156,12 @@ def _arm(rows: pd.DataFrame, unclipped: pd.Series) -> dict:
         return {"verdict": UNTESTED, "points": 0}
     implied = rows["implied_by_increments"].astype(bool)
     judged = rows[~implied | (rows["stable_fraction"] < 1)]
-    verdict = stability_verdict(judged["stable_fraction"], unclipped) if len(judged) else IMPLIED
+    verdict = stability_verdict(judged) if len(judged) else IMPLIED
     tested = rows[~implied]
     lost = rows[implied & (rows["stable_fraction"] < 1)]
+    point_verdicts = [seeds_verdict(int(r.stable), int(r.runs))[0] for r in judged.itertuples()]
     return {"verdict": verdict, "points": len(rows), "implied_points": int(implied.sum()),
+            "judged_verdicts": {v: point_verdicts.count(v) for v in ("holds", "fails", UNTESTED)},
             "implied_points_that_lost_seeds": len(lost),
             "implied_lost_non_finite": int(lost["non_finite"].sum()) if "non_finite" in lost else None,
             "implied_lost_runs": int((lost["runs"] - lost["stable"]).sum()),
@@ -184,8 +182,10 @@ def assess_stability(results: Path) -> dict:
     table = table.assign(arm=arm_of)
     problems, by_arm = [], {arm: [] for arm in ARMS}
     for model, rows in table.groupby("model", sort=False):
-        none = rows[rows["method"] == "none"].set_index("a0")["stable_fraction"]
-        unstable_a0 = none[none < UNSTABLE].index
+        none = rows[rows["method"] == "none"].set_index("a0")
+        # plain SGD is unstable where the Wilson interval of its stable fraction lies below MOST
+        unstable_a0 = none[[seeds_verdict(int(r.stable), int(r.runs))[0] == "fails" for r in none.itertuples()]].index
+        none = none["stable_fraction"]
         entry = {"model": model, "steps": int(rows["steps"].max()), "seeds": int(rows["runs"].max()),
                  "unstable_a0": list(unstable_a0), "arms": {}}
         if len(unstable_a0):
@@ -196,7 +196,7 @@ def assess_stability(results: Path) -> dict:
             entry["smallest_a0_stable_fraction"] = pair(smallest["stable_fraction"])
             for arm in ARMS:
                 if (rows["arm"] == arm).any():
-                    entry["arms"][arm] = _arm(at[at["arm"] == arm], none[unstable_a0])
+                    entry["arms"][arm] = _arm(at[at["arm"] == arm])
                     by_arm[arm].append(entry["arms"][arm]["verdict"])
         problems.append(entry)
     parts = {arm: combine(verdicts) for arm, verdicts in by_arm.items() if verdicts}
@@ -205,7 +205,7 @@ def assess_stability(results: Path) -> dict:
     norm = table[table["method"] == "norm"]
     limits = _read(results, "agc_stability.csv")
     return {"verdict": combine(list(parts.values())), "parts": parts, "bound": float(table["bound"].iloc[0]),
-            "unstable_below": UNSTABLE, "seeds": int(table["runs"].max()), "failed_runs": int(table["failed_runs"].iloc[0]),
+            "most": MOST, "seeds": int(table["runs"].max()), "failed_runs": int(table["failed_runs"].iloc[0]),
             "all_stable_interval": pair(wilson_interval(int(table["runs"].max()), int(table["runs"].max()))),
             "implied_points": int(norm["implied_by_increments"].sum()), "norm_points": len(norm),
             "problems": problems,
