@@ -373,14 +373,26 @@ def test_a_point_whose_runs_did_not_converge_resolves_nothing(tmp_path):
     assert [r["verdict"] for r in a["sample"] if r["tau"] == 0.1] == ["untested"]
 
 
-@pytest.mark.parametrize("gaps, expected", [([0.5, 0.2, 0.05], "holds"), ([0.5, 0.6, 0.05], "fails")])
-def test_ode_tracking_verdicts(tmp_path, gaps, expected):
-    pd.DataFrame({"a0": [0.1, 0.01, 0.001], "seed": 0, "max_gap": gaps, "mean_gap": gaps, "final_gap": gaps,
-                  "horizon": 6.0}).to_csv(tmp_path / "ode_gaps.csv", index=False)
-    a = verdicts.assess_ode_tracking(tmp_path)
+def ode_rows(tmp_path, exponent, seeds=4, a0s=(0.1, 0.01, 0.001)):
+    """Each seed's largest gap falls like a0^exponent."""
+    pd.DataFrame([{"a0": a0, "seed": seed, "max_gap": 0.5 * (a0 / 0.1) ** exponent, "mean_gap": 0.1, "final_gap": 0.1,
+                   "horizon": 6.0} for a0 in a0s for seed in range(seeds)]).to_csv(tmp_path / "ode_gaps.csv", index=False)
+    return verdicts.assess_ode_tracking(tmp_path)
+
+
+@pytest.mark.parametrize("exponent, seeds, a0s, expected", [
+    (0.5, 4, (0.1, 0.01, 0.001), "holds"),
+    (-verdicts.FALLING_SLOPE + 1e-3, 4, (0.1, 0.01, 0.001), "holds"),    # just shrinking enough
+    (-verdicts.FALLING_SLOPE - 1e-3, 4, (0.1, 0.01, 0.001), "fails"),    # just not
+    (-0.2, 4, (0.1, 0.01, 0.001), "fails"),                              # the gap grows as a0 falls
+    (0.5, 3, (0.1, 0.01, 0.001), "untested"),                            # 3 of 3 cannot decide
+    (0.5, 4, (0.1, 0.01), "untested"),                                   # fewer than MIN_A0 values of a0
+])
+def test_ode_tracking_verdicts(tmp_path, exponent, seeds, a0s, expected):
+    a = ode_rows(tmp_path, exponent, seeds, a0s)
     assert a["verdict"] == expected
     if expected == "holds":
-        assert a["exponent"] == pytest.approx(0.5)  # 0.5 -> 0.05 over two decades
+        assert a["exponent"] == pytest.approx(exponent) and a["seed_exponents"] == pytest.approx([exponent] * 2)
 
 
 def test_missing_tables_say_not_measured(tmp_path):

@@ -185,7 +185,16 @@ def late_slope(steps, values) -> tuple[float, int]:
         keep &= steps >= math.sqrt(steps[keep].max())
     if keep.sum() < 2:
         return math.nan, int(keep.sum())
-    return float(theilslopes(np.log(values[keep]), np.log(steps[keep]))[0]), int(keep.sum())
+    return loglog_theil_sen(steps[keep], values[keep]), int(keep.sum())
+
+
+def loglog_theil_sen(x, y) -> float:
+    """The Theil-Sen slope of log(y) against log(x) (scipy's: the median of the slopes between
+    every two points); x and y positive; nan with fewer than 2 points."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2:
+        return math.nan
+    return float(theilslopes(np.log(y), np.log(x))[0])
 
 
 def eval_paths(runs: pd.DataFrame, metrics: pd.DataFrame,
