@@ -418,6 +418,9 @@ def plot_ode_tracking(args) -> None:
             ax.plot(line["t"], line[f"theta_{name}"], color=colors[a0], linewidth=0.8, label=f"SGD, a(n) = {a0:g}")
         ax.plot(solution["t"], solution[f"ode_{name}"], color="black", linestyle="--", linewidth=1.2,
                 label="ODE dθ/dt = −H(θ)")
+        if f"flow_{name}" in solution:
+            ax.plot(solution["t"], solution[f"flow_{name}"], color="grey", linestyle=":", linewidth=1.2,
+                    label="unclipped gradient flow dθ/dt = −∇L(θ)")
         ax.set_xlabel("ODE time t(n) = Σ_{k<n} a(k)")
         ax.set_ylabel(label)
         ax.set_title(f"{label}, seed {seed}")
@@ -425,6 +428,10 @@ def plot_ode_tracking(args) -> None:
     ax.scatter(gaps["a0"], gaps["max_gap"], color="black", s=8, label="each seed")
     medians = gaps.groupby("a0")["max_gap"].median()
     ax.plot(medians.index, medians.values, color="black", label="median over seeds")
+    if "max_gap_unclipped" in gaps:
+        unclipped = gaps.groupby("a0")["max_gap_unclipped"].median()
+        ax.plot(unclipped.index, unclipped.values, color="grey", linestyle=":",
+                label="median gap to the unclipped flow")
     mean_gaps = pd.read_csv(results / "ode_seed_mean_gaps.csv")
     ax.plot(mean_gaps["a0"], mean_gaps["max_gap_of_seed_mean"], color="grey", marker="o", markerfacecolor="white",
             markersize=4, label=f"the mean of the {mean_gaps['seeds'].min()} seeds' iterates")

@@ -73,3 +73,13 @@ def test_ode_tables_compare_theta_n_with_the_ode_at_t_n(make_cfg, tmp_path):
     assert list(aligned.step) == list(range(steps + 1)) and aligned.t.iloc[0] == 0  # theta_0 at t = 0
     assert aligned.gap.max() < 1e-6
     assert shifted.gap.iloc[1:].min() > 1e-3
+    # Beside it, the unclipped gradient flow (tau = inf) from the same theta_0: the aligned run's
+    # gap to it is the distance between the two flows, which the solution table also holds.
+    flow = ode_path(x, y, np.inf, theta0, np.concatenate([[0.0], t[:steps]]))
+    assert np.allclose(aligned.gap_unclipped, np.linalg.norm(np.vstack([theta0, exact[:steps]]) - flow, axis=1),
+                       atol=1e-6)
+    solution = pd.read_csv(tmp_path / "ode_solution.csv")
+    assert {"flow_w1", "flow_w2", "flow_b", "flows_apart"} <= set(solution.columns)
+    assert solution.flows_apart.iloc[0] == 0 and solution.flows_apart.max() > 1e-3  # tau = 1 clips here
+    gaps = pd.read_csv(tmp_path / "ode_gaps.csv")
+    assert (gaps.max_gap_unclipped > 0).all()

@@ -395,6 +395,24 @@ def test_ode_tracking_verdicts(tmp_path, exponent, seeds, a0s, expected):
         assert a["exponent"] == pytest.approx(exponent) and a["seed_exponents"] == pytest.approx([exponent] * 2)
 
 
+@pytest.mark.parametrize("apart, nearer, expected", [
+    (0.5 * verdicts.RESOLVED * 1.01, 4, "holds"),      # the flows far enough apart; every seed nearer the clipped ODE
+    (0.5 * verdicts.RESOLVED * 0.99, 4, "untested"),   # too close together to tell which one the runs track
+    (0.5 * verdicts.RESOLVED * 1.01, 0, "fails"),      # nearer the unclipped flow: clipping's own part not seen
+])
+def test_ode_tracking_tells_the_clipped_ode_from_the_unclipped_flow(tmp_path, apart, nearer, expected):
+    """At the smallest a0 (gaps 0.5 to the clipped ODE), the seeds nearer it than the unclipped
+    gradient flow decide, where the two flows lie RESOLVED x further apart than that gap."""
+    rows = [{"a0": a0, "seed": seed, "max_gap": 0.5 * (a0 / 0.001) ** 0.5, "mean_gap": 0.1, "final_gap": 0.1,
+             "horizon": 6.0, "max_gap_unclipped": (1.0 if seed < nearer else 0.1) * apart}
+            for a0 in (0.1, 0.01, 0.001) for seed in range(4)]
+    pd.DataFrame(rows).to_csv(tmp_path / "ode_gaps.csv", index=False)
+    pd.DataFrame({"t": [0.0, 1.0], "flows_apart": [0.0, apart]}).to_csv(tmp_path / "ode_solution.csv", index=False)
+    a = verdicts.assess_ode_tracking(tmp_path)
+    assert a["tracking_verdict"] == "holds" and a["clipped_ode"]["verdict"] == expected
+    assert a["verdict"] == {"holds": "holds", "untested": "holds", "fails": "partly"}[expected]
+
+
 def test_missing_tables_say_not_measured(tmp_path):
     everything = verdicts.assess_all(tmp_path, "smoke")
     assert {p["verdict"] for p in everything["predictions"].values()} == {verdicts.NOT_MEASURED}

@@ -263,11 +263,14 @@ def freeze_table(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def ode_gap_summary(paths: pd.DataFrame) -> pd.DataFrame:
-    """Per run (rows of ``paths``: run_id, a0, seed, t, gap = ||theta_n - theta(t_n)||): the largest
-    and the mean gap over the window, and the gap at its end."""
-    table = paths.sort_values("t").groupby(["run_id", "a0", "seed"]).agg(
-        max_gap=("gap", "max"), mean_gap=("gap", "mean"), final_gap=("gap", "last"), horizon=("t", "max"))
-    return table.reset_index()
+    """Per run (rows of ``paths``: run_id, a0, seed, t, gap = ||theta_n - theta(t_n)|| and, where
+    logged, gap_unclipped to the unclipped gradient flow): the largest and the mean gap over the
+    window, and the gap at its end; the largest gap to the unclipped flow."""
+    aggregates = dict(max_gap=("gap", "max"), mean_gap=("gap", "mean"), final_gap=("gap", "last"),
+                      horizon=("t", "max"))
+    if "gap_unclipped" in paths:
+        aggregates["max_gap_unclipped"] = ("gap_unclipped", "max")
+    return paths.sort_values("t").groupby(["run_id", "a0", "seed"]).agg(**aggregates).reset_index()
 
 
 def ode_seed_mean_gap(paths: pd.DataFrame) -> pd.DataFrame:

@@ -14,6 +14,7 @@ and ``project`` (the command line's namespace, or :class:`Source`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,22 +270,31 @@ def collect_ode_tracking(source) -> None:
         iterates = np.vstack([theta0, logged_theta])
         keep = t <= horizon * (1 + 1e-9)
         logged.append((run, t[keep], steps[keep], iterates[keep]))
-    # One integration, read at the plotting grid and at every run's own times (not interpolated).
-    ode = ode_path(x, y, tau, theta0, np.concatenate([grid, *(t for _, t, _, _ in logged)]))
-    solution, ode = ode[:len(grid)], np.split(ode[len(grid):], np.cumsum([len(t) for _, t, _, _ in logged])[:-1])
+    # One integration of each flow, read at the plotting grid and at every run's own times (not
+    # interpolated): the clipped ODE d theta/dt = -H(theta), and beside it the unclipped gradient
+    # flow d theta/dt = -grad L(theta) (tau = inf), from which clipping's own part in the tracking
+    # is told apart.
+    times = np.concatenate([grid, *(t for _, t, _, _ in logged)])
+    splits = np.cumsum([len(t) for _, t, _, _ in logged])[:-1]
+    ode, flow = ode_path(x, y, tau, theta0, times), ode_path(x, y, math.inf, theta0, times)
+    solution, unclipped = ode[:len(grid)], flow[:len(grid)]
+    ode, flow = np.split(ode[len(grid):], splits), np.split(flow[len(grid):], splits)
     frames = []
-    for (run, t, steps, iterates), at_t in zip(logged, ode):
+    for (run, t, steps, iterates), at_t, flow_at_t in zip(logged, ode, flow):
         frame = pd.DataFrame(iterates, columns=[f"theta_{n}" for n in names])
         frame = frame.join(pd.DataFrame(at_t, columns=[f"ode_{n}" for n in names]))
         frames.append(frame.assign(run_id=run["run_id"], a0=run["schedule.a0"], seed=run["seed"], step=steps, t=t,
-                                   gap=np.linalg.norm(iterates - at_t, axis=1)))
+                                   gap=np.linalg.norm(iterates - at_t, axis=1),
+                                   gap_unclipped=np.linalg.norm(iterates - flow_at_t, axis=1)))
     paths = pd.concat(frames, ignore_index=True)
     gaps = ode_gap_summary(paths)
     results = Path(source.results)
     paths.drop(columns="run_id").to_csv(results / "ode_paths.csv", index=False, float_format="%.7g")
     gaps.drop(columns="run_id").to_csv(results / "ode_gaps.csv", index=False)
     ode_seed_mean_gap(paths).to_csv(results / "ode_seed_mean_gaps.csv", index=False)
-    pd.DataFrame(solution, columns=[f"ode_{n}" for n in names]).assign(t=grid, tau=tau).to_csv(
+    pd.DataFrame(solution, columns=[f"ode_{n}" for n in names]).join(
+        pd.DataFrame(unclipped, columns=[f"flow_{n}" for n in names])).assign(
+        t=grid, tau=tau, flows_apart=np.linalg.norm(solution - unclipped, axis=1)).to_csv(
         results / "ode_solution.csv", index=False, float_format="%.7g")
     print(f"ode_tracking: {len(runs)} runs -> {results}/ode_paths.csv, ode_gaps.csv, ode_seed_mean_gaps.csv, "
           "ode_solution.csv")

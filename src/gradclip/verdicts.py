@@ -465,7 +465,11 @@ def assess_ode_tracking(results: Path) -> dict:
     """Prediction 6, decided per seed: a seed tracks the ODE if its largest gap shrinks with a0,
     the Theil-Sen slope of log gap against log a0 over its a0 grid (at least MIN_A0 values) above
     -FALLING_SLOPE (the gap at least ~11% smaller per decade of a0); the seeds through
-    :func:`seeds_verdict`."""
+    :func:`seeds_verdict`. Clipping's own part: where the clipped ODE and the unclipped gradient
+    flow lie RESOLVED times further apart (at most, over the window) than the median iterate at
+    the smallest a0 is from the clipped ODE, the seeds whose iterates at the smallest a0 ended
+    nearer the clipped ODE than the unclipped flow decide whether it is the clipped ODE they
+    track; the two parts combine into the verdict."""
     gaps = _read(results, "ode_gaps.csv")
     if gaps is None:
         return {"verdict": NOT_MEASURED}
@@ -477,12 +481,20 @@ def assess_ode_tracking(results: Path) -> dict:
     why = "too few seeds agree" if verdict == UNTESTED else ""
     if gaps.groupby("seed")["a0"].nunique().min() < MIN_A0:
         verdict, why = UNTESTED, f"fewer than {MIN_A0} values of a0"
+    tracking_verdict = verdict
+    clipped = _clipped_not_unclipped(gaps, _read(results, "ode_solution.csv"))
+    if clipped:
+        verdict = combine([tracking_verdict, clipped["verdict"]])
+        why = why if verdict == tracking_verdict else ""
     means = _read(results, "ode_seed_mean_gaps.csv")
     mean = means.set_index("a0")["max_gap_of_seed_mean"] if means is not None else pd.Series(dtype=float)
-    result = {"verdict": verdict, "why": why, "shrinks": shrinks, "horizon": gaps["horizon"].min(),
+    result = {"verdict": verdict, "why": why, "tracking_verdict": tracking_verdict, "clipped_ode": clipped,
+              "shrinks": shrinks, "horizon": gaps["horizon"].min(),
               "exponent": log_slope(median), "seed_exponents": pair(exponents), "tracking_seeds": int(tracking.sum()),
               "seeds": len(exponents), "interval": interval, "min_exponent": -FALLING_SLOPE, "most": MOST,
               "rows": [{"a0": a0, "seeds": int((gaps["a0"] == a0).sum()), "max_gap": value,
+                        "max_gap_unclipped": (gaps.loc[gaps["a0"] == a0, "max_gap_unclipped"].median()
+                                              if "max_gap_unclipped" in gaps else None),
                         "range": pair(gaps.loc[gaps["a0"] == a0, "max_gap"]),
                         "seed_mean_gap": mean[a0] if a0 in mean else None} for a0, value in median.items()]}
     if len(mean) > 1:
@@ -490,6 +502,23 @@ def assess_ode_tracking(results: Path) -> dict:
         result["seed_mean"] = {"seeds": seeds, "gap": pair(mean), "exponent": log_slope(mean),
                                "over_single": pair(mean / median), "noise_only": seeds ** -0.5}
     return result
+
+
+def _clipped_not_unclipped(gaps: pd.DataFrame, solution: pd.DataFrame | None) -> dict | None:
+    """Whether the iterates at the smallest a0 track the clipped ODE rather than the unclipped
+    gradient flow (see :func:`assess_ode_tracking`); None where the tables do not hold both."""
+    if solution is None or "flows_apart" not in solution or "max_gap_unclipped" not in gaps:
+        return None
+    smallest = gaps[gaps["a0"] == gaps["a0"].min()]
+    apart = float(solution["flows_apart"].max())
+    nearer = int((smallest["max_gap"] < smallest["max_gap_unclipped"]).sum())
+    resolved = apart > RESOLVED * float(smallest["max_gap"].median())
+    verdict, interval = seeds_verdict(nearer, len(smallest))
+    return {"verdict": verdict if resolved else UNTESTED, "resolved": resolved, "resolved_factor": RESOLVED,
+            "a0": float(smallest["a0"].iloc[0]),
+            "flows_apart": apart, "gap": float(smallest["max_gap"].median()),
+            "gap_unclipped": float(smallest["max_gap_unclipped"].median()), "nearer_clipped": nearer,
+            "seeds": len(smallest), "interval": interval}
 
 
 # -- prediction 7 -------------------------------------------------------------------------------------
