@@ -251,9 +251,9 @@ def render_limit_set(a: dict) -> list[str]:
     unconverged = ""
     if a["unconverged"]:
         unconverged = (f"Not converged (more than {fmt(a['resolved_factor'])}× the median point's "
-                       f"{fmt(a['median_dist_to_root'])} from the root): "
-                       + ", ".join(f"{r['problem']}, {r['noise']}, τ = {fmt(r['tau'])} ({fmt(r['dist_to_root'])})"
-                                   for r in a["unconverged"])
+                       f"{fmt(a['median_error'])} from the nearer of the root and the mean): "
+                       + ", ".join(f"{r['problem']}, {r['noise']}, τ = {fmt(r['tau'])} "
+                                   f"({fmt(min(r['dist_to_root'], r['dist_to_mean']))})" for r in a["unconverged"])
                        + " (near the root H's slope is the fraction of unclipped samples, small at small τ). ")
     lines = [f"**Verdict: {a['verdict']}.** The prediction: per-sample clipped SGD ends at the root of eq. (22), "
              "computed independently (gradclip.meanfield: Brent's method on the location problem, where the root is "

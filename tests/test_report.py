@@ -37,13 +37,15 @@ def test_bounded_increments_verdicts(tmp_path):
 
 
 def stability_rows(norm, agc, none=(1.0, 0.0), implied=False, runs=8):
-    """Stable fractions at a0 = 1 and 100 for plain SGD, norm clipping and AGC on one model."""
+    """Stable fractions at a0 = 1 and 100 for plain SGD (8 seeds), norm clipping and AGC (``runs``
+    seeds) on one model."""
     rows = []
     for method, label, fractions in [("none", "none", none), ("norm", "norm τ=1 (batch)", norm),
                                      ("agc", "agc λ=0.1 (batch)", agc)]:
+        seeds = 8 if method == "none" else runs
         for a0, f in zip((1.0, 100.0), fractions):
             rows.append({"model": "MLP", "method_label": label, "method": method, "granularity": "batch", "a0": a0,
-                         "runs": runs, "stable": round(runs * f), "stable_fraction": f, "wilson_low": 0.0,
+                         "runs": seeds, "stable": round(seeds * f), "stable_fraction": f, "wilson_low": 0.0,
                          "wilson_high": 1.0, "implied_by_increments": implied and method == "norm", "bound": 1e4,
                          "steps": 50, "failed_runs": 0})
     return pd.DataFrame(rows)
@@ -66,7 +68,9 @@ def test_a_stability_point_is_decided_by_its_seeds(tmp_path, stable, runs, expec
     """Where plain SGD is unstable (0 of ``runs``), a method's point by the Wilson interval of its
     stable fraction: 7 of 8 [0.53, 0.98] holds, 6 of 8 [0.41, 0.93] cannot decide."""
     stability_rows((1.0, stable / runs), (1.0, 1.0), runs=runs).to_csv(tmp_path / "stability.csv", index=False)
-    assert verdicts.assess_stability(tmp_path)["parts"]["norm"] == expected
+    a = verdicts.assess_stability(tmp_path)
+    assert a["problems"][0]["unstable_a0"] == [100.0]  # plain SGD: 0 of 8, so the point is judged
+    assert a["parts"]["norm"] == expected
 
 
 @pytest.mark.parametrize("none, judged", [((1.0, 0.0), True), ((1.0, 1 / 8), True), ((1.0, 2 / 8), False)])
@@ -361,11 +365,21 @@ def test_limit_set_rules_at_their_boundaries(tmp_path, change, expected):
     assert verdicts.assess_limit_set(tmp_path)["verdict"] == expected
 
 
+def test_a_point_that_ends_at_the_mean_fails_among_points_that_end_at_the_root(tmp_path):
+    """A run that ends at the mean has converged (to the wrong point): it is judged, not set aside."""
+    near = [limit_rows(0.01, 0.49).assign(tau=tau) for tau in (1.0, 3.0, 10.0)]
+    at_mean = limit_rows(0.49, 0.01).assign(tau=0.1)
+    pd.concat([*near, at_mean]).to_csv(tmp_path / "limit_set.csv", index=False)
+    a = verdicts.assess_limit_set(tmp_path)
+    assert a["resolved"] == 4 and a["resolved_verdicts"] == {"holds": 3, "fails": 1, "untested": 0}
+    assert a["verdict"] == "partly" and not a["unconverged"]
+
+
 def test_a_point_whose_runs_did_not_converge_resolves_nothing(tmp_path):
     """Far from the root against the median point (RESOLVED x its distance): not converged, so
     not resolved, whatever its distances say; listed as such."""
     near = [limit_rows(0.01, 0.49).assign(tau=tau) for tau in (1.0, 3.0, 10.0)]
-    far = limit_rows(0.01 * verdicts.RESOLVED * 1.01, 5.0, root_to_mean=5.0).assign(tau=0.1)
+    far = limit_rows(0.01 * verdicts.RESOLVED * 1.01, 5.0, root_to_mean=5.0).assign(tau=0.1)  # far from both
     pd.concat([*near, far]).to_csv(tmp_path / "limit_set.csv", index=False)
     a = verdicts.assess_limit_set(tmp_path)
     assert a["points"] == 4 and a["resolved"] == 3 and a["verdict"] == "holds"
@@ -411,6 +425,17 @@ def test_ode_tracking_tells_the_clipped_ode_from_the_unclipped_flow(tmp_path, ap
     a = verdicts.assess_ode_tracking(tmp_path)
     assert a["tracking_verdict"] == "holds" and a["clipped_ode"]["verdict"] == expected
     assert a["verdict"] == {"holds": "holds", "untested": "holds", "fails": "partly"}[expected]
+
+
+def test_the_unclipped_flow_cannot_stand_in_for_tracking_the_data_cannot_decide(tmp_path):
+    """Tracking untested (two values of a0) and the clipped ODE told apart: still untested."""
+    rows = [{"a0": a0, "seed": seed, "max_gap": 0.5 * (a0 / 0.001) ** 0.5, "mean_gap": 0.1, "final_gap": 0.1,
+             "horizon": 6.0, "max_gap_unclipped": 10.0} for a0 in (0.01, 0.001) for seed in range(4)]
+    pd.DataFrame(rows).to_csv(tmp_path / "ode_gaps.csv", index=False)
+    pd.DataFrame({"t": [0.0, 1.0], "flows_apart": [0.0, 10.0]}).to_csv(tmp_path / "ode_solution.csv", index=False)
+    a = verdicts.assess_ode_tracking(tmp_path)
+    assert a["clipped_ode"]["verdict"] == "holds"
+    assert (a["verdict"], a["why"]) == ("untested", f"fewer than {verdicts.MIN_A0} values of a0")
 
 
 def test_missing_tables_say_not_measured(tmp_path):

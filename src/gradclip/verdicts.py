@@ -141,14 +141,6 @@ def assess_increments(results: Path) -> dict:
 # -- prediction 2 and AGC's stability -------------------------------------------------------------------
 
 
-def stability_verdict(points: pd.DataFrame) -> str:
-    """A method's verdict over its points (rows of stability.csv): each point by the seeds that
-    stayed stable (:func:`seeds_verdict`), the points combined (partly where they disagree)."""
-    if points.empty:
-        return UNTESTED
-    return combine([seeds_verdict(int(r.stable), int(r.runs))[0] for r in points.itertuples()])
-
-
 def _arm(rows: pd.DataFrame) -> dict:
     """One method's points at the a0 where plain SGD is unstable. Norm clipping's points where
     ||theta_0|| + tau sum a(n) < B are implied by prediction 1 and judge nothing, unless a seed
@@ -158,10 +150,10 @@ def _arm(rows: pd.DataFrame) -> dict:
         return {"verdict": UNTESTED, "points": 0}
     implied = rows["implied_by_increments"].astype(bool)
     judged = rows[~implied | (rows["stable_fraction"] < 1)]
-    verdict = stability_verdict(judged) if len(judged) else IMPLIED
+    point_verdicts = [seeds_verdict(int(r.stable), int(r.runs))[0] for r in judged.itertuples()]
+    verdict = combine(point_verdicts) if point_verdicts else IMPLIED
     tested = rows[~implied]
     lost = rows[implied & (rows["stable_fraction"] < 1)]
-    point_verdicts = [seeds_verdict(int(r.stable), int(r.runs))[0] for r in judged.itertuples()]
     return {"verdict": verdict, "points": len(rows), "implied_points": int(implied.sum()),
             "judged_verdicts": {v: point_verdicts.count(v) for v in ("holds", "fails", UNTESTED)},
             "implied_points_that_lost_seeds": len(lost),
@@ -369,10 +361,11 @@ def assess_limit_set(results: Path) -> dict:
     keys = ["problem", "noise", "granularity", "tau"]
     medians = table.groupby(keys, sort=True).median(numeric_only=True).reset_index()
     sample = medians[medians["granularity"] == "sample"].copy()
-    # Points whose iterate is still far from the root, by the same factor against the median
-    # point: the runs there had not converged, and resolve nothing.
-    converged = sample["dist_to_root"] <= RESOLVED * sample["dist_to_root"].median()
+    # Points whose iterate is still far from both candidates (the nearer of the root and the mean,
+    # so that a run that ends at the mean counts as converged, and can fail), by the same factor
+    # against the median point: the runs there had not converged, and resolve nothing.
     error = sample[["dist_to_root", "dist_to_mean"]].min(axis=1)
+    converged = error <= RESOLVED * error.median()
     sample["resolved"] = (sample["root_to_mean"] > RESOLVED * error) & converged
     runs = table[table["granularity"] == "sample"].assign(nearer=lambda t: t["dist_to_root"] < t["dist_to_mean"])
     counts = runs.groupby(["problem", "noise", "tau"])["nearer"].agg(["sum", "size"]).astype(int)
@@ -390,7 +383,7 @@ def assess_limit_set(results: Path) -> dict:
               "resolved_verdicts": {v: int((resolved["verdict"] == v).sum()) for v in ("holds", "fails", UNTESTED)},
               "batch_size": int(first["batch_size"]), "seeds": pair(sample["seeds"]),
               "steps": {p: int(rows["steps"].max()) for p, rows in table.groupby("problem")},
-              "largest_bias": biggest[columns].to_dict(), "median_dist_to_root": sample["dist_to_root"].median(),
+              "largest_bias": biggest[columns].to_dict(), "median_error": error.median(),
               "unconverged": sample.loc[~converged, columns].to_dict("records"),
               "sample": sample[columns + ["resolved", "seeds", "seeds_nearer_root", "verdict"]].to_dict("records")}
     batch = table[table["granularity"] == "batch"]
@@ -483,9 +476,8 @@ def assess_ode_tracking(results: Path) -> dict:
         verdict, why = UNTESTED, f"fewer than {MIN_A0} values of a0"
     tracking_verdict = verdict
     clipped = _clipped_not_unclipped(gaps, _read(results, "ode_solution.csv"))
-    if clipped:
+    if clipped and tracking_verdict != UNTESTED:  # (it cannot stand in for tracking the data cannot decide)
         verdict = combine([tracking_verdict, clipped["verdict"]])
-        why = why if verdict == tracking_verdict else ""
     means = _read(results, "ode_seed_mean_gaps.csv")
     mean = means.set_index("a0")["max_gap_of_seed_mean"] if means is not None else pd.Series(dtype=float)
     result = {"verdict": verdict, "why": why, "tracking_verdict": tracking_verdict, "clipped_ode": clipped,
