@@ -144,8 +144,9 @@ def render_convergence(a: dict) -> list[str]:
              f"decide, 3 of 3 do not). A setting whose training loss fell by less than {a['no_progress']:.0%} made no "
              "progress and is untested; AGC whose ‖θ‖ ended more than "
              f"{fmt(a['a3_growth'])}× its start in most seeds breaks A3 as this project reads it (the weights stay "
-             f"under control): hypothesis not met, not a test of the claim. {a['data']}, ‖H‖ over the whole training set with per-example "
-             f"gradients, step sizes a(n) = a0 / (n + {fmt(a['n0'])})^{fmt(a['power'])}; figure "
+             f"under control): hypothesis not met, not a test of the claim. {a['data']}, ‖H‖ over the whole "
+             f"training set with per-example gradients, step sizes a(n) = a0 / (n + {fmt(a['n0'])})^{fmt(a['power'])}; "
+             "figure "
              "`paper_figures/convergence.png`, table `results/convergence_summary.csv`.", "",
              "| model | method (granularity) | a0 | seeds | steps | training loss, start → end | ‖H‖ at n = 0 | "
              "‖H‖ at the end | end / start | ‖θ‖ end / start | slope of log ‖H‖, second half | ‖H‖ still falling "
@@ -222,7 +223,8 @@ def render_step_sizes(a: dict) -> list[str]:
         f = p.get("freeze")
         if f:
             parts.append(f"p > 1 moves θ by at most {fmt(f['displacement'])} from θ_0, inside the freeze radius "
-                         f"τ Σ_{{n≥0}} a(n) = {span(f['radius'])} (this follows from prediction 1); after the last step θ can move at most τ Σ_{{n≥N}} a(n) = "
+                         f"τ Σ_{{n≥0}} a(n) = {span(f['radius'])} (this follows from prediction 1); after the "
+                         "last step θ can move at most τ Σ_{n≥N} a(n) = "
                          f"{span(f['remaining'])} more. Its ‖H‖ ends at {fmt(f['H'])} (median), {fmt(f['over_best'])}× "
                          f"the best A1 schedule's, with late slopes {span(f['slope'])}: frozen short of the root in "
                          f"{f['stuck']} of {f['seeds']} seeds, inside the radius in {f['inside']} (both: Wilson "
@@ -296,8 +298,8 @@ def render_limit_set(a: dict) -> list[str]:
                   "|---|---|---|---|---|---|---|---|"]
         for r in b["rows"]:
             lines.append(f"| {r['noise']} | {fmt(r['tau'])} | {fmt(r['dist_to_batch_root'])} | {fmt(r['dist_to_root'])} "
-                         f"| {fmt(r['dist_to_mean'])} | {fmt(r['batch_root_to_mean'])} | {r['seeds_nearer']}/{r['seeds']} | "
-                         f"{r['verdict'] if r['resolved'] else 'unresolved'} |")
+                         f"| {fmt(r['dist_to_mean'])} | {fmt(r['batch_root_to_mean'])} | "
+                         f"{r['seeds_nearer']}/{r['seeds']} | {r['verdict'] if r['resolved'] else 'unresolved'} |")
     n = a.get("network")
     if n:
         lines += ["", f"On a network (the convergence runs of section 3, {n['data']}): the unclipped ‖mean_i ∇ℓ_i‖ "
@@ -343,8 +345,11 @@ def render_ode_tracking(a: dict) -> list[str]:
                   f"{fmt(c['gap_unclipped'])} to the unclipped flow (medians), nearer the clipped ODE in "
                   f"{c['nearer_clipped']} of {c['seeds']} seeds (Wilson {span(c['interval'])}): "
                   + (f"{c['verdict']}." if c["resolved"] else
-                     f"untested: the flows are not {fmt(c['resolved_factor'])}× further apart than the iterates are from the ODE.")
-                  + f" The verdict combines it with the tracking ({a['tracking_verdict']}).")
+                     f"untested: the flows are not {fmt(c['resolved_factor'])}× further apart than the iterates "
+                     "are from the ODE.")
+                  + (f" The verdict combines it with the tracking ({a['tracking_verdict']})."
+                     if a["tracking_verdict"] != "untested" else
+                     " The tracking itself is untested, and so is the verdict: this part cannot stand in for it."))
     m = a.get("seed_mean")
     if m:
         first += (f" The mean of the {m['seeds']} seeds' iterates, whose noise is smaller but whose bias is not, is at "
@@ -352,8 +357,8 @@ def render_ode_tracking(a: dict) -> list[str]:
                   f"{span(m['over_single'])}× the single-seed gap, against 1/√{m['seeds']} = {fmt(m['noise_only'])} "
                   "if the gap were noise alone.")
     first += " Figure `paper_figures/ode_tracking.png`, table `results/ode_gaps.csv`."
-    lines = [first, "", "| a0 | seeds | largest gap (median over seeds) | range over seeds | largest gap of the seeds' mean "
-             "| largest gap to the unclipped flow (median) |", "|---|---|---|---|---|---|"]
+    lines = [first, "", "| a0 | seeds | largest gap (median over seeds) | range over seeds | largest gap of the "
+             "seeds' mean | largest gap to the unclipped flow (median) |", "|---|---|---|---|---|---|"]
     for r in a["rows"]:
         lines.append(f"| {fmt(r['a0'])} | {r['seeds']} | {fmt(r['max_gap'])} | {span(r['range'])} | "
                      f"{fmt(r['seed_mean_gap'])} | {fmt(r.get('max_gap_unclipped'))} |")

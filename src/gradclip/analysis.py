@@ -209,8 +209,9 @@ def eval_paths(runs: pd.DataFrame, metrics: pd.DataFrame,
 def convergence_summary(paths: pd.DataFrame) -> pd.DataFrame:
     """Per run, from :func:`eval_paths`: ||H|| at step 0 and at the end, its smallest value, the
     robust log-log slope of ||H|| over the second half of the run in log time (:func:`late_slope`)
-    and how many evaluations it rests on, the unclipped ||mean grad l_i|| at the start and the end beside ||H|| (prediction 5 on a
-    network), ||theta|| and the training loss at the start and the end."""
+    and how many evaluations it rests on, the unclipped ||mean grad l_i|| at the start and the end
+    beside ||H|| (prediction 5 on a network), ||theta|| and the training loss at the start and the
+    end."""
     rows = []
     for run_id, run in paths.groupby("run_id", sort=True):
         h = run[run["metric"] == "H_norm"].sort_values("step")

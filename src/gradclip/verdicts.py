@@ -110,6 +110,12 @@ def seeds_verdict(satisfied: int, seeds: int) -> tuple[str, list[float]]:
     return verdict, [low, high]
 
 
+def tally(verdicts) -> dict[str, int]:
+    """How many of ``verdicts`` (those of a rule's points) hold, fail and are untested."""
+    verdicts = list(verdicts)
+    return {v: verdicts.count(v) for v in ("holds", "fails", UNTESTED)}
+
+
 def _read(results: Path, name: str) -> pd.DataFrame | None:
     """A table of results/, None if the experiment did not write it (an empty file: no rows)."""
     path = results / name
@@ -155,7 +161,7 @@ def _arm(rows: pd.DataFrame) -> dict:
     tested = rows[~implied]
     lost = rows[implied & (rows["stable_fraction"] < 1)]
     return {"verdict": verdict, "points": len(rows), "implied_points": int(implied.sum()),
-            "judged_verdicts": {v: point_verdicts.count(v) for v in ("holds", "fails", UNTESTED)},
+            "judged_verdicts": tally(point_verdicts),
             "implied_points_that_lost_seeds": len(lost),
             "implied_lost_non_finite": int(lost["non_finite"].sum()) if "non_finite" in lost else None,
             "implied_lost_runs": int((lost["runs"] - lost["stable"]).sum()),
@@ -352,9 +358,9 @@ def _per_seed(satisfied: pd.Series, rows: pd.DataFrame) -> tuple[str, str, list[
 def assess_limit_set(results: Path) -> dict:
     """Prediction 5. A (problem, noise, tau) point of per-sample clipping is resolved where the
     root of eq. (22) and the mean are RESOLVED times further apart than the median final iterate
-    is from the nearer of the two, and its runs converged (the median iterate is not RESOLVED
-    times further from the root than the median point's); at a resolved point the seeds whose
-    iterate ended nearer the root than the mean decide, through :func:`seeds_verdict`."""
+    is from the nearer of the two, and its runs converged (that distance is not RESOLVED times the
+    median point's); at a resolved point the seeds whose iterate ended nearer the root than the
+    mean decide, through :func:`seeds_verdict`."""
     table = _read(results, "limit_set.csv")
     if table is None:
         return {"verdict": NOT_MEASURED}
@@ -369,7 +375,8 @@ def assess_limit_set(results: Path) -> dict:
     sample["resolved"] = (sample["root_to_mean"] > RESOLVED * error) & converged
     runs = table[table["granularity"] == "sample"].assign(nearer=lambda t: t["dist_to_root"] < t["dist_to_mean"])
     counts = runs.groupby(["problem", "noise", "tau"])["nearer"].agg(["sum", "size"]).astype(int)
-    sample = sample.join(counts.rename(columns={"sum": "seeds_nearer_root", "size": "seeds"}), on=["problem", "noise", "tau"])
+    sample = sample.join(counts.rename(columns={"sum": "seeds_nearer_root", "size": "seeds"}),
+                         on=["problem", "noise", "tau"])
     sample["verdict"] = [seeds_verdict(r.seeds_nearer_root, r.seeds)[0] if r.resolved else UNTESTED
                          for r in sample.itertuples()]
     resolved = sample[sample["resolved"]]
@@ -380,7 +387,7 @@ def assess_limit_set(results: Path) -> dict:
     columns = ["problem", "noise", "tau", "root_to_mean", "dist_to_root", "dist_to_mean"]
     result = {"verdict": verdict, "resolved_factor": RESOLVED, "most": MOST, "points": len(sample),
               "resolved": len(resolved), "nearer_root": int(closer.sum()),
-              "resolved_verdicts": {v: int((resolved["verdict"] == v).sum()) for v in ("holds", "fails", UNTESTED)},
+              "resolved_verdicts": tally(resolved["verdict"]),
               "batch_size": int(first["batch_size"]), "seeds": pair(sample["seeds"]),
               "steps": {p: int(rows["steps"].max()) for p, rows in table.groupby("problem")},
               "largest_bias": biggest[columns].to_dict(), "median_error": error.median(),
@@ -416,7 +423,7 @@ def _batch_fixed_point(batch: pd.DataFrame) -> dict:
             "resolved": len(resolved),
             "nearer_batch_root": int(((resolved["dist_to_batch_root"] < resolved["dist_to_root"])
                                       & (resolved["dist_to_batch_root"] < resolved["dist_to_mean"])).sum()),
-            "resolved_verdicts": {v: int((resolved["verdict"] == v).sum()) for v in ("holds", "fails", UNTESTED)},
+            "resolved_verdicts": tally(resolved["verdict"]),
             "draws": int(batch["batch_root_draws"].iloc[0]), "largest_error": batch["batch_root_error"].max(),
             "rows": points[["noise", "tau", "dist_to_batch_root", "dist_to_root", "dist_to_mean", "batch_root_to_mean",
                             "resolved", "seeds", "seeds_nearer", "verdict"]].to_dict("records")}
