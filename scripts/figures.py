@@ -27,15 +27,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from gradclip.analysis import MIN_RECORDS, label_setting  # noqa: E402
+from gradclip.analysis import label_setting  # noqa: E402
 from gradclip.labels import NOISE_LABEL  # noqa: E402
+from gradclip.verdicts import SMALL_OVER_LARGE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "legend.fontsize": 7, "figure.dpi": 150,
                      "savefig.bbox": "tight"})
-
-
-# -- loading ----------------------------------------------------------------------------------------
 
 
 # -- stability (predictions 2 and 1) ------------------------------------------------------------------
@@ -185,36 +183,54 @@ def save(fig, stem: Path) -> None:
 
 def plot_agc_small_weights(args) -> None:
     results, figures = Path(args.results), Path(args.figures)
-    units = pd.read_csv(results / "agc_units.csv")
-    summary = pd.read_csv(results / "agc_units_by_decade.csv")
+    first = pd.read_csv(results / "agc_units_step1.csv")
+    ratios = pd.read_csv(results / "agc_unit_ratios.csv")
     settings = pd.read_csv(results / "agc_settings.csv").iloc[0]
+    lam, eps, large_from = float(settings["clip_factor"]), float(settings["eps"]), float(settings["large_from"])
     colors = {"none": "black", "norm": "#3182bd", "agc": "#31a354", "value": "#e6550d"}
-    fig, axes = plt.subplots(1, 2, figsize=(7.5, 3.0), constrained_layout=True)
-    for label, rows in units.groupby("method_label", sort=True):
-        color = colors[label.split()[0]]
-        med = summary[(summary["method_label"] == label) & (summary["records"] >= MIN_RECORDS)]
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.1), constrained_layout=True)
+    labels = sorted(set(first["method_label"]))
+    for label in labels:
+        rows = first[(first["method_label"] == label)]
         for ax, column in zip(axes, ("abs_step", "rel_step")):
             moved = rows[rows[column] > 0]  # a log axis cannot show a unit that did not move
-            ax.scatter(moved["weight_norm"], moved[column], s=1.5, alpha=0.15, color=color, linewidths=0)
-            ax.plot(med["weight_norm_median"], med[f"{column}_median"], color=color, marker="o", markersize=3,
-                    label=f"{label}: median per decade of ||W_i|| (≥ {MIN_RECORDS} records)")
-    w = units["weight_norm"].sort_values().to_numpy()
-    lam, eps = float(settings["clip_factor"]), float(settings["eps"])
-    bound = lam * pd.Series(w).clip(lower=eps)
+            ax.scatter(moved["weight_norm"], moved[column], s=2, alpha=0.3, color=colors[label.split()[0]],
+                       linewidths=0, label=f"{label} ({rows['seed'].nunique()} seeds)")
+    w = np.sort(first["weight_norm"].to_numpy())
+    bound = lam * np.maximum(w, eps)
     axes[0].plot(w, bound, color="#31a354", linestyle=":", label=f"AGC bound λ max(||W_i||, ε), λ={lam:g}, ε={eps:g}")
     axes[1].plot(w, bound / w, color="#31a354", linestyle=":")
     for ax, ylabel in zip(axes, ("absolute step ||ΔW_i|| / a(n)", "relative step ||ΔW_i|| / (a(n) ||W_i||)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("unit weight norm ||W_i|| before the step")
+        ax.set_xlabel("||W_i|| at initialisation")
         ax.set_ylabel(ylabel)
-    axes[0].set_title("absolute step per unit")
-    axes[1].set_title("relative step per unit")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
-    steps = units["step"].max()
-    fig.suptitle(f"Hidden-layer units of a tanh MLP on MNIST-1D, per-sample clipping, constant a(n) = "
-                 f"{units['lr'].iloc[0]:g}, steps 1-{steps}")
+        for edge in (eps, large_from * eps):
+            ax.axvline(edge, color="grey", linewidth=0.6, linestyle="--")
+    axes[0].set_title("step 1: absolute step per unit")
+    axes[1].set_title("step 1: relative step per unit")
+    # Right: per run, small units' median step over large units', over every logged step.
+    ax = axes[2]
+    for x, label in enumerate(labels):
+        rows = ratios[ratios["method_label"] == label]
+        jitter = np.linspace(-0.12, 0.12, len(rows)) if len(rows) > 1 else np.zeros(1)
+        color = colors[label.split()[0]]
+        ax.scatter(x - 0.18 + jitter, rows["rel_ratio"], s=10, color=color, marker="o",
+                   label="relative step" if x == 0 else None)
+        ax.scatter(x + 0.18 + jitter, rows["abs_ratio"], s=10, color=color, marker="x",
+                   label="absolute step" if x == 0 else None)
+    ax.axhline(1.0, color="grey", linewidth=0.6)
+    ax.axhline(SMALL_OVER_LARGE, color="grey", linewidth=0.6, linestyle=":")
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("small units' median step / large units'")
+    ax.set_title(f"per run (seed), steps 1-{int(settings['steps'])}")
+    ax.legend(loc="best", frameon=False)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=4, frameon=False, markerscale=3)
+    fig.suptitle(f"Hidden units of a tanh MLP on MNIST-1D, per-sample clipping, constant a(n) = "
+                 f"{float(settings['lr']):g}; "
+                 f"small: ||W_i|| < ε at initialisation, large: ≥ {large_from * eps:g} (dashed)")
     save(fig, figures / "agc_small_weights")
 
 

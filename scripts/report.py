@@ -371,27 +371,48 @@ def render_ode_tracking(a: dict) -> list[str]:
 def render_agc_small_weights(a: dict) -> list[str]:
     if "methods" not in a:
         return [f"**Verdict: {a['verdict']}.** {a.get('why', '')}".rstrip()]
-    low, high = a["low_decade"], a["high_decade"]
-    table = [f"Per hidden unit of a tanh MLP whose unit norms span four decades (`paper_figures/agc_small_weights.png`, "
-             f"`results/agc_units_by_decade.csv`); steps divided by a(n); medians over units and logged steps in "
-             f"the lowest and highest decade of ‖W_i‖ that every method populates with ≥ {a['min_records']} records "
-             f"(10^{low} and 10^{high}):", "",
-             "| method | absolute step ‖ΔW_i‖/a(n), low / high | relative step ‖ΔW_i‖/(a(n)‖W_i‖), low / high |",
-             "|---|---|---|"]
+    small, large = f"‖W_i‖ < ε = {fmt(a['eps'])}", f"‖W_i‖ ≥ {fmt(a['large_from'] * a['eps'])}"
+    rule = (f"Verdict rule, decided per seed within each run: a hidden unit is *small* if {small} at initialisation "
+            f"and *large* if {large} (units are classed by their initial norm, never by the norm they reach, so a "
+            "class holds the same units for every method of a seed). The relative reading holds where the small "
+            f"units' median relative step ‖ΔW_i‖/(a(n)‖W_i‖) over the run is more than {fmt(a['small_over_large'])}× "
+            "the large units' in most seeds (Wilson interval above one half), the absolute reading where their "
+            "median absolute step ‖ΔW_i‖/a(n) is larger; the verdict combines the two readings for AGC. A run with "
+            f"fewer than {a['min_units']} units in a class is not judged.")
+    table = [f"Per run, small units' median step over large units' (`paper_figures/agc_small_weights.png`, "
+             f"`results/agc_unit_ratios.csv`), steps 1-{a['steps']}: median over seeds [range]; at step 1 every "
+             "method of a seed has the same weights and the same batch:", "",
+             "| method | seeds | relative step, small / large | at step 1 | seeds > "
+             f"{fmt(a['small_over_large'])}× | absolute step, small / large | seeds > 1× | small units' ‖W_i‖ grew |",
+             "|---|---|---|---|---|---|---|---|"]
     for m in a["methods"]:
-        table.append(f"| {m['method_label']} | {fmt(m['abs_low'])} / {fmt(m['abs_high'])} | "
-                     f"{fmt(m['rel_low'])} / {fmt(m['rel_high'])} |")
+        table.append(f"| {m['method_label']} | {m['judged_seeds']} | {fmt(m['rel_ratio'], 3)} "
+                     f"[{fmt(m['rel_ratio_range'][0], 3)}, {fmt(m['rel_ratio_range'][1], 3)}] | "
+                     f"{fmt(m['rel_ratio_step1'], 3)} | {m['relative_seeds']}/{m['judged_seeds']}: {m['relative']} | "
+                     f"{fmt(m['abs_ratio'], 3)} [{fmt(m['abs_ratio_range'][0], 3)}, {fmt(m['abs_ratio_range'][1], 3)}] | "
+                     f"{m['absolute_seeds']}/{m['judged_seeds']}: {m['absolute']} | {fmt(m['small_growth'], 3)}× |")
     if "agc_label" not in a:
-        return [f"**Verdict: {a['verdict']}.** No AGC run to judge.", ""] + table
-    others = ", ".join(f"{label} {fmt(v)}× larger" for label, v in a["others_rel_low_over_agc"].items())
-    head = [f"**Verdict: {a['verdict']}.** Under AGC (λ = {fmt(a['lambda'])}, ε = {fmt(a['eps'])}), small weights get "
-            + ("*larger*" if a["absolute_larger_for_small"] else "*smaller*")
-            + f" absolute steps ({fmt(a['abs_low_over_high'])}× those of the largest units), a relative step that varies "
-            f"by a factor {fmt(a['rel_spread_above_eps'])} across the decades from 10^{a['eps_decade'] + 1} up and, below "
-            f"ε, reaches {fmt(a['rel_below_over_above'])}× the level above ε (it 'grows' past "
-            f"{fmt(a['grows_below_eps'])}×), where the floor λε/‖W_i‖ allows it. Compared with the other methods AGC "
-            f"gives the smallest units these relative steps: {others}. Verdict rule: holds if the absolute step is "
-            "larger for small units and the relative step grows below ε; partly if only the relative step grows.", ""]
+        return [f"**Verdict: {a['verdict']}.** No AGC run to judge.", "", rule, ""] + table
+    agc = next(m for m in a["methods"] if m["method_label"] == a["agc_label"])
+    supported = [name for name in ("relative", "absolute") if a[name] == "holds"]
+    reading = (f"the data support the {' and the '.join(supported)} reading" if supported
+               else "the data support neither reading")
+    text = (f"**Verdict: {a['verdict']}** (relative reading: {a['relative']}; absolute reading: {a['absolute']}). "
+            f"Under AGC (λ = {fmt(a['lambda'])}, ε = {fmt(a['eps'])}) a small unit's relative step is "
+            f"{fmt(agc['rel_ratio'], 3)}× a large unit's of the same run (below ε the bound λε/‖W_i‖ allows it) and "
+            f"its absolute step {fmt(agc['abs_ratio'], 2)}× a large unit's: {reading} of 'AGC gives very small weights "
+            "larger step sizes'.")
+    if a["agc_rel_small_step1_over"]:
+        every = all(m["relative"] == "holds" for m in a["methods"])
+        compared = "; ".join(f"{fmt(v, 2)}× that of {label} ({a['agc_below_at_step1'][label]}/{agc['judged_seeds']} "
+                             "seeds smaller)" for label, v in a["agc_rel_small_step1_over"].items())
+        text += (" Small units get larger relative steps under " + ("every method" if every else "some methods")
+                 + f" here; at step 1 AGC's small-over-large ratio is {fmt(agc['rel_ratio_step1'], 3)}, "
+                 + ("the smallest of all" if a["agc_least_relative_step1"] else "not the smallest")
+                 + f". On the same weights and batch, AGC's small units take a relative step {compared}; over the "
+                 f"run their norm grew {fmt(agc['small_growth'], 3)}×, against {span(a['others_small_growth'])}× "
+                 "under the other methods.")
+    head = [text, "", rule, ""]
     return head + table + ["", "AGC's stability at large a0·λ: see the table at the end of section 2."]
 
 

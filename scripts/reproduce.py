@@ -81,7 +81,8 @@ def stability_sweeps(scale: str) -> list[list[str]]:
 
 def agc_small_weights_sweeps(scale: str) -> list[list[str]]:
     """configs/experiment/agc_small_weights.yaml holds the default run."""
-    return [{"smoke": ["steps=100"], "default": [], "full": ["seed=0,1,2", "steps=5000", "unit_log_every=250"]}[scale]]
+    return [{"smoke": ["steps=100", "seed=0"], "default": [],
+             "full": ["seed=range(0,12)", "steps=2000", "unit_log_every=100"]}[scale]]
 
 
 def convergence_sweeps(scale: str) -> list[list[str]]:

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from gradclip.analysis import (
-    agc_stability_limits, agc_unit_summary, convergence_summary, eval_paths, freeze_table, increment_table,
+    LARGE_FROM, MIN_UNITS, agc_stability_limits, convergence_summary, eval_paths, freeze_table, increment_table,
     late_slope, ode_gap_summary, ode_seed_mean_gap, schedule_sum, stability_table, total_schedule_sum, trajectories,
-    wilson_interval)
+    unit_step_ratios, wilson_interval)
 
 
 # n/(n + z^2) is the lower end when every trial succeeds: 8 / 11.8415 = 0.6756
@@ -68,13 +68,25 @@ def test_agc_stability_limits():
     assert (row.largest_all_stable_a0, row.first_unstable_a0, row.a0_times_lambda) == (10.0, 100.0, 10.0)
 
 
-def test_agc_unit_summary_bins_by_decade_and_drops_zero_weights():
-    units = pd.DataFrame({"method_label": "agc", "weight_norm": [0.0, 2e-4, 5e-4, 0.02, 0.05],
-                          "abs_step": [1.0, 1.0, 3.0, 5.0, 7.0]})
-    units["rel_step"] = units["abs_step"] / units["weight_norm"]
-    table = agc_unit_summary(units).set_index("decade")
-    assert list(table.index) == [-4, -2]
-    assert table.loc[-4, "records"] == 2 and table.loc[-4, "abs_step_median"] == 2.0
+def test_unit_step_ratios_class_units_by_their_initial_norm():
+    """A small unit that grows past every threshold stays small: the classes are fixed at step 1."""
+    eps, rows = 1e-3, []
+    for unit in range(2 * MIN_UNITS):
+        small = unit < MIN_UNITS
+        w0 = 1e-4 if small else LARGE_FROM * eps
+        for step, w in ((1, w0), (50, 1.0 if small else w0)):  # the small units grow to 1 by step 50
+            abs_step = (2e-4 if step == 1 else 0.5) if small else 1e-2
+            rows.append({"method_label": "agc", "seed": 0, "param": "hidden.0.weight", "unit": unit, "step": step,
+                         "weight_norm": w, "abs_step": abs_step, "rel_step": abs_step / w})
+    units = pd.DataFrame(rows)
+    row = unit_step_ratios(units, eps).iloc[0]
+    assert (row.small_units, row.large_units) == (MIN_UNITS, MIN_UNITS)
+    assert row.rel_ratio_step1 == pytest.approx(2.0 / 0.1)  # (2e-4 / 1e-4) / (1e-2 / 0.1)
+    assert row.abs_ratio_step1 == pytest.approx(2e-4 / 1e-2)
+    assert row.rel_small == pytest.approx((2.0 + 0.5) / 2) and row.rel_ratio == pytest.approx(1.25 / 0.1)
+    assert row.small_growth == pytest.approx(1e4)
+    fewer = unit_step_ratios(units[units["unit"] > 0], eps).iloc[0]  # MIN_UNITS - 1 small units
+    assert math.isnan(fewer.rel_ratio) and math.isnan(fewer.abs_ratio)
 
 
 def test_increment_table_takes_the_worst_ratio_per_method():

@@ -465,29 +465,48 @@ def test_report_is_rendered_from_verdicts_json(tmp_path):
         in report.render(data, other)
 
 
-def agc_unit_rows(tmp_path, agc_abs, agc_rel):
-    """Medians per decade of ||W_i|| for AGC (eps = 1e-3: decade -3) and plain SGD."""
+def agc_unit_rows(tmp_path, agc_rel, agc_abs, seeds=8, small_units=50):
+    """Per-run ratios of small to large units' steps: AGC's from the arguments (one per seed, or
+    one for all), plain SGD's much larger relative steps at step 1."""
     rows = []
-    for label, absolute, relative in [("agc λ=0.01 (sample)", agc_abs, agc_rel),
-                                      ("none", [1.0] * 5, [1e4, 1e3, 1e2, 10.0, 1.0])]:
-        for decade, a, r in zip(range(-4, 1), absolute, relative):
-            rows.append({"method_label": label, "decade": decade, "records": 100, "abs_step_median": a,
-                         "rel_step_median": r, "weight_norm_median": 10.0 ** decade})
-    pd.DataFrame(rows).to_csv(tmp_path / "agc_units_by_decade.csv", index=False)
-    pd.DataFrame({"clip_factor": [0.01], "eps": [1e-3]}).to_csv(tmp_path / "agc_settings.csv", index=False)
+    for seed in range(seeds):
+        rel = agc_rel[seed] if isinstance(agc_rel, list) else agc_rel
+        for label, rel_ratio, abs_ratio, rel1 in [("agc λ=0.01 (sample)", rel, agc_abs, 0.005),
+                                                  ("none", 3.0, 0.9, 60.0)]:
+            rows.append({"method_label": label, "seed": seed, "small_units": small_units, "large_units": 50,
+                         "rel_ratio": rel_ratio, "abs_ratio": abs_ratio, "rel_ratio_step1": rel_ratio,
+                         "abs_ratio_step1": abs_ratio, "rel_small_step1": rel1, "small_growth": 1.0})
+    pd.DataFrame(rows).to_csv(tmp_path / "agc_unit_ratios.csv", index=False)
+    pd.DataFrame({"clip_factor": [0.01], "eps": [1e-3], "large_from": [100.0], "min_units": [10], "steps": [500],
+                  "lr": [0.05]}).to_csv(tmp_path / "agc_settings.csv", index=False)
 
 
-@pytest.mark.parametrize("agc_abs, agc_rel, expected", [
-    ([1e-5, 1e-5, 1e-4, 1e-3, 1e-2], [0.1, 0.01, 0.01, 0.01, 0.01], "partly"),   # relative grows below eps only
-    ([1e-2, 1e-3, 1e-3, 1e-3, 1e-3], [100.0, 1.0, 0.1, 0.01, 0.001], "holds"),    # larger absolute steps too
-    ([1e-5, 1e-5, 1e-4, 1e-3, 1e-2], [0.01, 0.01, 0.01, 0.01, 0.01], "fails"),   # flat relative step
+RATIO = verdicts.SMALL_OVER_LARGE
+
+
+@pytest.mark.parametrize("agc_rel, agc_abs, relative, absolute, expected", [
+    (RATIO * 1.01, 0.003, "holds", "fails", "partly"),  # relative reading just holds, absolute fails
+    (RATIO * 1.01, 1.01, "holds", "holds", "holds"),    # both readings hold (absolute just past 1)
+    (RATIO * 1.01, 0.99, "holds", "fails", "partly"),   # absolute just short of 1
+    (RATIO * 0.99, 0.003, "fails", "fails", "fails"),   # relative step just short of the threshold
+    ([RATIO * 1.01] * 6 + [RATIO * 0.99] * 2, 1.01, "untested", "holds", "holds"),  # 6 of 8 straddle 1/2
 ])
-def test_agc_small_weights_verdicts(tmp_path, agc_abs, agc_rel, expected):
-    agc_unit_rows(tmp_path, agc_abs, agc_rel)
+def test_agc_small_weights_verdicts(tmp_path, agc_rel, agc_abs, relative, absolute, expected):
+    agc_unit_rows(tmp_path, agc_rel, agc_abs)
     a = verdicts.assess_agc_small_weights(tmp_path)
-    assert a["verdict"] == expected and (a["low_decade"], a["high_decade"]) == (-4, 0)
+    assert (a["relative"], a["absolute"], a["verdict"]) == (relative, absolute, expected)
+    assert a["agc_rel_small_step1_over"] == {"none": pytest.approx(0.005 / 60.0)} and a["agc_below_at_step1"] == {
+        "none": 8}
     assert report.render_agc_small_weights(json.loads(json.dumps(verdicts.plain(a))))[0].startswith(
-        f"**Verdict: {expected}.**")
+        f"**Verdict: {expected}**")
+
+
+def test_agc_small_weights_untested_with_few_seeds_or_units(tmp_path):
+    agc_unit_rows(tmp_path, RATIO * 10, 0.003, seeds=3)   # 3 of 3 seeds do not decide
+    assert verdicts.assess_agc_small_weights(tmp_path)["relative"] == "untested"
+    agc_unit_rows(tmp_path, float("nan"), float("nan"))   # every run had a class under MIN_UNITS
+    a = verdicts.assess_agc_small_weights(tmp_path)
+    assert a["verdict"] == "untested" and a["methods"][0]["judged_seeds"] == 0
 
 
 def test_renderers_take_missing_values(tmp_path):

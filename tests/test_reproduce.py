@@ -15,8 +15,8 @@ _spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "
 REPRODUCE = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(REPRODUCE)
 FIGURES = ["stability", "increments", "agc_small_weights", "convergence", "step_sizes", "limit_set", "ode_tracking"]
-TABLES = ["stability.csv", "increments.csv", "stability_trajectories.csv", "agc_units.csv",
-          "agc_units_by_decade.csv", "agc_settings.csv", "convergence.csv", "convergence_summary.csv",
+TABLES = ["stability.csv", "increments.csv", "stability_trajectories.csv", "agc_units_step1.csv",
+          "agc_unit_ratios.csv", "agc_settings.csv", "convergence.csv", "convergence_summary.csv",
           "step_sizes.csv", "step_sizes_paths.csv", "step_sizes_distance.csv", "limit_set.csv", "ode_paths.csv",
           "ode_gaps.csv", "ode_seed_mean_gaps.csv", "ode_solution.csv", "REPORT.md"]
 

@@ -152,22 +152,46 @@ def trajectories(runs: pd.DataFrame, metrics: pd.DataFrame, metric: str, **selec
     return rows.merge(info, on="run_id").sort_values(["method_label", "seed", "step"])
 
 
-# A decade of ||W_i|| with fewer (unit, logged step) records than this is too thin to compare.
-MIN_RECORDS = 20
+# A unit is "small" if its norm at initialisation is below AGC's floor eps, and "large" if it is at
+# least LARGE_FROM times eps (two decades above the floor). Units are classed by their initial norm,
+# never by the norm they reach: a class then holds the same units for every method of a seed (a
+# seed fixes the initialisation), and a method whose small units grow keeps them in the class.
+LARGE_FROM = 100.0
+# A run's class with fewer units than this gives no ratio.
+MIN_UNITS = 10
 
 
-def agc_unit_summary(units: pd.DataFrame) -> pd.DataFrame:
-    """Median absolute and relative step per method and decade of ||W_i|| (prediction 7).
+def unit_step_ratios(units: pd.DataFrame, eps: float) -> pd.DataFrame:
+    """Per run (``method_label``, ``seed``), the median step of its small units over that of its
+    large units (prediction 7), absolute (``abs_ratio``) and relative (``rel_ratio``), over every
+    logged step, and the same at step 1 alone (``*_ratio_step1``), where every method of a seed has
+    the same weights and the same batch; with the small units' medians (``abs_small``,
+    ``rel_small``, ``*_small_step1``) and their median norm at the last logged step over the first
+    (``small_growth``).
 
-    ``units`` has one row per (method, logged step, unit) with ``weight_norm``, ``abs_step`` =
-    ||Delta W_i|| / a(n) and ``rel_step`` = abs_step / ||W_i||; ``records`` counts those rows.
+    ``units`` has one row per (run, logged step, unit) with ``method_label``, ``seed``, ``param``,
+    ``unit``, ``step``, ``weight_norm`` (before the step), ``abs_step`` = ||Delta W_i|| / a(n)
+    and ``rel_step`` = abs_step / ||W_i||. A class with fewer than MIN_UNITS units gives nan ratios.
     """
-    units = units[units["weight_norm"] > 0].copy()
-    units["decade"] = np.floor(np.log10(units["weight_norm"])).astype(int)
-    table = units.groupby(["method_label", "decade"]).agg(
-        records=("abs_step", "size"), weight_norm_median=("weight_norm", "median"),
-        abs_step_median=("abs_step", "median"), rel_step_median=("rel_step", "median"))
-    return table.reset_index()
+    rows = []
+    for (label, seed), run in units.groupby(["method_label", "seed"], sort=True):
+        initial = run[run["step"] == run["step"].min()].set_index(["param", "unit"])["weight_norm"]
+        small_units, large_units = initial < eps, initial >= LARGE_FROM * eps
+        run = run.join(initial.rename("initial_norm"), on=["param", "unit"])
+        small, large = run["initial_norm"] < eps, run["initial_norm"] >= LARGE_FROM * eps
+        enough = min(small_units.sum(), large_units.sum()) >= MIN_UNITS
+        row = {"method_label": label, "seed": seed, "small_units": int(small_units.sum()),
+               "large_units": int(large_units.sum())}
+        for suffix, window in (("", run["step"] > 0), ("_step1", run["step"] == run["step"].min())):
+            for kind in ("abs", "rel"):
+                column = f"{kind}_step"
+                row[f"{kind}_small{suffix}"] = float(run.loc[small & window, column].median())
+                large_median = float(run.loc[large & window, column].median())
+                row[f"{kind}_ratio{suffix}"] = row[f"{kind}_small{suffix}"] / large_median if enough else math.nan
+        last = run["step"] == run["step"].max()
+        row["small_growth"] = float(run.loc[small & last, "weight_norm"].median() / initial[small_units].median())
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # -- convergence and step sizes (predictions 3 and 4) --------------------------------------------------

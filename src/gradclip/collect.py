@@ -23,8 +23,9 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from gradclip.analysis import (
-    agc_stability_limits, agc_unit_summary, convergence_summary, eval_paths, freeze_table, increment_table,
-    ode_gap_summary, ode_seed_mean_gap, stability_table, total_schedule_sum, trajectories, with_labels)
+    LARGE_FROM, MIN_UNITS, agc_stability_limits, convergence_summary, eval_paths, freeze_table, increment_table,
+    ode_gap_summary, ode_seed_mean_gap, stability_table, total_schedule_sum, trajectories, unit_step_ratios,
+    with_labels)
 from gradclip.data import load_dataset
 from gradclip.labels import NOISE_LABEL
 from gradclip.meanfield import batch_clipped_root_location, clipped_root, least_squares, ode_path
@@ -121,13 +122,20 @@ def collect_agc_small_weights(source) -> None:
     units = pd.concat(frames, ignore_index=True)
     units["abs_step"] = units["step_norm"] / units["lr"]  # ||Delta W_i|| / a(n)
     units["rel_step"] = units["abs_step"] / units["weight_norm"]  # ||Delta W_i|| / (a(n) ||W_i||)
+    agc = runs[runs["clip.method"] == "agc"]
+    if agc.empty:
+        raise SystemExit("agc_small_weights: no AGC run (its eps sets the classes of units)")
+    lam, eps = float(agc["clip.clip_factor"].iloc[0]), float(agc["clip.eps"].iloc[0])
     results = Path(source.results)
-    units.to_csv(results / "agc_units.csv", index=False)
-    agc_unit_summary(units).to_csv(results / "agc_units_by_decade.csv", index=False)
-    eps = runs.loc[runs["clip.method"] == "agc", "clip.eps"]
-    lam = runs.loc[runs["clip.method"] == "agc", "clip.clip_factor"]
-    pd.DataFrame({"clip_factor": lam.values[:1], "eps": eps.values[:1]}).to_csv(results / "agc_settings.csv", index=False)
-    print(f"agc_small_weights: {len(units)} unit records -> {results}/agc_units.csv, agc_units_by_decade.csv")
+    # Step 1 only (every method of a seed on the same weights and batch): the figure's scatter.
+    first = units[units["step"] == units["step"].min()]
+    first[["method_label", "seed", "weight_norm", "abs_step", "rel_step"]].to_csv(
+        results / "agc_units_step1.csv", index=False)
+    unit_step_ratios(units, eps).to_csv(results / "agc_unit_ratios.csv", index=False)
+    pd.DataFrame({"clip_factor": [lam], "eps": [eps], "large_from": [LARGE_FROM], "min_units": [MIN_UNITS],
+                  "steps": [int(units["step"].max())], "lr": [float(units["lr"].iloc[0])]}).to_csv(results / "agc_settings.csv", index=False)
+    print(f"agc_small_weights: {len(runs)} runs, {len(units)} unit records -> {results}/agc_unit_ratios.csv, "
+          "agc_units_step1.csv, agc_settings.csv")
 
 
 def collect_convergence(source) -> None:

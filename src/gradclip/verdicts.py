@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gradclip.analysis import MIN_RECORDS, label_setting, loglog_theil_sen, wilson_interval
+from gradclip.analysis import label_setting, loglog_theil_sen, wilson_interval
 
 NOT_MEASURED = "not measured"
 UNTESTED = "untested"
@@ -64,8 +64,9 @@ ABOVE_BEST = 2.0
 # The clipping bias is resolved at a point where the root of eq. (22) and the mean are this many
 # times further apart than the final iterate is from the nearer of the two.
 RESOLVED = 5.0
-# AGC's relative step "grows below eps" when it is this many times its level above eps.
-GROWS_BELOW_EPS = 2.0
+# AGC gives small units larger relative steps where their median relative step is at least this
+# many times that of the large units of the same run.
+SMALL_OVER_LARGE = 2.0
 
 
 def plain(value):
@@ -524,42 +525,55 @@ def _clipped_not_unclipped(gaps: pd.DataFrame, solution: pd.DataFrame | None) ->
 
 
 def assess_agc_small_weights(results: Path) -> dict:
-    table = _read(results, "agc_units_by_decade.csv")
-    if table is None:
+    """Prediction 7, decided per seed within each run: a unit is small if its initial norm is below
+    eps and large from LARGE_FROM x eps (gradclip.analysis.unit_step_ratios). The relative
+    reading (small units' relative step at least SMALL_OVER_LARGE x the large units') and the
+    absolute reading (small units' absolute step larger) are each judged on AGC's seeds; the
+    verdict combines the two. The other methods' ratios and AGC's step-1 relative step over
+    theirs (same weights, same batch) are reported, not judged."""
+    ratios = _read(results, "agc_unit_ratios.csv")
+    if ratios is None:
         return {"verdict": NOT_MEASURED}
-    table = table[table["records"] >= MIN_RECORDS]
     settings = pd.read_csv(results / "agc_settings.csv").iloc[0]
-    lam, eps = float(settings["clip_factor"]), float(settings["eps"])
-    eps_decade = math.floor(math.log10(eps))
-    decades = sorted(set.intersection(*(set(g["decade"]) for _, g in table.groupby("method_label"))))
-    if len(decades) < 2:
-        return {"verdict": UNTESTED, "why": "too few units per decade of ||W_i|| to compare"}
-    low, high = decades[0], decades[-1]
-    by = table.set_index(["method_label", "decade"])
-    labels = sorted(set(table["method_label"]))
-    methods = [{"method_label": label, "abs_low": by.loc[(label, low), "abs_step_median"],
-                "abs_high": by.loc[(label, high), "abs_step_median"], "rel_low": by.loc[(label, low), "rel_step_median"],
-                "rel_high": by.loc[(label, high), "rel_step_median"]} for label in labels]
-    result = {"verdict": UNTESTED, "lambda": lam, "eps": eps, "eps_decade": eps_decade, "low_decade": low,
-              "high_decade": high, "min_records": MIN_RECORDS, "grows_below_eps": GROWS_BELOW_EPS, "methods": methods}
-    agc = [label for label in labels if label.startswith("agc")]
+    result = {"verdict": UNTESTED, "lambda": float(settings["clip_factor"]), "eps": float(settings["eps"]),
+              "large_from": float(settings["large_from"]), "min_units": int(settings["min_units"]),
+              "steps": int(settings["steps"]), "small_over_large": SMALL_OVER_LARGE}
+    methods = []
+    for label, runs in ratios.groupby("method_label", sort=True):
+        judged = runs.dropna(subset=["rel_ratio", "abs_ratio"])
+        relative, rel_interval = seeds_verdict(int((judged["rel_ratio"] > SMALL_OVER_LARGE).sum()), len(judged))
+        absolute, abs_interval = seeds_verdict(int((judged["abs_ratio"] > 1.0).sum()), len(judged))
+        methods.append({"method_label": label, "seeds": len(runs), "judged_seeds": len(judged),
+                        "small_units": float(runs["small_units"].median()),
+                        "large_units": float(runs["large_units"].median()),
+                        "rel_ratio": float(judged["rel_ratio"].median()), "abs_ratio": float(judged["abs_ratio"].median()),
+                        "rel_ratio_step1": float(judged["rel_ratio_step1"].median()),
+                        "rel_ratio_range": [float(judged["rel_ratio"].min()), float(judged["rel_ratio"].max())],
+                        "abs_ratio_range": [float(judged["abs_ratio"].min()), float(judged["abs_ratio"].max())],
+                        "relative": relative, "relative_interval": rel_interval,
+                        "relative_seeds": int((judged["rel_ratio"] > SMALL_OVER_LARGE).sum()),
+                        "absolute": absolute, "absolute_interval": abs_interval,
+                        "absolute_seeds": int((judged["abs_ratio"] > 1.0).sum()),
+                        "small_growth": float(runs["small_growth"].median())})
+    result["methods"] = methods
+    agc = [m for m in methods if m["method_label"].startswith("agc")]
     if not agc:
-        return result
-    a = table[table["method_label"] == agc[0]].set_index("decade")
-    above = a[a.index >= eps_decade + 1]
-    below = a[a.index <= eps_decade - 1]
-    absolute = bool(a.loc[low, "abs_step_median"] > a.loc[high, "abs_step_median"])
-    rel_above = above["rel_step_median"].max() / above["rel_step_median"].min() if len(above) > 1 else math.nan
-    rel_below = (below["rel_step_median"].max() / above["rel_step_median"].median()
-                 if len(below) and len(above) else math.nan)
-    relative_grows = bool(rel_below > GROWS_BELOW_EPS)
-    verdict = "partly" if relative_grows and not absolute else "holds" if absolute and relative_grows else "fails"
-    return result | {"verdict": verdict, "agc_label": agc[0], "absolute_larger_for_small": absolute,
-                     "abs_low_over_high": a.loc[low, "abs_step_median"] / a.loc[high, "abs_step_median"],
-                     "rel_spread_above_eps": rel_above, "rel_below_over_above": rel_below,
-                     "relative_grows_below_eps": relative_grows,
-                     "others_rel_low_over_agc": {label: by.loc[(label, low), "rel_step_median"] / a.loc[low, "rel_step_median"]
-                                                 for label in labels if not label.startswith("agc")}}
+        return result | {"why": "no AGC run"}
+    agc = agc[0]
+    by_seed = ratios.set_index(["method_label", "seed"])["rel_small_step1"]
+    ours = by_seed.xs(agc["method_label"])
+    over, below = {}, {}
+    for m in methods:
+        if m is not agc:
+            ratio = (ours / by_seed.xs(m["method_label"])).dropna()
+            over[m["method_label"]], below[m["method_label"]] = float(ratio.median()), int((ratio < 1).sum())
+    others = [m for m in methods if m is not agc]
+    return result | {"verdict": combine([agc["relative"], agc["absolute"]]), "agc_label": agc["method_label"],
+                     "relative": agc["relative"], "absolute": agc["absolute"], "agc_rel_small_step1_over": over,
+                     "agc_below_at_step1": below,
+                     "agc_least_relative_step1": all(agc["rel_ratio_step1"] < m["rel_ratio_step1"] for m in others),
+                     "others_small_growth": [min(m["small_growth"] for m in others),
+                                             max(m["small_growth"] for m in others)] if others else None}
 
 
 SECTIONS = {  # key: (number, title, assess)
