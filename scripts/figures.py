@@ -465,9 +465,61 @@ def plot_ode_tracking(args) -> None:
     save(fig, figures / "ode_tracking")
 
 
+# -- the clipping bias against tau and the noise shape -------------------------------------------------
+
+
+def plot_clipping_bias(args) -> None:
+    results, figures = Path(args.results), Path(args.figures)
+    table = pd.read_csv(results / "clipping_bias.csv")
+    noises = list(dict.fromkeys(table["noise"]))  # symmetric first, as collect sorts them
+    fig, axes = plt.subplots(2, len(noises), figsize=(2.6 * len(noises), 5.0), constrained_layout=True,
+                             squeeze=False)
+    for top, bottom, noise in zip(axes[0], axes[1], noises):
+        rows = table[table["noise"] == noise]
+        point = rows.groupby("tau").first()
+        taus = point.index.to_numpy()
+        # Top: the bias theta - mean of each seed's averaged iterate, beside the three candidates.
+        jitter = np.exp(np.random.default_rng(0).uniform(-0.08, 0.08, len(rows)))  # seeds side by side
+        top.scatter(rows["tau"] * jitter, rows["theta_avg"] - rows["mean"], s=3, color="black", alpha=0.4,
+                    linewidths=0, label="averaged iterate − mean (each seed)")
+        top.plot(taus, point["root"] - point["mean"], color="#d62728", label="root of eq. (22) (Huber) − mean")
+        top.plot(taus, point["scaled_min"] - point["mean"], color="#1f77b4", linestyle="--",
+                 label="minimiser of mean ℓ/c − mean")
+        top.plot(taus, point["median"] - point["mean"], color="grey", linestyle=":", label="median − mean")
+        top.axhline(0.0, color="grey", linewidth=0.6)
+        top.set_xscale("log")
+        top.set_title(NOISE_LABEL[noise], fontsize=8)
+        top.set_ylabel("θ − mean of the targets")
+        # Bottom: the size of the bias in units of Koloskova et al.'s scale min(sigma, sigma^2 / tau).
+        bias = (rows["theta_avg"] - rows["mean"]).abs() / rows["scale"]
+        medians = bias.groupby(rows["tau"]).median()
+        bottom.plot(medians.index, medians.values, color="black", marker="o", markersize=3,
+                    label="|averaged iterate − mean| / scale (median of seeds)")
+        bottom.plot(taus, (point["root"] - point["mean"]).abs() / point["scale"], color="#d62728",
+                    label="|root − mean| / scale")
+        bottom.axhline(1.0, color="grey", linewidth=0.6)
+        bottom.set_xscale("log")
+        bottom.set_yscale("log")
+        bottom.set_ylim(1e-4, 3)
+        bottom.set_xlabel("clipping threshold τ")
+        bottom.set_ylabel("bias / min(σ, σ²/τ)")
+    handles, names = [], []
+    for ax in axes.flat:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
+    fig.legend(handles, names, loc="outside lower center", ncol=3, frameon=False, markerscale=2)
+    first = table.iloc[0]
+    fig.suptitle(f"The clipping bias on the location problem: per-sample norm clipping, {int(first['steps'])} steps, "
+                 f"θ averaged over the second half of each run, {table['seed'].nunique()} seeds; "
+                 "σ: the noise's standard deviation")
+    save(fig, figures / "clipping_bias")
+
+
 PLOT = {"stability": [plot_stability, plot_increments], "agc_small_weights": [plot_agc_small_weights],
         "convergence": [plot_convergence], "step_sizes": [plot_step_sizes], "limit_set": [plot_limit_set],
-        "ode_tracking": [plot_ode_tracking]}
+        "ode_tracking": [plot_ode_tracking], "clipping_bias": [plot_clipping_bias]}
 
 
 def main() -> None:

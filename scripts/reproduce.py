@@ -139,9 +139,17 @@ def ode_tracking_sweeps(scale: str) -> list[list[str]]:
              "full": ["schedule.a0=0.3,0.1,0.03,0.01,0.003,0.001", "seed=range(0,8)", "steps=6000"]}[scale]]
 
 
+def clipping_bias_sweeps(scale: str) -> list[list[str]]:
+    """configs/experiment/clipping_bias.yaml holds the default grid. The full scale runs 12 values
+    of tau and 32 seeds for 10,000 steps, and logs theta every 100 (50 iterates averaged)."""
+    taus = "clip.threshold=0.1,0.17,0.3,0.5,0.8,1.4,2.3,4,6.5,11,18,30"
+    return [{"smoke": ["clip.threshold=0.3,3", "seed=0", "steps=300", "eval_every=300"], "default": [],
+             "full": [taus, "seed=range(0,32)", "steps=10000", "eval_every=10000", "log_every=100"]}[scale]]
+
+
 EXPERIMENTS = {"stability": stability_sweeps, "agc_small_weights": agc_small_weights_sweeps,
                "convergence": convergence_sweeps, "step_sizes": step_sizes_sweeps, "limit_set": limit_set_sweeps,
-               "ode_tracking": ode_tracking_sweeps}
+               "ode_tracking": ode_tracking_sweeps, "clipping_bias": clipping_bias_sweeps}
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)

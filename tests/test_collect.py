@@ -83,3 +83,23 @@ def test_ode_tables_compare_theta_n_with_the_ode_at_t_n(make_cfg, tmp_path):
     assert solution.flows_apart.iloc[0] == 0 and solution.flows_apart.max() > 1e-3  # tau = 1 clips here
     gaps = pd.read_csv(tmp_path / "ode_gaps.csv")
     assert (gaps.max_gap_unclipped > 0).all()
+
+
+def test_clipping_bias_averages_the_second_half_and_computes_the_candidates(make_cfg, tmp_path):
+    """theta logged at steps 1..10 of a 10-step run: the average is over steps 5..10; the root of
+    eq. (22), the mean and the l/c minimiser are those of the run's regenerated targets."""
+    config = OmegaConf.to_container(make_cfg("+experiment=clipping_bias", "data.noise.dist=exponential",
+                                             "clip.threshold=0.5", "steps=10", "data.n_train=2000", tiny=False),
+                                    resolve=True)
+    thetas = [[float(k)] for k in range(1, 11)]
+    write_record(tmp_path / "clipping_bias" / "probe", config, thetas, list(range(1, 11)),
+                 {"final": {"eval/H_norm": 0.0}})
+    collect("clipping_bias", Source(runs=tmp_path, results=tmp_path))
+    row = pd.read_csv(tmp_path / "clipping_bias.csv").iloc[0]
+    y = load_dataset(config["data"]).y_train.double().numpy().ravel()
+    assert row.theta_avg == pytest.approx(np.mean(range(5, 11))) and row.averaged_over == 6
+    assert row.theta_final == 10.0 and not row.symmetric
+    assert row.root == pytest.approx(huber_location_by_bisection(y, 0.5), abs=1e-9)
+    assert row["mean"] == pytest.approx(y.mean()) and row.sigma == pytest.approx(y.std())
+    assert row.scale == pytest.approx(min(y.std(), y.std() ** 2 / 0.5))
+    assert abs(row.scaled_min - row.root) > 0.02  # l/c's minimiser is not the root

@@ -221,6 +221,15 @@ def test_lognormal_noise_is_skewed_and_not_centred():
     assert abs(np.median(noise_sample(dist="lognormal", scale=3.0)) - 3.0) < 0.15
 
 
+def test_mixture_noise_is_symmetric_with_outliers_and_exponential_is_skewed():
+    m = noise_sample(dist="mixture", mixture_weight=0.1, mixture_scale=10.0)
+    assert abs(np.median(m)) < 0.05 and abs(m.mean()) < 0.15  # symmetric around 0
+    assert (np.abs(m) > 5).mean() == pytest.approx(0.1 * 0.617, abs=0.01)  # P(|N(0,100)| > 5) = 0.617
+    assert m.std() == pytest.approx(np.sqrt(0.9 + 0.1 * 100), rel=0.05)
+    e = noise_sample(dist="exponential")
+    assert np.all(e >= 0) and abs(e.mean() - 1.0) < 0.05 and abs(np.median(e) - np.log(2)) < 0.03
+
+
 # ----------------------------------------------------------------------------- config errors
 
 
@@ -231,7 +240,8 @@ def test_lognormal_noise_is_skewed_and_not_centred():
                           "mnist, fashion_mnist, cifar10"),
         ({}, "data.name=None is not one of"),
         ({"name": "location", "noise": {"dist": "cauchy"}},
-         "data.noise.dist='cauchy' is not one of: gaussian, student_t, lognormal"),
+         "data.noise.dist='cauchy' is not one of: gaussian, student_t, mixture, lognormal, exponential"),
+        ({"name": "location", "noise": {"mixture_weight": 1.0}}, "data.noise.mixture_weight=1.0 must be"),
         ({"name": "location", "noise": {"scale": 0.0}}, "data.noise.scale=0.0 must be"),
         ({"name": "linreg", "noise": {"scale": -1}}, "data.noise.scale=-1 must be"),
         ({"name": "location", "noise": {"df": 0}}, "data.noise.df=0 must be a finite number > 0"),

@@ -6,7 +6,8 @@ import torch
 from scipy.linalg import expm
 
 from gradclip.meanfield import (batch_clipped_root_location, clipped_mean_field, clipped_root, huber_objective,
-                                least_squares, ode_path)
+                                least_squares, ode_path, scaled_loss_location, scaled_loss_minimiser_location,
+                                scaled_loss_slope)
 
 
 def test_huber_location_root_by_hand():
@@ -147,3 +148,37 @@ def test_ode_path_answers_times_in_any_order_from_one_integration():
     reference = solve_ivp(lambda t, th: -clipped_mean_field(th, x, y, 0.3), (0.0, 3.0), [1.0, -1.0],
                           method="DOP853", t_eval=[0.5, 1.5, 3.0], rtol=1e-10, atol=1e-12).y.T
     np.testing.assert_allclose(together[[1, 4, 0]], reference, rtol=1e-7, atol=1e-9)
+
+
+def test_scaled_loss_matches_its_definition_and_its_minimiser_the_brute_force_one():
+    """G(theta) = mean_i l_i / c_i by prefix sums against the sum itself; its minimiser against
+    the best of a million-point grid, on a sample small enough to evaluate G directly."""
+    rng = np.random.default_rng(4)
+    y, tau = rng.lognormal(size=300), 0.8
+    theta = np.linspace(-1.0, 6.0, 57)
+    direct = [np.mean(np.where(np.abs(t - y) <= tau, 0.5 * (t - y) ** 2, 0.5 * tau * np.abs(t - y))) for t in theta]
+    np.testing.assert_allclose(scaled_loss_location(theta, y, tau), direct, rtol=1e-12, atol=1e-14)
+    fine = np.linspace(y.min(), y.max(), 1_000_001)
+    values = scaled_loss_location(fine, y, tau)
+    best = scaled_loss_minimiser_location(y, tau)
+    assert scaled_loss_location([best], y, tau)[0] <= values.min() + 1e-12
+    assert best == pytest.approx(fine[np.argmin(values)], abs=2 * (fine[1] - fine[0]))
+
+
+def test_scaled_loss_minimiser_is_not_the_root_of_eq22():
+    """l/c has half Huber's tail slope, so for skewed data its minimiser and the root of (22)
+    differ; both run from the median (tau -> 0) to the mean (tau -> inf)."""
+    rng = np.random.default_rng(5)
+    y = rng.lognormal(size=5000)
+    ones = np.ones(len(y))
+    assert abs(scaled_loss_minimiser_location(y, 1.0) - clipped_root(ones, y, 1.0)[0]) > 0.1
+    assert scaled_loss_minimiser_location(y, 1e4) == pytest.approx(y.mean(), abs=1e-9)
+    assert scaled_loss_minimiser_location(y, 1e-4) == pytest.approx(np.median(y), abs=1e-3)
+
+
+def test_scaled_loss_slope_is_its_derivative():
+    rng = np.random.default_rng(6)
+    y, tau, step = rng.exponential(size=200), 0.4, 1e-7
+    theta = np.array([0.3, 0.9, 1.7])  # G is smooth away from the 400 kinks y_i +- tau
+    numeric = (scaled_loss_location(theta + step, y, tau) - scaled_loss_location(theta - step, y, tau)) / (2 * step)
+    np.testing.assert_allclose(scaled_loss_slope(theta, y, tau), numeric, rtol=1e-5, atol=1e-8)

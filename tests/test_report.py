@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -546,3 +547,51 @@ def test_batch_clipping_fixed_point_must_stand_apart_from_the_root_and_the_mean(
     b = verdicts.assess_limit_set(tmp_path)["batch"]
     assert b["resolved_from_root"] == 1 and b["resolved"] == expected_resolved
     assert b["resolved_verdicts"]["holds"] == expected_resolved
+
+
+def bias_rows(tmp_path, symmetric_thetas, skewed_thetas, scale=1.0):
+    """clipping_bias.csv: one symmetric point (mean 0, root 0, scale ``scale``) and one skewed
+    point (root 0, mean 1, l/c minimiser -0.5), a row per seed's averaged iterate."""
+    rows = []
+    for noise, symmetric, thetas, root, mean, scaled in [("gaussian", True, symmetric_thetas, 0.0, 0.0, 0.0),
+                                                         ("lognormal", False, skewed_thetas, 0.0, 1.0, -0.5)]:
+        for seed, theta in enumerate(thetas):
+            rows.append({"noise": noise, "symmetric": symmetric, "tau": 1.0, "seed": seed, "steps": 1000,
+                         "averaged_over": 10, "theta_avg": theta, "theta_final": theta, "root": root, "mean": mean,
+                         "median": root, "scaled_min": scaled, "sigma": scale, "scale": scale, "H_final": 0.0})
+    pd.DataFrame(rows).to_csv(tmp_path / "clipping_bias.csv", index=False)
+    a = verdicts.assess_clipping_bias(tmp_path)
+    assert report.render_clipping_bias(json.loads(json.dumps(verdicts.plain(a))))[0].startswith(
+        f"**Verdict: {a['verdict']}**")
+    return {p["noise"]: p for p in a["points"]}, a
+
+
+TOL = verdicts.NO_BIAS
+
+
+@pytest.mark.parametrize("bias, expected", [(0.99 * TOL, "holds"), (1.01 * TOL, "fails")])
+def test_symmetric_noise_has_no_bias_within_its_tolerance(tmp_path, bias, expected):
+    points, _ = bias_rows(tmp_path, [bias] * 8, [0.0] * 8, scale=1.0)
+    assert points["gaussian"]["verdict"] == expected
+
+
+@pytest.mark.parametrize("spread, expected", [(0.49 * TOL, "holds"), (0.51 * TOL, "untested")])
+def test_symmetric_noise_is_untested_where_the_seeds_are_too_spread(tmp_path, spread, expected):
+    """Eight seeds at +-d have standard deviation d sqrt(8/7): too noisy past half the tolerance."""
+    d = spread / np.sqrt(8 / 7)
+    points, _ = bias_rows(tmp_path, [d, -d] * 4, [0.0] * 8)
+    assert points["gaussian"]["resolved"] == (expected == "holds") and points["gaussian"]["verdict"] == expected
+
+
+@pytest.mark.parametrize("theta, vs_mean, vs_scaled", [
+    (0.01, "holds", "holds"),                          # at the root
+    (0.99, "fails", "untested"),                      # at the mean: the root and l/c too close for it
+    (-0.49, "untested", "fails"),                      # at the l/c minimiser: nearer the root than the mean, unresolved
+    (1 / verdicts.RESOLVED * 0.99, "holds", "untested"),  # just inside the resolution vs the mean (0.5 away from l/c)
+    (1 / verdicts.RESOLVED * 1.01, "untested", "untested"),  # just outside
+])
+def test_skewed_noise_ends_at_the_root(tmp_path, theta, vs_mean, vs_scaled):
+    points, a = bias_rows(tmp_path, [0.0] * 8, [theta] * 8)
+    p = points["lognormal"]
+    assert (p["vs_mean"]["verdict"], p["vs_scaled"]["verdict"]) == (vs_mean, vs_scaled)
+    assert a["parts"]["symmetric: no bias"] == "holds"

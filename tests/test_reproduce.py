@@ -14,11 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
 REPRODUCE = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(REPRODUCE)
-FIGURES = ["stability", "increments", "agc_small_weights", "convergence", "step_sizes", "limit_set", "ode_tracking"]
+FIGURES = ["stability", "increments", "agc_small_weights", "convergence", "step_sizes", "limit_set", "ode_tracking",
+           "clipping_bias"]
 TABLES = ["stability.csv", "increments.csv", "stability_trajectories.csv", "agc_units_step1.csv",
           "agc_unit_ratios.csv", "agc_settings.csv", "convergence.csv", "convergence_summary.csv",
           "step_sizes.csv", "step_sizes_paths.csv", "step_sizes_distance.csv", "limit_set.csv", "ode_paths.csv",
-          "ode_gaps.csv", "ode_seed_mean_gaps.csv", "ode_solution.csv", "REPORT.md"]
+          "ode_gaps.csv", "ode_seed_mean_gaps.csv", "ode_solution.csv", "clipping_bias.csv", "REPORT.md"]
 
 
 @pytest.mark.slow
@@ -62,9 +63,9 @@ def test_smoke_reproduce_writes_every_figure_and_the_report(tmp_path):
         section = report.split(f"## {number}. ")[1].split("\n## ")[0]
         assert "**Verdict: " in section, f"section {number} has no verdict"
     # It says how far it got, and keeps each sweep's time for the time-left estimate of the next run.
-    assert "reproduce: sweep 12 of 12 (ode_tracking)" in first.stdout
-    timing = json.loads((runs / "reproduce_timing.json").read_text())
-    assert len(timing) == 13 and all(seconds > 0 for seconds in timing.values())
+    assert "reproduce: sweep 13 of 13 (clipping_bias)" in first.stdout
+    timing = json.loads((runs / "reproduce_timing.json").read_text())  # 13 sweeps and the tables
+    assert len(timing) == 14 and all(seconds > 0 for seconds in timing.values())
     increments = report.split("## 1. ")[1].split("## 2. ")[0]
     assert increments.splitlines()[2].startswith("**Verdict: holds.**")  # bounded increments hold at any scale
     # A second launch trains nothing: every job finds its finished record (checked on one sweep,

@@ -26,9 +26,10 @@ from gradclip.analysis import (
     LARGE_FROM, MIN_UNITS, agc_stability_limits, convergence_summary, eval_paths, freeze_table, increment_table,
     ode_gap_summary, ode_seed_mean_gap, stability_table, total_schedule_sum, trajectories, unit_step_ratios,
     with_labels)
-from gradclip.data import load_dataset
+from gradclip.data import SYMMETRIC_NOISE, load_dataset
 from gradclip.labels import NOISE_LABEL
-from gradclip.meanfield import batch_clipped_root_location, clipped_root, least_squares, ode_path
+from gradclip.meanfield import (
+    batch_clipped_root_location, clipped_root, least_squares, ode_path, scaled_loss_minimiser_location)
 from gradclip.records import CONFIG_FILE, load_runs, load_units, load_wandb_runs
 
 
@@ -253,6 +254,37 @@ def collect_limit_set(source) -> None:
     print(f"limit_set: {len(table)} runs -> {results}/limit_set.csv")
 
 
+def collect_clipping_bias(source) -> None:
+    if source.source == "wandb":
+        raise SystemExit("clipping_bias needs the training data of each run: collect it from local records")
+    runs, metrics = load(source, "clipping_bias")
+    runs = runs[runs["summary.status"] == "completed"]
+    thetas = metrics[metrics["metric"] == "train/theta_0"].groupby("run_id")  # theta is one number here
+    targets, candidates, rows = {}, {}, []
+    for _, run in runs.iterrows():
+        noise, tau = run["data.noise.dist"], float(run["clip.threshold"])
+        data_key = (noise, run["data.seed"], run["data.loc"], run["data.n_train"])
+        if data_key not in targets:
+            targets[data_key] = design(run["run_id"])[1]
+        y = targets[data_key]
+        if (data_key, tau) not in candidates:
+            candidates[(data_key, tau)] = {"root": float(clipped_root(np.ones(len(y)), y, tau)[0]),
+                                           "scaled_min": scaled_loss_minimiser_location(y, tau)}
+        path = thetas.get_group(run["run_id"]).sort_values("step")
+        second_half = path[path["step"] >= int(run["steps"]) / 2]
+        sigma = float(np.std(y))
+        rows.append({"noise": noise, "symmetric": noise in SYMMETRIC_NOISE, "tau": tau, "seed": run["seed"],
+                     "steps": run["steps"], "averaged_over": len(second_half),
+                     "theta_avg": float(second_half["value"].mean()), "theta_final": float(path["value"].iloc[-1]),
+                     **candidates[(data_key, tau)], "mean": float(np.mean(y)), "median": float(np.median(y)),
+                     "sigma": sigma, "scale": min(sigma, sigma**2 / tau),
+                     "H_final": run["summary.final.eval/H_norm"]})
+    table = pd.DataFrame(rows).sort_values(["symmetric", "noise", "tau", "seed"], ascending=[False, True, True, True])
+    results = Path(source.results)
+    table.to_csv(results / "clipping_bias.csv", index=False)
+    print(f"clipping_bias: {len(table)} runs -> {results}/clipping_bias.csv")
+
+
 def collect_ode_tracking(source) -> None:
     if source.source == "wandb":
         raise SystemExit("ode_tracking needs the training data of each run: collect it from local records")
@@ -310,7 +342,7 @@ def collect_ode_tracking(source) -> None:
 
 COLLECT = {"stability": collect_stability, "agc_small_weights": collect_agc_small_weights,
            "convergence": collect_convergence, "step_sizes": collect_step_sizes, "limit_set": collect_limit_set,
-           "ode_tracking": collect_ode_tracking}
+           "ode_tracking": collect_ode_tracking, "clipping_bias": collect_clipping_bias}
 
 
 def collect(name: str, source) -> None:

@@ -30,9 +30,12 @@ Noise models (``data.noise`` of the synthetic problems; the draw is multiplied b
 - ``gaussian``: Z ~ N(0, 1). Symmetric: mean = median = 0.
 - ``student_t``: Student's t with ``df`` degrees of freedom. Symmetric, heavy tails: the
   variance is infinite for df <= 2 and the mean undefined for df <= 1.
+- ``mixture``: a symmetric scale mixture (Huber's contaminated normal): N(0, 1) with probability
+  1 - ``mixture_weight``, N(0, ``mixture_scale``^2) otherwise. Symmetric, with outliers.
 - ``lognormal``: exp(sigma * Z). Skewed and deliberately NOT centred: its mean
   exp(sigma^2 / 2) differs from its median 1, so the minimiser of the expected squared loss
   (the mean) differs from the median. That gap is the point of this noise model.
+- ``exponential``: Exp(1). Skewed and not centred, with a lighter tail: mean 1, median log 2.
 
 Train and test draws come from independent streams of ``numpy.random.SeedSequence(seed)``, so
 changing ``n_test`` does not change the training data.
@@ -61,7 +64,8 @@ from gradclip.checks import BOOL, FINITE, ConfigError, Rule, int_at_least, is_in
 DATASETS: tuple[str, ...] = (
     "mnist1d", "digits", "location", "linreg", "mnist", "fashion_mnist", "cifar10",
 )
-NOISE_DISTS: tuple[str, ...] = ("gaussian", "student_t", "lognormal")
+NOISE_DISTS: tuple[str, ...] = ("gaussian", "student_t", "mixture", "lognormal", "exponential")
+SYMMETRIC_NOISE: tuple[str, ...] = ("gaussian", "student_t", "mixture")  # the others are skewed
 
 
 class DataError(ConfigError):
@@ -120,6 +124,8 @@ _NOISE_SPEC: dict[str, tuple[Any, Rule]] = {
     "scale": (1.0, _positive()),
     "df": (3.0, _positive()),
     "sigma": (1.0, _positive()),
+    "mixture_weight": (0.1, _FRACTION),
+    "mixture_scale": (10.0, _positive()),
 }
 _NOISE = "noise"  # marks the nested noise sub-config in _SPECS
 
@@ -306,6 +312,11 @@ def _noise(rng: np.random.Generator, n: int, noise: Mapping[str, Any]) -> np.nda
         z = rng.standard_normal(n)
     elif dist == "student_t":
         z = rng.standard_t(noise["df"], n)
+    elif dist == "mixture":  # symmetric: a wide normal with probability mixture_weight
+        wide = rng.random(n) < noise["mixture_weight"]
+        z = rng.standard_normal(n) * np.where(wide, noise["mixture_scale"], 1.0)
+    elif dist == "exponential":  # not centred on purpose, mean 1 > median log 2
+        z = rng.exponential(1.0, n)
     else:  # lognormal: not centred on purpose, mean exp(sigma^2/2) > median 1
         z = np.exp(noise["sigma"] * rng.standard_normal(n))
     return noise["scale"] * z

@@ -13,7 +13,8 @@ AGC_DEFAULT_EXCLUDE = ("head.*",)  # configs/clip/agc.yaml: the classifier head 
 # The noise distributions of the closed-form problems (gradclip.data), in words, in the order the
 # figures show them.
 NOISE_LABEL = {"gaussian": "gaussian noise", "lognormal": "skewed noise (lognormal)",
-               "student_t": "heavy-tailed noise (student-t, 3 d.o.f.)"}
+               "student_t": "heavy-tailed noise (student-t, 3 d.o.f.)",
+               "mixture": "symmetric mixture (contaminated normal)", "exponential": "skewed noise (exponential)"}
 
 
 def agc_exemption(method: str, exclude: Iterable[str] | None) -> str | None:

@@ -102,6 +102,60 @@ def clipped_root(x, y, tau: float) -> np.ndarray:
     return root
 
 
+def _scaled_loss_pieces(theta, y, tau: float):
+    """Sorted-target bookkeeping behind G and G': per theta, the targets within tau (their count,
+    sum and sum of squares) and how many lie below theta - tau and above theta + tau."""
+    y = np.sort(np.asarray(y, dtype=np.float64).reshape(-1))
+    theta = np.asarray(theta, dtype=np.float64).reshape(-1)
+    s1, s2 = np.concatenate([[0.0], np.cumsum(y)]), np.concatenate([[0.0], np.cumsum(y**2)])
+    lo, hi = np.searchsorted(y, theta - tau, "left"), np.searchsorted(y, theta + tau, "right")
+    return theta, y, s1, lo, hi, hi - lo, s1[hi] - s1[lo], s2[hi] - s2[lo]
+
+
+def scaled_loss_location(theta, y, tau: float) -> np.ndarray:
+    """The mean scaled training loss G(theta) = mean_i l_i / c_i of the location problem, at each
+    of ``theta``: l_i / c_i = r^2 / 2 for |r| <= tau and tau |r| / 2 beyond (r = theta - y_i).
+
+    This is the "average scaled training loss" of claim 3 read literally. It is not F: its
+    derivative is r inside and tau sign(r) / 2 outside, half of Huber's tail, so its minimiser
+    is not the root of eq. (22). Sorted targets and prefix sums make each theta cost log n.
+    """
+    theta, y, s1, lo, hi, count, total, squares = _scaled_loss_pieces(theta, y, tau)
+    inside = 0.5 * (count * theta**2 - 2 * theta * total + squares)
+    below = 0.5 * tau * (lo * theta - s1[lo])  # y_i < theta - tau
+    above = 0.5 * tau * ((s1[-1] - s1[hi]) - (len(y) - hi) * theta)  # y_i > theta + tau
+    return (inside + below + above) / len(y)
+
+
+def scaled_loss_slope(theta, y, tau: float) -> np.ndarray:
+    """G'(theta): mean_i of r_i inside [-tau, tau] and tau sign(r_i) / 2 outside. It falls by
+    tau / (2n) wherever a target leaves the window and rises continuously within it."""
+    theta, y, s1, lo, hi, count, total, _ = _scaled_loss_pieces(theta, y, tau)
+    return (count * theta - total + 0.5 * tau * (lo - (len(y) - hi))) / len(y)
+
+
+SCALED_LOSS_GRID = 20_001
+
+
+def scaled_loss_minimiser_location(y, tau: float) -> float:
+    """The minimiser of G (scaled_loss_location): the global minimum of G on a grid of
+    SCALED_LOSS_GRID points spanning the targets (G is not convex: each sample bends it down
+    where it leaves [theta - tau, theta + tau]), refined by Brent's method on G' between the grid
+    point's neighbours (G' only falls by jumps, so a sign change from - to + there is a
+    continuous crossing: a minimum). It runs from the median (tau -> 0) to the mean (tau -> inf)."""
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    grid = np.linspace(y.min(), y.max(), SCALED_LOSS_GRID)
+    best = int(np.argmin(scaled_loss_location(grid, y, tau)))
+    lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+
+    def slope(t: float) -> float:
+        return float(scaled_loss_slope([t], y, tau)[0])
+
+    if lo < hi and slope(lo) < 0 < slope(hi):
+        return float(brentq(slope, lo, hi, xtol=1e-14, rtol=1e-15))
+    return float(grid[best])  # at the edge of the targets' range, or G' is zero on a grid point
+
+
 def batch_clipped_root_location(y, tau: float, batch_size: int, draws: int = 200_000,
                                 seed: int = 0) -> tuple[float, float]:
     """The fixed point of batch norm clipping on the location problem with i.i.d. batches, and

@@ -64,6 +64,10 @@ ABOVE_BEST = 2.0
 # The clipping bias is resolved at a point where the root of eq. (22) and the mean are this many
 # times further apart than the final iterate is from the nearer of the two.
 RESOLVED = 5.0
+# Symmetric noise leaves no bias where the averaged iterate is within this fraction of Koloskova et
+# al.'s scale min(sigma, sigma^2 / tau) of the mean (the skewed noises' biases are 0.05-0.3 of it
+# where tau is below sigma).
+NO_BIAS = 0.02
 # AGC gives small units larger relative steps where their median relative step is at least this
 # many times that of the large units of the same run.
 SMALL_OVER_LARGE = 2.0
@@ -576,6 +580,78 @@ def assess_agc_small_weights(results: Path) -> dict:
                                              max(m["small_growth"] for m in others)] if others else None}
 
 
+# -- the clipping bias against tau and the noise shape --------------------------------------------------
+
+
+def assess_clipping_bias(results: Path) -> dict:
+    """The bias of per-sample clipping on the location problem, per (noise, tau) point, decided
+    per seed on the averaged iterate theta_avg (:func:`seeds_verdict`):
+
+    * symmetric noise, no bias: a seed holds where |theta_avg - mean| <= NO_BIAS x the scale
+      min(sigma, sigma^2 / tau) of Koloskova et al. (2023); a point is untested where the seeds'
+      spread (their standard deviation) exceeds half that tolerance, too noisy to see such a bias;
+    * skewed noise, the root of eq. (22): a seed holds where theta_avg is nearer the root than the
+      mean (and, as a second rule, than the minimiser of the mean scaled loss l/c); a point is
+      resolved for a rule where the two candidates are RESOLVED times further apart than the
+      median seed is from the nearer of them.
+
+    The bias against Koloskova's scale is reported, not judged."""
+    table = _read(results, "clipping_bias.csv")
+    if table is None:
+        return {"verdict": NOT_MEASURED}
+    table = table.assign(bias=table["theta_avg"] - table["mean"], to_root=(table["theta_avg"] - table["root"]).abs(),
+                         to_mean=(table["theta_avg"] - table["mean"]).abs(),
+                         to_scaled=(table["theta_avg"] - table["scaled_min"]).abs())
+    points = []
+    order = {noise: k for k, noise in enumerate(dict.fromkeys(table["noise"]))}  # as collect sorts: symmetric first
+    groups = sorted(table.groupby(["noise", "tau"]), key=lambda item: (order[item[0][0]], item[0][1]))
+    for (noise, tau), rows in groups:
+        first = rows.iloc[0]
+        point = {"noise": noise, "symmetric": bool(first["symmetric"]), "tau": tau, "seeds": len(rows),
+                 "scale": first["scale"], "sigma": first["sigma"], "root_bias": first["root"] - first["mean"],
+                 "scaled_bias": first["scaled_min"] - first["mean"], "bias": rows["bias"].median(),
+                 "spread": rows["theta_avg"].std(ddof=1) if len(rows) > 1 else math.nan,
+                 "bias_over_scale": (rows["to_mean"] / rows["scale"]).median(),
+                 "root_bias_over_scale": abs(first["root"] - first["mean"]) / first["scale"]}
+        if point["symmetric"]:
+            tolerance = NO_BIAS * point["scale"]
+            point["tolerance"] = tolerance
+            point["seeds_unbiased"] = int((rows["to_mean"] <= tolerance).sum())
+            point["resolved"] = bool(point["spread"] <= tolerance / 2)
+            point["verdict"] = (seeds_verdict(point["seeds_unbiased"], len(rows))[0] if point["resolved"]
+                                else UNTESTED)
+        else:
+            for rule, other, to_other in (("vs_mean", "mean", "to_mean"), ("vs_scaled", "scaled_min", "to_scaled")):
+                apart = abs(first["root"] - first[other])
+                near = float(np.median(np.minimum(rows["to_root"], rows[to_other])))
+                nearer = int((rows["to_root"] < rows[to_other]).sum())
+                resolved = bool(apart > RESOLVED * near)
+                point[rule] = {"apart": apart, "seeds_nearer_root": nearer, "resolved": resolved,
+                               "verdict": seeds_verdict(nearer, len(rows))[0] if resolved else UNTESTED}
+        points.append(point)
+    symmetric = [p for p in points if p["symmetric"]]
+    skewed = [p for p in points if not p["symmetric"]]
+    parts = {"symmetric: no bias": combine([p["verdict"] for p in symmetric]) if symmetric else UNTESTED,
+             "skewed: root, not mean": combine([p["vs_mean"]["verdict"] for p in skewed]) if skewed else UNTESTED,
+             "skewed: root, not l/c minimiser": (combine([p["vs_scaled"]["verdict"] for p in skewed])
+                                                 if skewed else UNTESTED)}
+    noises = {}
+    for noise, rows in table.groupby("noise", sort=False):
+        mine = [p for p in points if p["noise"] == noise]
+        noises[noise] = {"symmetric": bool(rows["symmetric"].iloc[0]), "sigma": float(rows["sigma"].iloc[0]),
+                         "largest_root_bias": max(abs(p["root_bias"]) for p in mine),
+                         "largest_root_bias_over_scale": max(p["root_bias_over_scale"] for p in mine),
+                         "largest_bias_over_scale": max(p["bias_over_scale"] for p in mine)}
+    first = table.iloc[0]
+    return {"verdict": combine(list(parts.values())), "parts": parts, "no_bias": NO_BIAS, "resolved_factor": RESOLVED,
+            "steps": int(first["steps"]), "averaged_over": int(table["averaged_over"].min()),
+            "seeds": pair(table.groupby(["noise", "tau"]).size()), "taus": sorted(table["tau"].unique()),
+            "noises": noises, "points": points,
+            "tallies": {"symmetric": tally(p["verdict"] for p in symmetric),
+                        "vs_mean": tally(p["vs_mean"]["verdict"] for p in skewed),
+                        "vs_scaled": tally(p["vs_scaled"]["verdict"] for p in skewed)}}
+
+
 SECTIONS = {  # key: (number, title, assess)
     "bounded_increments": (1, "Bounded increments", assess_increments),
     "stability": (2, "Stability with high probability", assess_stability),
@@ -584,6 +660,7 @@ SECTIONS = {  # key: (number, title, assess)
     "limit_set": (5, "The limit set and the clipping bias", assess_limit_set),
     "ode_tracking": (6, "ODE tracking", assess_ode_tracking),
     "agc_small_weights": (7, "AGC and small weights", assess_agc_small_weights),
+    "clipping_bias": (8, "The bias against τ and the noise shape", assess_clipping_bias),
 }
 
 
