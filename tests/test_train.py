@@ -468,13 +468,27 @@ def test_scaled_losses_divide_each_loss_by_its_clipping_factor(make_cfg, tmp_pat
 def test_shuffled_sampling_visits_every_example_once_an_epoch():
     from gradclip.runner import BatchSampler
 
-    sampler = BatchSampler(10, 3, "shuffle", torch.Generator().manual_seed(0))
-    epochs = [torch.cat([sampler() for _ in range(3)]) for _ in range(4)]  # 3 batches of 3; 1 left over
+    sampler = BatchSampler(10, 3, "shuffle", [torch.Generator().manual_seed(0)])
+    epochs = [torch.cat([sampler()[0] for _ in range(3)]) for _ in range(4)]  # 3 batches of 3; 1 left over
     for drawn in epochs:
         assert len(set(drawn.tolist())) == 9  # no repeat within an epoch; the ragged tail is dropped
     assert len({tuple(e.tolist()) for e in epochs}) == 4  # a new order each epoch
-    iid = BatchSampler(10, 3, "iid", torch.Generator().manual_seed(0))
-    assert any(len(set(iid().tolist() + iid().tolist() + iid().tolist())) < 9 for _ in range(20))
+    iid = BatchSampler(10, 3, "iid", [torch.Generator().manual_seed(0)])
+    assert any(len(set(torch.cat([iid()[0] for _ in range(3)]).tolist())) < 9 for _ in range(20))
+
+
+def test_iid_batches_drawn_in_chunks_are_those_drawn_one_step_at_a_time():
+    """The sampler draws SAMPLE_CHUNK steps per generator call; each member's batches are the
+    ones a call per step from its own generator gives, across chunk boundaries."""
+    from gradclip.runner import SAMPLE_CHUNK, BatchSampler
+
+    seeds, steps = [3, 7], SAMPLE_CHUNK + 5
+    sampler = BatchSampler(1000, 32, "iid", [torch.Generator().manual_seed(s) for s in seeds])
+    drawn = torch.stack([sampler() for _ in range(steps)], dim=1)  # [members, steps, batch]
+    for k, seed in enumerate(seeds):
+        generator = torch.Generator().manual_seed(seed)
+        one_by_one = torch.stack([torch.randint(1000, (32,), generator=generator) for _ in range(steps)])
+        assert torch.equal(drawn[k], one_by_one)
 
 
 def test_a_run_with_shuffled_sampling_differs_from_iid(make_cfg, tmp_path):

@@ -76,41 +76,66 @@ def evaluation_steps(steps: int, every: int, log_points: int) -> set[int]:
     return chosen
 
 
-class BatchSampler:
-    """Mini-batch indices: i.i.d. with replacement (the paper's setting) or shuffled epochs."""
+# I.i.d. batches are drawn this many steps at a time: one generator call per member per chunk,
+# not per step. The CPU generator draws serially, so the indices are those CHUNK calls of one
+# batch each would give (tests/test_train.py checks it): records do not depend on the chunk.
+SAMPLE_CHUNK = 256
 
-    def __init__(self, n: int, batch_size: int, mode: str, generator: torch.Generator) -> None:
-        self.n, self.batch_size, self.mode, self.generator = n, batch_size, mode, generator
-        self._order, self._pos = torch.empty(0, dtype=torch.long), 0
+
+class BatchSampler:
+    """Each member's mini-batch indices for a step, as a tensor [M, batch_size]: i.i.d. with
+    replacement (the paper's setting) or shuffled epochs; member k draws from ``generators[k]``
+    alone, so a member's batches are those of its single run."""
+
+    def __init__(self, n: int, batch_size: int, mode: str, generators: Sequence[torch.Generator]) -> None:
+        self.n, self.batch_size, self.mode, self.generators = n, batch_size, mode, list(generators)
+        self._chunk, self._step = torch.empty(len(self.generators), 0, batch_size, dtype=torch.long), 0
+        self._orders, self._pos = [], n  # (the first call starts an epoch)
 
     def __call__(self) -> torch.Tensor:
         if self.mode == "iid":
-            return torch.randint(self.n, (self.batch_size,), generator=self.generator)
-        if self._pos + self.batch_size > len(self._order):  # a new epoch; drop the ragged tail
-            self._order, self._pos = torch.randperm(self.n, generator=self.generator), 0
-        idx = self._order[self._pos : self._pos + self.batch_size]
+            if self._step == self._chunk.shape[1]:
+                self._chunk = torch.stack([torch.randint(self.n, (SAMPLE_CHUNK, self.batch_size), generator=g)
+                                           for g in self.generators])
+                self._step = 0
+            self._step += 1
+            return self._chunk[:, self._step - 1]
+        if self._pos + self.batch_size > self.n:  # a new epoch for every member; drop the ragged tail
+            self._orders, self._pos = [torch.randperm(self.n, generator=g) for g in self.generators], 0
+        idx = torch.stack([order[self._pos: self._pos + self.batch_size] for order in self._orders])
         self._pos += self.batch_size
         return idx
 
 
 class Maxima:
-    """The largest value of each quantity since the last logged row, and over the whole run."""
+    """Per member, the largest value of each quantity since its last logged row, and over its
+    whole run: arrays over the population, updated for every member at once."""
 
-    def __init__(self) -> None:
-        self.since_row: dict[str, float] = {}
-        self.run: dict[str, float] = {}
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.since_row: dict[str, np.ndarray] = {}
+        self.run: dict[str, np.ndarray] = {}
 
-    def update(self, **values: float) -> None:
+    def update(self, where: np.ndarray, **values: np.ndarray) -> None:
+        """Fold in ``values`` (arrays over the members) for the members in the mask ``where``."""
         for key, value in values.items():
-            value = value if math.isfinite(value) else math.inf  # NaN must not vanish from a max
-            self.since_row[key] = max(self.since_row.get(key, -math.inf), value)
+            value = np.where(np.isfinite(value), value, math.inf)  # NaN must not vanish from a max
+            since = self.since_row.setdefault(key, np.full(self.size, -math.inf))
+            np.maximum(since, np.where(where, value, -math.inf), out=since)
 
-    def flush(self) -> dict[str, float]:
-        """Return the maxima since the last row and start a new interval."""
-        row, self.since_row = self.since_row, {}
-        for key, value in row.items():
-            self.run[key] = max(self.run.get(key, -math.inf), value)
+    def flush(self, k: int) -> dict[str, float]:
+        """Member k's maxima since its last row (the quantities it has any of), and a new interval."""
+        row = {}
+        for key, since in self.since_row.items():
+            if since[k] > -math.inf:
+                row[key] = float(since[k])
+                run = self.run.setdefault(key, np.full(self.size, -math.inf))
+                run[k] = max(run[k], since[k])
+                since[k] = -math.inf
         return row
+
+    def over_run(self, k: int) -> dict[str, float]:
+        return {key: float(run[k]) for key, run in self.run.items() if run[k] > -math.inf}
 
 
 @dataclass
@@ -122,13 +147,9 @@ class Member:
     run_dir: Path
     clipper: Clipper  # its own settings (numbers): its description, its evaluation
     schedule: Schedule
-    sampler: BatchSampler
     recorder: RunRecorder
     summary: dict
     tracker: NullTracker = field(default_factory=NullTracker)
-    maxima: Maxima = field(default_factory=Maxima)
-    sum_a: float = 0.0
-    sum_a2: float = 0.0
     active: bool = True  # still training
     started: bool = False  # its record has begun
 
@@ -234,9 +255,9 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], rerai
                    "num_parameters": num_parameters, "per_sample_gradients": population.per_sample_gradients,
                    "population_size": len(todo)}
         members.append(Member(cfgs[k], configs[k], run_dirs[k], clipper, make_schedule(cfgs[k].schedule, cfg.steps),
-                              BatchSampler(data.num_train, cfg.batch_size, cfg.sampling,
-                                           torch.Generator().manual_seed(cfgs[k].seed)),
                               RunRecorder(run_dirs[k]), summary))
+    sampler = BatchSampler(data.num_train, cfg.batch_size, cfg.sampling,
+                           [torch.Generator().manual_seed(cfgs[k].seed) for k in todo])
     try:
         for index, (k, member) in enumerate(zip(todo, members)):
             try:
@@ -252,7 +273,7 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], rerai
             member.summary["wandb"] = member.tracker.run_path
             if member.tracker.run_path:  # the record names its W&B run from the start
                 member.recorder.write_summary(member.summary)
-        _loop(cfg, population, members, data, loss_fn, scratch, progress)
+        _loop(cfg, population, members, sampler, data, loss_fn, scratch, progress)
     except KeyboardInterrupt:  # train() called from a program that has no stop handler (a notebook)
         _end_unfinished(members, {"status": "interrupted",
                                   "interrupted_reason": "KeyboardInterrupt in the calling program"})
@@ -303,8 +324,8 @@ def _finish(member: Member, result: dict, exit_code: int) -> None:
     member.tracker.finish(summary, exit_code)
 
 
-def _loop(cfg: DictConfig, population: Population, members: list[Member], data, loss_fn, scratch,
-          progress=None) -> None:
+def _loop(cfg: DictConfig, population: Population, members: list[Member], sampler: BatchSampler, data, loss_fn,
+          scratch, progress=None) -> None:
     """The SGD loop proper: steps every member to the end, to its divergence or to a stop signal,
     and finishes each member's record as it ends."""
     size, theta = population.size, population.theta
@@ -315,8 +336,11 @@ def _loop(cfg: DictConfig, population: Population, members: list[Member], data, 
     previous, initial = theta.detach().clone(), theta.detach().clone()
     delta = torch.zeros_like(previous)
     previous_views, delta_views = population.member_views(previous), population.member_views(delta)
-    for member, norm in zip(members, initial.norm(dim=1).tolist()):
-        member.maxima.update(param_norm=norm)
+    maxima = Maxima(size)
+    sum_a, sum_a2 = np.zeros(size), np.zeros(size)  # sum of a(n) and of a(n)^2 so far
+    schedules = list(dict.fromkeys(member.schedule for member in members))  # members often share one
+    which = np.array([schedules.index(member.schedule) for member in members])
+    maxima.update(np.ones(size, dtype=bool), param_norm=initial.norm(dim=1).double().cpu().numpy())
     # Plain Python copies: reading a DictConfig in the hot loop costs more than the checks.
     steps, log_every = int(cfg.steps), int(cfg.log_every)
     eval_at = evaluation_steps(steps, int(cfg.eval_every), int(cfg.eval_log_points))
@@ -368,13 +392,13 @@ def _loop(cfg: DictConfig, population: Population, members: list[Member], data, 
 
     def finish(k: int, step: int, result: dict, exit_code: int = 0) -> None:
         member = members[k]
-        member.maxima.flush()
+        maxima.flush(k)
         wall = time.perf_counter() - start - eval_seconds
         _finish(member, result | {
             "steps_completed": step, "initial_param_norm": float(initial[k].norm()),
             **({"initial_theta": initial[k].tolist()} if log_theta else {}),
-            **{f"max_{key}": value for key, value in member.maxima.run.items()},
-            "sum_lr": member.sum_a, "sum_lr_sq": member.sum_a2, "wall_time_s": wall,
+            **{f"max_{key}": value for key, value in maxima.over_run(k).items()},
+            "sum_lr": float(sum_a[k]), "sum_lr_sq": float(sum_a2[k]), "wall_time_s": wall,
             "steps_per_s": step / wall if wall > 0 else None, "final": member.recorder.final_values()}, exit_code)
         if progress is not None:
             progress.run_done(skipped_steps=steps - step)
@@ -390,13 +414,12 @@ def _loop(cfg: DictConfig, population: Population, members: list[Member], data, 
     bar = tqdm(range(1, steps + 1), disable=not show_bar, leave=False,
                desc=members[0].clipper.describe() if size == 1 else f"population of {size}")
     for step in bar:
-        lrs = [member.schedule(step - 1) if member.active else 0.0 for member in members]
-        stepping = sum(lr > 0 for lr in lrs) if progress is not None else 0
-        for member, lr in zip(members, lrs):
-            member.sum_a += lr
-            member.sum_a2 += lr * lr
-        idx = (members[0].sampler().unsqueeze(0) if size == 1
-               else torch.stack([member.sampler() for member in members])).to(device)
+        active = np.fromiter((member.active for member in members), dtype=bool, count=size)
+        lrs = np.where(active, np.array([schedule(step - 1) for schedule in schedules])[which], 0.0)
+        stepping = int((lrs > 0).sum())
+        sum_a += lrs
+        sum_a2 += lrs * lrs
+        idx = sampler().to(device)
         losses, stats = population.clipped_gradient(data.x_train[idx], data.y_train[idx])
 
         # What the divergence rule and the bounds of prediction 1 watch, per member, by name.
@@ -421,32 +444,37 @@ def _loop(cfg: DictConfig, population: Population, members: list[Member], data, 
                 watched["unit_step_ratio"] = _agc_unit_ratio(delta_views, previous_views, agc_index,
                                                              clipper) / lr_column
             # The step's one host sync: every watched value of every member.
-            values = dict(zip(watched, torch.stack(list(watched.values())).tolist()))
+            values = dict(zip(watched, torch.stack(list(watched.values())).double().cpu().numpy()))
 
         # A stop signal (SIGTERM from SLURM, Ctrl-C) ends the runs here, at a step boundary, with
         # this step's rows written: the records say how far they got.
         stop = interrupts.received() if step < steps else None  # after the last step they are done
-        reasons = [_divergence(values["loss"][k], values["grad_probe"][k], values["param_norm"][k], max_norm)
-                   if member.active else None for k, member in enumerate(members)]
-        due = [member.active and (reason or stop or step % log_every == 0 or step == steps)
-               for member, reason in zip(members, reasons)]
-        rows = _train_rows(step, population, losses, stats, initial, values, lrs, members, due, log_theta) \
-            if any(due) else {}
-        for k, member in enumerate(members):
-            if not member.active:
-                continue
-            member.maxima.update(param_norm=values["param_norm"][k])
-            if not reasons[k]:  # the increment bounds are about finite steps; a diverging step's are in its row
-                member.maxima.update(update_norm=values["update_norm"][k],
-                                     step_ratio=values["step_norm"][k] / lrs[k])
-                if agc_index:
-                    member.maxima.update(unit_update_ratio=values["unit_update_ratio"][k],
-                                         unit_step_ratio=values["unit_step_ratio"][k])
+        # Members are judged all at once; only a member whose step is not finite or whose weights
+        # left the ball (odd) gets its reason spelled out.
+        sane = (np.isfinite(values["loss"]) & np.isfinite(values["grad_probe"]) & np.isfinite(values["param_norm"])
+                & (values["param_norm"] <= max_norm))
+        odd = active & ~sane
+        reasons = [None] * size
+        for k in np.flatnonzero(odd):
+            reasons[k] = _divergence(values["loss"][k], values["grad_probe"][k], values["param_norm"][k], max_norm)
+        due = active.copy() if stop or step % log_every == 0 or step == steps else odd
+        rows = _train_rows(step, population, losses, stats, initial, values, lrs, sum_a, sum_a2, due, log_theta) \
+            if due.any() else {}
+        maxima.update(active, param_norm=values["param_norm"])
+        # The increment bounds are about finite steps; a diverging step's are in its row.
+        with np.errstate(divide="ignore", invalid="ignore"):  # (a retired member's a(n) is 0)
+            bounded = {"update_norm": values["update_norm"], "step_ratio": values["step_norm"] / lrs}
+        if agc_index:
+            bounded |= {"unit_update_ratio": values["unit_update_ratio"], "unit_step_ratio": values["unit_step_ratio"]}
+        maxima.update(active & sane, **bounded)
+        units_due = unit_log_every and (step == 1 or step % unit_log_every == 0)
+        for k in map(int, np.flatnonzero(active if units_due else due)):
+            member = members[k]
             try:
-                if unit_log_every and (step == 1 or step % unit_log_every == 0):
+                if units_due:
                     member.recorder.log_units(_unit_row(step, lrs[k], population.names, previous_views, delta_views, k))
                 if k in rows:
-                    since_row = member.maxima.flush()
+                    since_row = maxima.flush(k)
                     row = rows[k] | {f"train/max_{key}": since_row[key] for key in MAXIMA_LOGGED if key in since_row}
                     member.recorder.log(row)
                     member.tracker.log(row)
@@ -482,7 +510,8 @@ def _loop(cfg: DictConfig, population: Population, members: list[Member], data, 
                 finish(k, step, {"status": "completed", "diverged_reason": None})
 
 
-def _train_rows(step, population, losses, stats, initial, values, lrs, members, due, log_theta) -> dict[int, dict]:
+def _train_rows(step, population, losses, stats, initial, values, lrs, sum_a, sum_a2, due,
+                log_theta) -> dict[int, dict]:
     """The ``train/`` row of each member due one at this step (one host sync for all)."""
     factor = stats.factor if stats.factor.ndim == 2 else stats.factor.unsqueeze(1)
     columns = {"train/scaled_loss": (losses / factor).mean(1), "train/grad_norm": stats.grad_norm,
@@ -495,12 +524,10 @@ def _train_rows(step, population, losses, stats, initial, values, lrs, members, 
     computed = dict(zip(columns, torch.stack([c.to(losses.dtype) for c in columns.values()]).tolist()))
     theta = population.theta.detach().tolist() if log_theta else None
     rows = {}
-    for k, member in enumerate(members):
-        if not due[k]:
-            continue
+    for k in map(int, np.flatnonzero(due)):
         row = {"step": step, "train/loss": values["loss"][k], **{key: column[k] for key, column in computed.items()},
                "train/clipped_grad_norm": values["update_norm"][k], "train/lr": lrs[k],
-               "train/sum_lr": member.sum_a, "train/sum_lr_sq": member.sum_a2,
+               "train/sum_lr": float(sum_a[k]), "train/sum_lr_sq": float(sum_a2[k]),
                "train/param_norm": values["param_norm"][k]}
         row = {key: row[key] for key in TRAIN_ROW_ORDER} | {key: value for key, value in row.items()
                                                            if key not in TRAIN_ROW_ORDER}
