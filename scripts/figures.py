@@ -517,9 +517,47 @@ def plot_clipping_bias(args) -> None:
     save(fig, figures / "clipping_bias")
 
 
+# -- batch clipping's fixed point against the batch size ------------------------------------------------
+
+
+def plot_batch_fixed_point(args) -> None:
+    results, figures = Path(args.results), Path(args.figures)
+    table = pd.read_csv(results / "batch_fixed_point.csv")
+    problems = sorted(table["problem"].unique())
+    fig, axes = plt.subplots(1, len(problems), figsize=(4.2 * len(problems), 3.4), constrained_layout=True,
+                             squeeze=False)
+    styles = {"batch": {"color": "#d62728", "marker": "o"}, "sample": {"color": "#1f77b4", "marker": "s"}}
+    for ax, problem in zip(axes[0], problems):
+        rows = table[table["problem"] == problem]
+        fixed = rows.groupby("batch_size")["batch_root_position"].first()
+        ax.plot(fixed.index, fixed.values, color="black", linestyle="--", label="batch clipping's fixed point")
+        ax.axhline(1.0, color="#1f77b4", linewidth=0.8, linestyle=":", label="root of eq. (22)")
+        ax.axhline(0.0, color="grey", linewidth=0.8, linestyle=":", label="mean (least squares)")
+        for granularity, style in styles.items():
+            mine = rows[rows["granularity"] == granularity]
+            shift = 1.06 if granularity == "sample" else 1 / 1.06  # side by side
+            ax.scatter(mine["batch_size"] * shift, mine["position"], s=4, alpha=0.35, color=style["color"],
+                       linewidths=0)
+            medians = mine.groupby("batch_size")["position"].median()
+            ax.plot(medians.index * shift, medians.values, color=style["color"], marker=style["marker"], markersize=4,
+                    linewidth=1, label=f"{'per-sample' if granularity == 'sample' else 'batch'} clipping: averaged "
+                    "iterates (median; dots: seeds)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size B")
+        ax.set_ylabel("position: 0 = mean, 1 = root of eq. (22)")
+        first = rows.iloc[0]
+        ax.set_title(f"{problem}, {first['noise']} noise, τ = {first['tau']:g}, {int(first['steps'])} steps")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=3, frameon=False)
+    fig.suptitle("Where batch and per-sample clipping end, against the batch size (position along the line from the "
+                 "mean to the root of eq. (22))")
+    save(fig, figures / "batch_fixed_point")
+
+
 PLOT = {"stability": [plot_stability, plot_increments], "agc_small_weights": [plot_agc_small_weights],
         "convergence": [plot_convergence], "step_sizes": [plot_step_sizes], "limit_set": [plot_limit_set],
-        "ode_tracking": [plot_ode_tracking], "clipping_bias": [plot_clipping_bias]}
+        "ode_tracking": [plot_ode_tracking], "clipping_bias": [plot_clipping_bias],
+        "batch_fixed_point": [plot_batch_fixed_point]}
 
 
 def main() -> None:

@@ -455,16 +455,69 @@ def render_clipping_bias(a: dict) -> list[str]:
         if p["symmetric"]:
             verdict = f"no bias: {p['seeds_unbiased']}/{p['seeds']} seeds, {p['verdict']}"
         else:
-            verdict = (f"root vs mean: {p['vs_mean']['seeds_nearer_root']}/{p['seeds']}, {p['vs_mean']['verdict']}; "
-                       f"root vs ℓ/c: {p['vs_scaled']['seeds_nearer_root']}/{p['seeds']}, {p['vs_scaled']['verdict']}")
+            verdict = (f"root vs mean: {p['vs_mean']['seeds_nearer']}/{p['seeds']}, {p['vs_mean']['verdict']}; "
+                       f"root vs ℓ/c: {p['vs_scaled']['seeds_nearer']}/{p['seeds']}, {p['vs_scaled']['verdict']}")
         lines.append(f"| {p['noise']} | {fmt(p['tau'])} | {fmt(p['scale'], 3)} | {fmt(p['root_bias'], 3)} | "
                      f"{fmt(p['scaled_bias'], 3)} | {fmt(p['bias'], 3)}; {fmt(p['spread'], 2)} | {verdict} |")
     return lines
 
 
+# -- batch clipping's fixed point against the batch size ------------------------------------------------
+
+
+def render_batch_fixed_point(a: dict) -> list[str]:
+    t = a["tallies"]
+    same = a["batch_one_largest_difference"]
+    lines = [f"**Verdict: {a['verdict']}** (" + "; ".join(f"{k}: {v}" for k, v in a["parts"].items()) + "). "
+             f"Batch and per-sample norm clipping with {a['noise']} noise, B ∈ {{"
+             + ", ".join(str(b) for b in a["batch_sizes"]) + "}, "
+             + "; ".join(f"{p}: τ = {fmt(a['tau'][p])}, {a['steps'][p]} steps" for p in a["tau"])
+             + f", {span(a['seeds'])} seeds per point, θ averaged over the second half of each run "
+             "(`paper_figures/batch_fixed_point.png`, `results/batch_fixed_point.csv`). Batch clipping's fixed point "
+             f"is computed over {a['draws']:,} batches (Monte Carlo error at most {fmt(a['largest_error'], 2)}).", ""]
+    if same is not None:
+        lines.append("- B = 1: a batch of one is one example, so batch clipping is per-sample clipping; a seed's two runs "
+                     + ("end at exactly the same averaged iterate (the same run, bit for bit)." if same == 0 else
+                        f"end at averaged iterates at most {fmt(same, 2)} apart."))
+    lines.append(f"- Per-sample clipping ends nearer the root of eq. (22) than the mean at {t['sample']['holds']} points "
+                 f"(nearer the mean at {t['sample']['fails']}; {t['sample']['untested']} untested), whatever B.")
+    lines.append(f"- Batch clipping (B > 1) ends nearer its own fixed point than the root at {t['batch_vs_root']['holds']} "
+                 f"points ({t['batch_vs_root']['fails']} nearer the root; {t['batch_vs_root']['untested']} untested), "
+                 f"and nearer it than the mean at {t['batch_vs_mean']['holds']} ({t['batch_vs_mean']['fails']} nearer "
+                 f"the mean; {t['batch_vs_mean']['untested']} untested: there the fixed point lies too near the mean "
+                 "for the runs to tell them apart).")
+    lines += ["", "Position on the line from the mean (0) to the root of eq. (22) (1); median over seeds. Verdict rule per "
+              f"seed: nearer the candidate than the other answer, at points where the two lie "
+              f"{fmt(a['resolved_factor'])}× further apart than the median seed lies from the nearer one (Wilson "
+              "interval on the fraction of seeds, above or below one half).", "",
+              "| problem | B | batch fixed point: position (distance to the mean) | batch runs: position; vs root; vs mean "
+              "| per-sample runs: position; vs mean |", "|---|---|---|---|---|"]
+    by = {(p["problem"], p["granularity"], p["batch_size"]): p for p in a["points"]}
+    for problem in sorted({p["problem"] for p in a["points"]}):
+        for batch in a["batch_sizes"]:
+            b, s_ = by.get((problem, "batch", batch)), by.get((problem, "sample", batch))
+            if b is None and s_ is None:
+                continue
+            fixed = b or s_
+            cells = [f"{fmt(fixed['batch_root_position'], 3)} ({fmt(fixed['batch_root_to_mean'], 3)})"]
+            if b is None:
+                cells.append("–")
+            elif "batch_vs_root" in b:
+                cells.append(f"{fmt(b['position'], 3)}; {b['batch_vs_root']['seeds_nearer']}/{b['seeds']} "
+                             f"{b['batch_vs_root']['verdict']}; {b['batch_vs_mean']['seeds_nearer']}/{b['seeds']} "
+                             f"{b['batch_vs_mean']['verdict']}")
+            else:
+                cells.append(f"{fmt(b['position'], 3)} (B = 1: per-sample clipping)")
+            cells.append("–" if s_ is None else f"{fmt(s_['position'], 3)}; {s_['root_vs_mean']['seeds_nearer']}/"
+                         f"{s_['seeds']} {s_['root_vs_mean']['verdict']}")
+            lines.append(f"| {problem} | {batch} | " + " | ".join(cells) + " |")
+    return lines
+
+
 RENDER = {"bounded_increments": render_increments, "stability": render_stability, "convergence": render_convergence,
           "step_sizes": render_step_sizes, "limit_set": render_limit_set, "ode_tracking": render_ode_tracking,
-          "agc_small_weights": render_agc_small_weights, "clipping_bias": render_clipping_bias}
+          "agc_small_weights": render_agc_small_weights, "clipping_bias": render_clipping_bias,
+          "batch_fixed_point": render_batch_fixed_point}
 
 
 SHORT_ARMS = {"norm": "norm", "agc": "AGC", "agc_head_clipped": "AGC, head clipped"}

@@ -147,9 +147,21 @@ def clipping_bias_sweeps(scale: str) -> list[list[str]]:
              "full": [taus, "seed=range(0,32)", "steps=10000", "eval_every=10000", "log_every=100"]}[scale]]
 
 
+def batch_fixed_point_sweeps(scale: str) -> list[list[str]]:
+    """configs/experiment/batch_fixed_point.yaml holds the default grid (the location problem).
+    The full scale runs B in {1, 4, 16, 64, 256} and 32 seeds for 6,000 steps, on the location
+    problem and on the regression (tau = 1)."""
+    regression = ["data=linreg", "model.bias=true", "clip.threshold=1.0"]
+    if scale == "full":
+        full = ["batch_size=1,4,16,64,256", "seed=range(0,32)", "steps=6000", "eval_every=6000", "log_every=100"]
+        return [full, full + regression]
+    return [{"smoke": ["batch_size=1,16", "seed=0", "steps=300", "eval_every=300"], "default": []}[scale]]
+
+
 EXPERIMENTS = {"stability": stability_sweeps, "agc_small_weights": agc_small_weights_sweeps,
                "convergence": convergence_sweeps, "step_sizes": step_sizes_sweeps, "limit_set": limit_set_sweeps,
-               "ode_tracking": ode_tracking_sweeps, "clipping_bias": clipping_bias_sweeps}
+               "ode_tracking": ode_tracking_sweeps, "clipping_bias": clipping_bias_sweeps,
+               "batch_fixed_point": batch_fixed_point_sweeps}
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)

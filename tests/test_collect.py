@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from gradclip.collect import Source, collect, design
+from gradclip.collect import BATCH_FIXED_POINT_DRAWS, Source, collect, design
 from gradclip.data import load_dataset
-from gradclip.meanfield import ode_path
+from gradclip.meanfield import batch_clipped_root, ode_path
 from gradclip.records import RunRecorder
 
 
@@ -103,3 +103,26 @@ def test_clipping_bias_averages_the_second_half_and_computes_the_candidates(make
     assert row["mean"] == pytest.approx(y.mean()) and row.sigma == pytest.approx(y.std())
     assert row.scale == pytest.approx(min(y.std(), y.std() ** 2 / 0.5))
     assert abs(row.scaled_min - row.root) > 0.02  # l/c's minimiser is not the root
+
+
+def test_batch_fixed_point_table_places_each_run_between_the_mean_and_the_root(make_cfg, tmp_path):
+    """Three batch-clipping runs (B = 4) whose iterates sit at the mean, at the root of eq. (22)
+    and at batch clipping's fixed point over the second half: positions 0, 1 and the fixed point's
+    own, and distance 0 to the matching answer; the first half does not count."""
+    config = OmegaConf.to_container(make_cfg("+experiment=batch_fixed_point", "batch_size=4",
+                                             "clip.granularity=batch", "steps=4", tiny=False), resolve=True)
+    y = load_dataset(config["data"]).y_train.double().numpy().ravel()
+    root, mean = huber_location_by_bisection(y, 0.3), float(y.mean())
+    fixed = batch_clipped_root(np.ones((len(y), 1)), y, 0.3, 4, BATCH_FIXED_POINT_DRAWS)[0][0]
+    for seed, theta in enumerate([mean, root, fixed]):
+        write_record(tmp_path / "batch_fixed_point" / f"seed={seed}", config | {"seed": seed},
+                     [[9.0], [theta], [theta], [theta]], [1.0, 2.0, 3.0, 4.0], {"final": {}})
+    collect("batch_fixed_point", Source(runs=tmp_path, results=tmp_path))
+    table = pd.read_csv(tmp_path / "batch_fixed_point.csv").set_index("seed")
+    assert list(table["averaged_over"]) == [3, 3, 3]  # steps 2, 3, 4 of 4
+    at_mean, at_root, at_fixed = (table.loc[k] for k in range(3))
+    assert (at_mean["position"], at_root["position"]) == (pytest.approx(0, abs=1e-6), pytest.approx(1, abs=1e-6))
+    assert at_mean["dist_to_mean"] < 1e-6 and at_root["dist_to_root"] < 1e-6 and at_fixed["dist_to_batch_root"] < 1e-6
+    assert at_fixed["position"] == pytest.approx(at_fixed["batch_root_position"], abs=1e-6)
+    assert at_fixed["batch_root_position"] == pytest.approx((fixed - mean) / (root - mean), rel=1e-9)
+    assert 0.05 < at_fixed["batch_root_position"] < 0.95  # between the two, apart from both

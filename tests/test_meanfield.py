@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.linalg import expm
 
-from gradclip.meanfield import (batch_clipped_root_location, clipped_mean_field, clipped_root, huber_objective,
+from gradclip.meanfield import (batch_clipped_root, batch_clipped_root_location, clipped_mean_field, clipped_root, huber_objective,
                                 least_squares, ode_path, scaled_loss_location, scaled_loss_minimiser_location,
                                 scaled_loss_slope)
 
@@ -58,9 +58,10 @@ def test_batch_clipping_fixed_point_moves_from_the_huber_root_to_the_mean():
     y, tau = rng.lognormal(size=2000), 0.1
     huber, mean = clipped_root(np.ones(2000), y, tau)[0], y.mean()
     one, one_error = batch_clipped_root_location(y, tau, batch_size=1, draws=400_000)
+    two, two_error = batch_clipped_root_location(y, tau, batch_size=2, draws=400_000)
     big, _ = batch_clipped_root_location(y, tau, batch_size=256, draws=50_000)
-    assert one == pytest.approx(huber, abs=4 * one_error)  # a batch of one is per-sample clipping
-    assert one_error < 0.01
+    assert (one, one_error) == (huber, 0.0)  # a batch of one is per-sample clipping, exactly
+    assert 0 < two_error < 0.01 and huber < two - 10 * two_error < two + 10 * two_error < mean
     assert abs(big - mean) < 0.05 < abs(huber - mean) / 5
 
 
@@ -182,3 +183,21 @@ def test_scaled_loss_slope_is_its_derivative():
     theta = np.array([0.3, 0.9, 1.7])  # G is smooth away from the 400 kinks y_i +- tau
     numeric = (scaled_loss_location(theta + step, y, tau) - scaled_loss_location(theta - step, y, tau)) / (2 * step)
     np.testing.assert_allclose(scaled_loss_slope(theta, y, tau), numeric, rtol=1e-5, atol=1e-8)
+
+
+def test_batch_fixed_point_of_a_regression_solves_its_sample_average_and_moves_to_least_squares():
+    """The general solver on a regression with an intercept: its field (recomputed here from the
+    same draws) is zero at the answer; batches of one give the root of eq. (22); large batches,
+    whose mean gradient is rarely clipped, give nearly least squares."""
+    rng = np.random.default_rng(8)
+    x = np.column_stack([rng.normal(size=(500, 2)), np.ones(500)])
+    y = x @ np.array([1.0, -1.0, 0.5]) + rng.lognormal(size=500)
+    tau, draws = 1.0, 20_000
+    fixed, error = batch_clipped_root(x, y, tau, 8, draws, seed=1)
+    picks = np.random.default_rng(1).integers(500, size=(draws, 8))
+    g = np.einsum("dbi,db->di", x[picks], x[picks] @ fixed - y[picks]) / 8
+    clipped = g / np.maximum(1, np.linalg.norm(g, axis=1) / tau)[:, None]
+    assert np.linalg.norm(clipped.mean(0)) < 1e-9 and np.all(error > 0)
+    np.testing.assert_array_equal(batch_clipped_root(x, y, tau, 1)[0], clipped_root(x, y, tau))
+    separation = np.linalg.norm(clipped_root(x, y, tau) - least_squares(x, y))
+    assert np.linalg.norm(batch_clipped_root(x, y, tau, 256, 5_000)[0] - least_squares(x, y)) < separation / 20

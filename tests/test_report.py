@@ -595,3 +595,49 @@ def test_skewed_noise_ends_at_the_root(tmp_path, theta, vs_mean, vs_scaled):
     p = points["lognormal"]
     assert (p["vs_mean"]["verdict"], p["vs_scaled"]["verdict"]) == (vs_mean, vs_scaled)
     assert a["parts"]["symmetric: no bias"] == "holds"
+
+
+def batch_rows(tmp_path, batch_position, sample_position=1.0, batch_root_position=0.4, seeds=8):
+    """batch_fixed_point.csv for a location problem whose root of eq. (22) is at 1 and mean at 0
+    (positions are then coordinates), with batch clipping's fixed point at ``batch_root_position``
+    for B = 16; every seed's averaged iterate at the positions given (B = 1: both at 1)."""
+    rows = []
+    for granularity, batch, position, fixed in [("sample", 1, 1.0, 1.0), ("batch", 1, 1.0, 1.0),
+                                                ("sample", 16, sample_position, batch_root_position),
+                                                ("batch", 16, batch_position, batch_root_position)]:
+        for seed in range(seeds):
+            rows.append({"problem": "location", "noise": "lognormal", "granularity": granularity, "batch_size": batch,
+                         "tau": 0.3, "seed": seed, "steps": 1000, "averaged_over": 10,
+                         "dist_to_root": abs(position - 1), "dist_to_mean": abs(position),
+                         "dist_to_batch_root": abs(position - fixed), "root_to_mean": 1.0,
+                         "batch_root_to_root": abs(fixed - 1), "batch_root_to_mean": abs(fixed),
+                         "batch_root_error": 0.001, "batch_root_draws": 1000, "position": position,
+                         "batch_root_position": fixed, "theta": f"{position}"})
+    pd.DataFrame(rows).to_csv(tmp_path / "batch_fixed_point.csv", index=False)
+    a = verdicts.assess_batch_fixed_point(tmp_path)
+    assert report.render_batch_fixed_point(json.loads(json.dumps(verdicts.plain(a))))[0].startswith(
+        f"**Verdict: {a['verdict']}**")
+    return a
+
+
+@pytest.mark.parametrize("batch_position, sample_position, expected", [
+    (0.4, 1.0, ("holds", "holds", "holds")),        # each at its own fixed point
+    (1.0, 1.0, ("holds", "fails", "untested")),     # batch runs at the root (0.6 from the fixed point: unresolved vs mean)
+    (0.0, 1.0, ("holds", "untested", "fails")),     # batch runs at the mean
+    (0.4, 0.0, ("partly", "holds", "holds")),       # per-sample runs at the mean at B = 16 (at the root at B = 1)
+])
+def test_batch_fixed_point_verdicts(tmp_path, batch_position, sample_position, expected):
+    a = batch_rows(tmp_path, batch_position, sample_position)
+    assert tuple(a["parts"].values()) == expected
+    assert a["batch_one_largest_difference"] == 0.0
+
+
+def test_batch_fixed_point_too_near_the_mean_is_untested(tmp_path):
+    """A fixed point 0.02 from the mean, runs 0.005 from it: resolved from the root, but not from
+    the mean, whose distance is not RESOLVED times the runs' error; just beyond it, it is."""
+    error = 0.005
+    a = batch_rows(tmp_path, 0.02 - error, batch_root_position=0.02)
+    assert a["parts"]["batch: its own fixed point, not the root"] == "holds"
+    assert a["parts"]["batch: its own fixed point, not the mean"] == "untested"  # 0.02 < 5 x 0.005 (to the mean: 0.015)
+    a = batch_rows(tmp_path, 0.2 - error, batch_root_position=0.2)
+    assert a["parts"]["batch: its own fixed point, not the mean"] == "holds"

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -521,3 +522,23 @@ def test_long_job_names_are_cut_with_a_hash_that_keeps_them_apart():
     assert one != two and len(one) == len(two) == 133 and one[:120] == two[:120] == base[:120]
     assert _dirname("clip.threshold=1.0,seed=0") == "clip.threshold=1.0,seed=0"
     assert _dirname("data.root=/tmp/x y") == "data.root=_tmp_x_y" and _dirname("") == "default"
+
+
+def test_batch_clipping_of_batches_of_one_is_per_sample_clipping(make_cfg, tmp_path):
+    """A batch of one example is that example: both algorithms take the same steps, on the
+    location problem (theta one number) and on a regression with an intercept (the per-sample
+    path computes its norms from ghost factors, the batch path from the gradient itself, so they
+    agree up to float32 rounding)."""
+    for problem in (["+experiment=batch_fixed_point"],
+                    ["+experiment=batch_fixed_point", "data=linreg", "model.bias=true", "clip.threshold=1.0"]):
+        thetas = {}
+        for granularity in ("batch", "sample"):
+            cfg = make_cfg(*problem, "batch_size=1", f"clip.granularity={granularity}", "steps=200", "log_every=1",
+                           "eval_every=0", "logger=none")
+            run_dir = tmp_path / f"{problem[-1]}-{granularity}"
+            train(cfg, run_dir)
+            thetas[granularity] = [[v for k, v in row.items() if k.startswith("train/theta_")]
+                                   for row in read_rows(run_dir) if "train/loss" in row]
+        batch, sample = np.array(thetas["batch"]), np.array(thetas["sample"])
+        assert batch.shape == sample.shape == (200, 1 if len(problem) == 1 else 6)
+        np.testing.assert_allclose(batch, sample, rtol=1e-5, atol=1e-6)  # float32 rounding of the norms apart

@@ -29,7 +29,8 @@ from gradclip.analysis import (
 from gradclip.data import SYMMETRIC_NOISE, load_dataset
 from gradclip.labels import NOISE_LABEL
 from gradclip.meanfield import (
-    batch_clipped_root_location, clipped_root, least_squares, ode_path, scaled_loss_minimiser_location)
+    batch_clipped_root, batch_clipped_root_location, clipped_root, least_squares, ode_path,
+    scaled_loss_minimiser_location)
 from gradclip.records import CONFIG_FILE, load_runs, load_units, load_wandb_runs
 
 
@@ -259,7 +260,7 @@ def collect_clipping_bias(source) -> None:
         raise SystemExit("clipping_bias needs the training data of each run: collect it from local records")
     runs, metrics = load(source, "clipping_bias")
     runs = runs[runs["summary.status"] == "completed"]
-    thetas = metrics[metrics["metric"] == "train/theta_0"].groupby("run_id")  # theta is one number here
+    averaged = averaged_thetas(metrics, runs)
     targets, candidates, rows = {}, {}, []
     for _, run in runs.iterrows():
         noise, tau = run["data.noise.dist"], float(run["clip.threshold"])
@@ -270,12 +271,11 @@ def collect_clipping_bias(source) -> None:
         if (data_key, tau) not in candidates:
             candidates[(data_key, tau)] = {"root": float(clipped_root(np.ones(len(y)), y, tau)[0]),
                                            "scaled_min": scaled_loss_minimiser_location(y, tau)}
-        path = thetas.get_group(run["run_id"]).sort_values("step")
-        second_half = path[path["step"] >= int(run["steps"]) / 2]
+        theta, averaged_over, last = averaged[run["run_id"]]  # (theta is one number here)
         sigma = float(np.std(y))
         rows.append({"noise": noise, "symmetric": noise in SYMMETRIC_NOISE, "tau": tau, "seed": run["seed"],
-                     "steps": run["steps"], "averaged_over": len(second_half),
-                     "theta_avg": float(second_half["value"].mean()), "theta_final": float(path["value"].iloc[-1]),
+                     "steps": run["steps"], "averaged_over": averaged_over,
+                     "theta_avg": float(theta[0]), "theta_final": float(last[0]),
                      **candidates[(data_key, tau)], "mean": float(np.mean(y)), "median": float(np.median(y)),
                      "sigma": sigma, "scale": min(sigma, sigma**2 / tau),
                      "H_final": run["summary.final.eval/H_norm"]})
@@ -283,6 +283,67 @@ def collect_clipping_bias(source) -> None:
     results = Path(source.results)
     table.to_csv(results / "clipping_bias.csv", index=False)
     print(f"clipping_bias: {len(table)} runs -> {results}/clipping_bias.csv")
+
+
+def averaged_thetas(metrics: pd.DataFrame, runs: pd.DataFrame) -> dict[str, tuple[np.ndarray, int, np.ndarray]]:
+    """Per run (log_theta=true), theta averaged over the iterates logged in the second half of the
+    run (steps >= steps / 2), how many they are, and the last logged theta; components in the
+    flat parameter order."""
+    logged = metrics[metrics["metric"].str.startswith("train/theta_") & metrics["run_id"].isin(runs["run_id"])]
+    logged = logged.assign(component=logged["metric"].str.rsplit("_", n=1).str[1].astype(int))
+    halves = dict(zip(runs["run_id"], runs["steps"] / 2))
+    late = logged[logged["step"] >= logged["run_id"].map(halves)]
+    means = late.groupby(["run_id", "component"])["value"].mean().unstack("component").sort_index(axis=1)
+    counts = late.groupby("run_id")["step"].nunique()
+    last = logged.sort_values("step").groupby(["run_id", "component"])["value"].last().unstack("component")
+    # (runs of models of different sizes leave the columns they lack empty)
+    return {run_id: (row.dropna().to_numpy(), int(counts[run_id]), last.loc[run_id].dropna().to_numpy())
+            for run_id, row in means.iterrows()}
+
+
+# Batches behind batch clipping's fixed point in batch_fixed_point (its Monte Carlo error is in the table).
+BATCH_FIXED_POINT_DRAWS = 100_000
+
+
+def collect_batch_fixed_point(source) -> None:
+    if source.source == "wandb":
+        raise SystemExit("batch_fixed_point needs the training data of each run: collect it from local records")
+    runs, metrics = load(source, "batch_fixed_point")
+    runs = runs[runs["summary.status"] == "completed"]
+    averaged = averaged_thetas(metrics, runs)
+    designs, answers, rows = {}, {}, []
+    for _, run in runs.iterrows():
+        problem_name = {"linreg": "regression"}.get(run["data.name"], run["data.name"])
+        tau, batch = float(run["clip.threshold"]), int(run["batch_size"])
+        data_key = (problem_name, run["data.noise.dist"], run["data.seed"])
+        if data_key not in designs:
+            designs[data_key] = design(run["run_id"])
+        x, y = designs[data_key]
+        if (data_key, tau) not in answers:
+            answers[(data_key, tau)] = (clipped_root(x, y, tau), least_squares(x, y))
+        root, mean = answers[(data_key, tau)]
+        if (data_key, tau, batch) not in answers:
+            answers[(data_key, tau, batch)] = batch_clipped_root(x, y, tau, batch, BATCH_FIXED_POINT_DRAWS)
+        batch_root, error = answers[(data_key, tau, batch)]
+        theta, averaged_over, _ = averaged[run["run_id"]]
+        axis = (root - mean) / np.linalg.norm(root - mean) ** 2  # position 0: the mean, 1: the root
+
+        def distance(a, b):
+            return float(np.linalg.norm(a - b))
+
+        rows.append({"problem": problem_name, "noise": run["data.noise.dist"], "granularity": run["clip.granularity"],
+                     "batch_size": batch, "tau": tau, "seed": run["seed"], "steps": run["steps"],
+                     "averaged_over": averaged_over, "dist_to_root": distance(theta, root),
+                     "dist_to_mean": distance(theta, mean), "dist_to_batch_root": distance(theta, batch_root),
+                     "root_to_mean": distance(root, mean), "batch_root_to_root": distance(batch_root, root),
+                     "batch_root_to_mean": distance(batch_root, mean),
+                     "batch_root_error": float(np.linalg.norm(error)), "batch_root_draws": BATCH_FIXED_POINT_DRAWS,
+                     "position": float((theta - mean) @ axis), "batch_root_position": float((batch_root - mean) @ axis),
+                     "theta": " ".join(f"{v:.6g}" for v in theta)})
+    table = pd.DataFrame(rows).sort_values(["problem", "granularity", "batch_size", "seed"])
+    results = Path(source.results)
+    table.to_csv(results / "batch_fixed_point.csv", index=False)
+    print(f"batch_fixed_point: {len(table)} runs -> {results}/batch_fixed_point.csv")
 
 
 def collect_ode_tracking(source) -> None:
@@ -342,7 +403,8 @@ def collect_ode_tracking(source) -> None:
 
 COLLECT = {"stability": collect_stability, "agc_small_weights": collect_agc_small_weights,
            "convergence": collect_convergence, "step_sizes": collect_step_sizes, "limit_set": collect_limit_set,
-           "ode_tracking": collect_ode_tracking, "clipping_bias": collect_clipping_bias}
+           "ode_tracking": collect_ode_tracking, "clipping_bias": collect_clipping_bias,
+           "batch_fixed_point": collect_batch_fixed_point}
 
 
 def collect(name: str, source) -> None:

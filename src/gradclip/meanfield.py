@@ -20,11 +20,9 @@ can check each other (tests/test_meanfield.py, and the limit-set experiment).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy.integrate import solve_ivp
-from scipy.optimize import brentq, minimize
+from scipy.optimize import brentq, minimize, root
 
 # |H(root)| accepted from the solvers; the float64 arithmetic allows far less, SGD far more.
 ROOT_TOLERANCE = 1e-9
@@ -158,22 +156,72 @@ def scaled_loss_minimiser_location(y, tau: float) -> float:
 
 def batch_clipped_root_location(y, tau: float, batch_size: int, draws: int = 200_000,
                                 seed: int = 0) -> tuple[float, float]:
-    """The fixed point of batch norm clipping on the location problem with i.i.d. batches, and
-    its Monte Carlo standard error.
-
-    The clipped batch gradient is clip(theta - mean(y_B), -tau, tau), so the fixed point solves
-    E_B[clip(theta - mean(y_B), -tau, tau)] = 0: the Huber estimate of the distribution of batch
-    means, estimated here from ``draws`` batches drawn with replacement. Its standard error is
-    the M-estimator's sqrt(E psi^2) / E psi' / sqrt(draws), psi = clip(theta - mean(y_B), -tau, tau).
-    """
+    """batch_clipped_root for the location problem (inputs all ones): the fixed point of batch
+    clipping, clip(theta - mean(y_B), -tau, tau) zero on average over batches, which is Huber's
+    estimate of the distribution of batch means; and its Monte Carlo standard error."""
     y = np.asarray(y, dtype=np.float64).reshape(-1)
+    root, error = batch_clipped_root(np.ones((len(y), 1)), y, tau, batch_size, draws, seed)
+    return float(root[0]), float(error[0])
+
+
+# batch_clipped_root builds the batches' A_B and b_B this many draws at a time.
+BATCH_CHUNK = 4096
+
+
+def batch_clipped_root(x, y, tau: float, batch_size: int, draws: int = 200_000,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed point of batch norm clipping for least squares with i.i.d. batches of
+    ``batch_size`` (drawn with replacement, as training draws them), and its Monte Carlo
+    standard error per component.
+
+    The clipped batch gradient is clip(g_B(theta)), g_B = A_B theta - b_B the batch's mean
+    gradient and clip the rescaling to norm at most tau; the fixed point is the root of its
+    expectation over batches, replaced here by the mean over ``draws`` batches fixed by ``seed``
+    (the sample-average approximation; its error is the M-estimator's sqrt(diag(J^-1 S J^-T) /
+    draws), S the covariance of the clipped batch gradients and J their mean Jacobian). Solved by
+    Powell's hybrid method with that exact Jacobian, from the root of eq. (22). A batch of one is
+    per-sample clipping: its fixed point is that root exactly, with no Monte Carlo error.
+    """
+    x, y = _as_arrays(x, y)
+    per_sample = clipped_root(x, y, tau)
+    if batch_size == 1:
+        return per_sample, np.zeros_like(per_sample)
     rng = np.random.default_rng(seed)
-    means = y[rng.integers(len(y), size=(draws, batch_size))].mean(axis=1)
-    root = float(clipped_root(np.ones(draws), means, tau)[0])
-    psi = np.clip(root - means, -tau, tau)
-    slope = np.mean(np.abs(root - means) < tau)
-    error = float(np.sqrt(np.mean(psi**2)) / slope / np.sqrt(draws)) if slope > 0 else math.inf
-    return root, error
+    a = np.empty((draws, x.shape[1], x.shape[1]))
+    b = np.empty((draws, x.shape[1]))
+    # [chunk, B, d] at a time (B = 256 would not fit whole); numpy draws the indices serially, so
+    # the batches do not depend on the chunk.
+    for start in range(0, draws, BATCH_CHUNK):
+        picks = rng.integers(len(y), size=(min(BATCH_CHUNK, draws - start), batch_size))
+        xb, yb = x[picks], y[picks]
+        a[start:start + len(picks)] = np.einsum("cbi,cbj->cij", xb, xb) / batch_size
+        b[start:start + len(picks)] = np.einsum("cbi,cb->ci", xb, yb) / batch_size
+
+    def clipped(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        g = a @ theta - b
+        norm = np.linalg.norm(g, axis=1)
+        return g / np.maximum(1.0, norm / tau)[:, None], g, norm
+
+    def field(theta: np.ndarray) -> np.ndarray:
+        return clipped(theta)[0].mean(0)
+
+    def jacobian(theta: np.ndarray) -> np.ndarray:
+        _, g, norm = clipped(theta)
+        outside = norm > tau
+        unit = g / np.where(norm > 0, norm, 1.0)[:, None]
+        # Inside the ball: A_B. Outside: tau / ||g|| (I - u u^T) A_B, u = g / ||g||.
+        projected = a - np.einsum("ci,cj,cjk->cik", unit, unit, a)
+        scale = (tau / np.where(outside, norm, 1.0))[:, None, None]
+        return np.where(outside[:, None, None], scale * projected, a).mean(0)
+
+    solution = root(field, per_sample, jac=jacobian, method="hybr", options={"xtol": 1e-14})
+    residual = np.linalg.norm(field(solution.x))
+    if residual > ROOT_TOLERANCE:
+        raise RuntimeError(f"batch clipping's fixed point was not found: ||field|| = {residual:.3g} at the solver's end")
+    psi = clipped(solution.x)[0]
+    inverse = np.linalg.pinv(jacobian(solution.x))
+    covariance = inverse @ np.atleast_2d(np.cov(psi, rowvar=False)) @ inverse.T
+    return solution.x, np.sqrt(np.clip(np.diag(covariance), 0.0, None) / draws)
 
 
 def ode_path(x, y, tau: float, theta0, times) -> np.ndarray:

@@ -583,6 +583,17 @@ def assess_agc_small_weights(results: Path) -> dict:
 # -- the clipping bias against tau and the noise shape --------------------------------------------------
 
 
+def _nearer(to_candidate: pd.Series, to_other: pd.Series, apart: float) -> dict:
+    """Per seed, is the iterate nearer the candidate than the other answer (distances per seed),
+    decided where the two lie ``apart`` more than RESOLVED times the median seed's distance to
+    the nearer of them (else untested: the runs cannot tell them apart)."""
+    near = float(np.median(np.minimum(to_candidate, to_other)))
+    nearer = int((to_candidate < to_other).sum())
+    resolved = bool(apart > RESOLVED * near)
+    return {"apart": float(apart), "seeds_nearer": nearer, "resolved": resolved,
+            "verdict": seeds_verdict(nearer, len(to_candidate))[0] if resolved else UNTESTED}
+
+
 def assess_clipping_bias(results: Path) -> dict:
     """The bias of per-sample clipping on the location problem, per (noise, tau) point, decided
     per seed on the averaged iterate theta_avg (:func:`seeds_verdict`):
@@ -621,13 +632,8 @@ def assess_clipping_bias(results: Path) -> dict:
             point["verdict"] = (seeds_verdict(point["seeds_unbiased"], len(rows))[0] if point["resolved"]
                                 else UNTESTED)
         else:
-            for rule, other, to_other in (("vs_mean", "mean", "to_mean"), ("vs_scaled", "scaled_min", "to_scaled")):
-                apart = abs(first["root"] - first[other])
-                near = float(np.median(np.minimum(rows["to_root"], rows[to_other])))
-                nearer = int((rows["to_root"] < rows[to_other]).sum())
-                resolved = bool(apart > RESOLVED * near)
-                point[rule] = {"apart": apart, "seeds_nearer_root": nearer, "resolved": resolved,
-                               "verdict": seeds_verdict(nearer, len(rows))[0] if resolved else UNTESTED}
+            point["vs_mean"] = _nearer(rows["to_root"], rows["to_mean"], abs(first["root"] - first["mean"]))
+            point["vs_scaled"] = _nearer(rows["to_root"], rows["to_scaled"], abs(first["root"] - first["scaled_min"]))
         points.append(point)
     symmetric = [p for p in points if p["symmetric"]]
     skewed = [p for p in points if not p["symmetric"]]
@@ -652,6 +658,66 @@ def assess_clipping_bias(results: Path) -> dict:
                         "vs_scaled": tally(p["vs_scaled"]["verdict"] for p in skewed)}}
 
 
+# -- batch clipping's fixed point against the batch size ------------------------------------------------
+
+
+def assess_batch_fixed_point(results: Path) -> dict:
+    """Per (problem, granularity, B) point, decided per seed on the averaged iterate
+    (:func:`_nearer`): per-sample runs end nearer the root of eq. (22) than the mean at every B;
+    batch runs (B > 1) end nearer batch clipping's own fixed point than the root, and, where it
+    stands apart from the mean too, nearer it than the mean. At B = 1 the two algorithms are one:
+    the largest difference of the averaged iterates of a seed's two runs is reported."""
+    table = _read(results, "batch_fixed_point.csv")
+    if table is None:
+        return {"verdict": NOT_MEASURED}
+    points = []
+    for (problem, granularity, batch), rows in table.groupby(["problem", "granularity", "batch_size"], sort=True):
+        first = rows.iloc[0]
+        point = {"problem": problem, "granularity": granularity, "batch_size": int(batch), "seeds": len(rows),
+                 "position": float(rows["position"].median()), "batch_root_position": float(first["batch_root_position"]),
+                 "root_to_mean": float(first["root_to_mean"]), "batch_root_to_mean": float(first["batch_root_to_mean"]),
+                 "batch_root_error": float(first["batch_root_error"]),
+                 "dist_to_root": float(rows["dist_to_root"].median()),
+                 "dist_to_batch_root": float(rows["dist_to_batch_root"].median())}
+        if granularity == "sample":
+            point["root_vs_mean"] = _nearer(rows["dist_to_root"], rows["dist_to_mean"], first["root_to_mean"])
+        elif batch > 1:
+            point["batch_vs_root"] = _nearer(rows["dist_to_batch_root"], rows["dist_to_root"],
+                                             first["batch_root_to_root"])
+            point["batch_vs_mean"] = _nearer(rows["dist_to_batch_root"], rows["dist_to_mean"],
+                                             first["batch_root_to_mean"])
+        points.append(point)
+    sample = [p for p in points if p["granularity"] == "sample"]
+    batch = [p for p in points if p["granularity"] == "batch" and p["batch_size"] > 1]
+    parts = {"per-sample: the root at every B": combine([p["root_vs_mean"]["verdict"] for p in sample]) if sample
+             else UNTESTED,
+             "batch: its own fixed point, not the root": combine([p["batch_vs_root"]["verdict"] for p in batch])
+             if batch else UNTESTED,
+             "batch: its own fixed point, not the mean": combine([p["batch_vs_mean"]["verdict"] for p in batch])
+             if batch else UNTESTED}
+    ones = table[table["batch_size"] == 1].pivot_table(index=["problem", "seed"], columns="granularity",
+                                                       values="theta", aggfunc="first")
+    same = None
+    if {"batch", "sample"} <= set(ones.columns) and len(ones.dropna()):
+        def vector(text) -> np.ndarray:  # (a one-number theta reads back as a float)
+            return np.array(str(text).split(), dtype=float)
+
+        same = max(float(np.max(np.abs(vector(b) - vector(s))))
+                   for b, s in ones.dropna()[["batch", "sample"]].itertuples(index=False))
+    first = table.iloc[0]
+    return {"verdict": combine(list(parts.values())), "parts": parts, "resolved_factor": RESOLVED,
+            "steps": {p: int(rows["steps"].max()) for p, rows in table.groupby("problem")},
+            "tau": {p: float(rows["tau"].iloc[0]) for p, rows in table.groupby("problem")},
+            "noise": str(first["noise"]), "draws": int(first["batch_root_draws"]),
+            "largest_error": float(table["batch_root_error"].max()),
+            "seeds": pair(table.groupby(["problem", "granularity", "batch_size"]).size()),
+            "batch_sizes": sorted(int(b) for b in table["batch_size"].unique()),
+            "batch_one_largest_difference": same, "points": points,
+            "tallies": {"sample": tally(p["root_vs_mean"]["verdict"] for p in sample),
+                        "batch_vs_root": tally(p["batch_vs_root"]["verdict"] for p in batch),
+                        "batch_vs_mean": tally(p["batch_vs_mean"]["verdict"] for p in batch)}}
+
+
 SECTIONS = {  # key: (number, title, assess)
     "bounded_increments": (1, "Bounded increments", assess_increments),
     "stability": (2, "Stability with high probability", assess_stability),
@@ -661,6 +727,7 @@ SECTIONS = {  # key: (number, title, assess)
     "ode_tracking": (6, "ODE tracking", assess_ode_tracking),
     "agc_small_weights": (7, "AGC and small weights", assess_agc_small_weights),
     "clipping_bias": (8, "The bias against τ and the noise shape", assess_clipping_bias),
+    "batch_fixed_point": (9, "Batch clipping's fixed point against the batch size", assess_batch_fixed_point),
 }
 
 
