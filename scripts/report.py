@@ -403,11 +403,15 @@ def render_agc_small_weights(a: dict) -> list[str]:
             f"its absolute step {fmt(agc['abs_ratio'], 2)}× a large unit's: {reading} of 'AGC gives very small weights "
             "larger step sizes'.")
     if a["agc_rel_small_step1_over"]:
-        every = all(m["relative"] == "holds" for m in a["methods"])
-        compared = "; ".join(f"{fmt(v, 2)}× that of {label} ({a['agc_below_at_step1'][label]}/{agc['judged_seeds']} "
-                             "seeds smaller)" for label, v in a["agc_rel_small_step1_over"].items())
-        text += (" Small units get larger relative steps under " + ("every method" if every else "some methods")
-                 + f" here; at step 1 AGC's small-over-large ratio is {fmt(agc['rel_ratio_step1'], 3)}, "
+        holding = sum(m["relative"] == "holds" for m in a["methods"])
+        which = "every method" if holding == len(a["methods"]) else "no method" if holding == 0 else \
+            f"{holding} of {len(a['methods'])} methods"
+        compared = "; ".join(f"{fmt(v, 2)}× that of {label} ({a['agc_below_at_step1'][label]}/"
+                             f"{a['agc_pairs_at_step1'][label]} seeds smaller)"
+                             for label, v in a["agc_rel_small_step1_over"].items())
+        text += (f" Small units get relative steps more than {fmt(a['small_over_large'])}× the large units' under "
+                 + which
+                 + f" (by most seeds); at step 1 AGC's small-over-large ratio is {fmt(agc['rel_ratio_step1'], 3)}, "
                  + ("the smallest of all" if a["agc_least_relative_step1"] else "not the smallest")
                  + f". On the same weights and batch, AGC's small units take a relative step {compared}; over the "
                  f"run their norm grew {fmt(agc['small_growth'], 3)}×, against {span(a['others_small_growth'])}× "
@@ -430,25 +434,28 @@ def render_clipping_bias(a: dict) -> list[str]:
              f"{{{', '.join(fmt(x) for x in a['taus'])}}} (`paper_figures/clipping_bias.png`, "
              "`results/clipping_bias.csv`).", ""]
     lines.append(f"- Symmetric noise ({', '.join(symmetric)}): no bias at {t['symmetric']['holds']} points, a bias at "
-                 f"{t['symmetric']['fails']}, untested at {t['symmetric']['untested']} (the seeds' spread is more than "
-                 "half the tolerance: too noisy to see a bias that small).")
+                 f"{t['symmetric']['fails']}, untested at {t['symmetric']['untested']} (the seeds' spread or drift is "
+                 "more than half the tolerance, too imprecise to see a bias that small, or the seeds split).")
     lines.append(f"- Skewed noise ({', '.join(skewed)}): the seeds end nearer the root of eq. (22) than the mean at "
-                 f"{t['vs_mean']['holds']} resolved points (nearer the mean at {t['vs_mean']['fails']}; "
-                 f"{t['vs_mean']['untested']} unresolved or undecided), and nearer the root than the minimiser of the "
-                 f"mean scaled loss ℓ/c at {t['vs_scaled']['holds']} (nearer the ℓ/c minimiser at "
-                 f"{t['vs_scaled']['fails']}; {t['vs_scaled']['untested']} unresolved or undecided).")
+                 f"{t['vs_mean']['holds']} points (nearer the mean at {t['vs_mean']['fails']}; "
+                 f"{t['vs_mean']['untested']} untested: the two too near for the runs to tell apart, or the seeds "
+                 f"split), and nearer the root than the minimiser of the mean scaled loss ℓ/c at "
+                 f"{t['vs_scaled']['holds']} (nearer the ℓ/c minimiser at {t['vs_scaled']['fails']}; "
+                 f"{t['vs_scaled']['untested']} untested).")
     sizes = "; ".join(f"{n} {fmt(v['largest_root_bias'], 3)} (≤ {fmt(v['largest_root_bias_over_scale'], 2)} of the "
                       "scale)" for n, v in noises.items() if not v["symmetric"])
     lines.append(f"- The size of the bias against Koloskova et al.'s scale min(σ, σ²/τ) (reported, not judged): the "
-                 f"largest |root − mean| is {sizes}; the averaged iterates' |θ − mean| reach at most "
+                 f"largest |root − mean| is {sizes}; the averaged iterates' |θ − mean| (median over seeds) is at most "
                  + ", ".join(f"{fmt(v['largest_bias_over_scale'], 2)} ({n})" for n, v in noises.items())
-                 + " of the scale.")
+                 + " of the scale over τ.")
     lines += ["", f"Verdict rules, decided per seed (Wilson interval on the fraction of seeds, above or below one "
-              f"half): symmetric noise holds at a point where |θ − mean| ≤ {fmt(a['no_bias'])} × min(σ, σ²/τ); "
-              "skewed noise holds where θ is nearer the root than the mean (and, a second rule, than the ℓ/c "
+              f"half): symmetric noise holds at a point where |θ − mean| ≤ {fmt(a['no_bias'])} × min(σ, σ²/τ), judged "
+              "where the seeds' spread and their drift (the second half's average against the last quarter's) are "
+              "within half that; skewed noise holds where θ is nearer the root than the mean (and, a second rule, than the ℓ/c "
               f"minimiser), at points where the two candidates lie {fmt(a['resolved_factor'])}× further apart than "
               "the median seed lies from the nearer of them. The three candidates are computed independently of "
-              "the training code (Brent's method; the ℓ/c minimiser by a global grid search, as ℓ/c is not convex).",
+              "the training code (Brent's method; the ℓ/c minimiser by a global grid search refined by Brent's method on "
+              "its slope, as ℓ/c is not convex).",
               "", "| noise | τ | scale min(σ, σ²/τ) | root − mean | ℓ/c minimiser − mean | θ − mean (median; spread) "
               "| verdict |", "|---|---|---|---|---|---|---|"]
     for p in a["points"]:
@@ -480,16 +487,17 @@ def render_batch_fixed_point(a: dict) -> list[str]:
                      + ("end at exactly the same averaged iterate (the same run, bit for bit)." if same == 0 else
                         f"end at averaged iterates at most {fmt(same, 2)} apart."))
     lines.append(f"- Per-sample clipping ends nearer the root of eq. (22) than the mean at {t['sample']['holds']} points "
-                 f"(nearer the mean at {t['sample']['fails']}; {t['sample']['untested']} untested), whatever B.")
+                 f"(nearer the mean at {t['sample']['fails']}; {t['sample']['untested']} untested: unresolved or the "
+                 "seeds split), whatever B.")
     lines.append(f"- Batch clipping (B > 1) ends nearer its own fixed point than the root at {t['batch_vs_root']['holds']} "
                  f"points ({t['batch_vs_root']['fails']} nearer the root; {t['batch_vs_root']['untested']} untested), "
                  f"and nearer it than the mean at {t['batch_vs_mean']['holds']} ({t['batch_vs_mean']['fails']} nearer "
                  f"the mean; {t['batch_vs_mean']['untested']} untested: there the fixed point lies too near the mean "
-                 "for the runs to tell them apart).")
+                 "for the runs, or its Monte Carlo error, to tell them apart, or the seeds split).")
     lines += ["", "Position on the line from the mean (0) to the root of eq. (22) (1); median over seeds. Verdict rule per "
               f"seed: nearer the candidate than the other answer, at points where the two lie "
-              f"{fmt(a['resolved_factor'])}× further apart than the median seed lies from the nearer one (Wilson "
-              "interval on the fraction of seeds, above or below one half).", "",
+              f"{fmt(a['resolved_factor'])}× further apart than the median seed lies from the nearer one and than the "
+              "fixed point's Monte Carlo error (Wilson interval on the fraction of seeds, above or below one half).", "",
               "| problem | B | batch fixed point: position (distance to the mean) | batch runs: position; vs root; vs mean "
               "| per-sample runs: position; vs mean |", "|---|---|---|---|---|"]
     by = {(p["problem"], p["granularity"], p["batch_size"]): p for p in a["points"]}

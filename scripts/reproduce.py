@@ -141,7 +141,7 @@ def ode_tracking_sweeps(scale: str) -> list[list[str]]:
 
 def clipping_bias_sweeps(scale: str) -> list[list[str]]:
     """configs/experiment/clipping_bias.yaml holds the default grid. The full scale runs 12 values
-    of tau and 32 seeds for 10,000 steps, and logs theta every 100 (50 iterates averaged)."""
+    of tau and 32 seeds for 10,000 steps, and logs theta every 100 (51 iterates averaged)."""
     taus = "clip.threshold=0.1,0.17,0.3,0.5,0.8,1.4,2.3,4,6.5,11,18,30"
     return [{"smoke": ["clip.threshold=0.3,3", "seed=0", "steps=300", "eval_every=300"], "default": [],
              "full": [taus, "seed=range(0,32)", "steps=10000", "eval_every=10000", "log_every=100"]}[scale]]

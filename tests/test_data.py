@@ -69,6 +69,26 @@ def test_mnist1d_shapes(mnist1d_cache):
     assert abs(d.x_train.std(correction=0).item() - 1) < 1e-4
 
 
+def test_mnist1d_label_noise_and_imbalance_corrupt_the_training_split_only(mnist1d_cache):
+    clean = load_dataset(cfg(name="mnist1d", root=str(mnist1d_cache)))
+    noisy = load_dataset(cfg(name="mnist1d", root=str(mnist1d_cache), label_noise=0.2))
+    wrong = (noisy.y_train != clean.y_train)
+    assert int(wrong.sum()) == 800 and torch.equal(noisy.x_train, clean.x_train)  # 20% of 4000, always another class
+    assert torch.equal(noisy.y_test, clean.y_test) and torch.equal(noisy.x_test, clean.x_test)
+    again = load_dataset(cfg(name="mnist1d", root=str(mnist1d_cache), label_noise=0.2))
+    assert torch.equal(again.y_train, noisy.y_train)  # fixed by the data seed
+    flipped_to = noisy.y_train[wrong]
+    assert len(set(flipped_to.tolist())) == 10  # to every class
+    skewed = load_dataset(cfg(name="mnist1d", root=str(mnist1d_cache), imbalance=10))
+    counts = np.bincount(skewed.y_train.numpy(), minlength=10)
+    full = np.bincount(clean.y_train.numpy(), minlength=10)
+    assert np.array_equal(counts[:5], full[:5]) and np.array_equal(counts[5:], np.ceil(full[5:] / 10).astype(int))
+    assert skewed.num_train == counts.sum() and torch.equal(skewed.y_test, clean.y_test)
+    both = load_dataset(cfg(name="mnist1d", root=str(mnist1d_cache), imbalance=10, label_noise=0.4))
+    assert both.num_train == skewed.num_train and int((both.y_train != skewed.y_train).sum()) == round(
+        0.4 * skewed.num_train)
+
+
 def test_mnist1d_reads_cache(mnist1d_cache, monkeypatch):
     import mnist1d.data
 
@@ -242,6 +262,8 @@ def test_mixture_noise_is_symmetric_with_outliers_and_exponential_is_skewed():
         ({"name": "location", "noise": {"dist": "cauchy"}},
          "data.noise.dist='cauchy' is not one of: gaussian, student_t, mixture, lognormal, exponential"),
         ({"name": "location", "noise": {"mixture_weight": 1.0}}, "data.noise.mixture_weight=1.0 must be"),
+        ({"name": "mnist1d", "label_noise": 1.0}, "data.label_noise=1.0 must be a number in [0, 1)"),
+        ({"name": "mnist1d", "imbalance": 0.5}, "data.imbalance=0.5 must be a number >= 1"),
         ({"name": "location", "noise": {"scale": 0.0}}, "data.noise.scale=0.0 must be"),
         ({"name": "linreg", "noise": {"scale": -1}}, "data.noise.scale=-1 must be"),
         ({"name": "location", "noise": {"df": 0}}, "data.noise.df=0 must be a finite number > 0"),

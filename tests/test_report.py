@@ -557,7 +557,8 @@ def bias_rows(tmp_path, symmetric_thetas, skewed_thetas, scale=1.0):
                                                          ("lognormal", False, skewed_thetas, 0.0, 1.0, -0.5)]:
         for seed, theta in enumerate(thetas):
             rows.append({"noise": noise, "symmetric": symmetric, "tau": 1.0, "seed": seed, "steps": 1000,
-                         "averaged_over": 10, "theta_avg": theta, "theta_final": theta, "root": root, "mean": mean,
+                         "averaged_over": 10, "theta_avg": theta, "theta_late": theta, "theta_final": theta,
+                         "root": root, "mean": mean,
                          "median": root, "scaled_min": scaled, "sigma": scale, "scale": scale, "H_final": 0.0})
     pd.DataFrame(rows).to_csv(tmp_path / "clipping_bias.csv", index=False)
     a = verdicts.assess_clipping_bias(tmp_path)
@@ -641,3 +642,16 @@ def test_batch_fixed_point_too_near_the_mean_is_untested(tmp_path):
     assert a["parts"]["batch: its own fixed point, not the mean"] == "untested"  # 0.02 < 5 x 0.005 (to the mean: 0.015)
     a = batch_rows(tmp_path, 0.2 - error, batch_root_position=0.2)
     assert a["parts"]["batch: its own fixed point, not the mean"] == "holds"
+
+
+@pytest.mark.parametrize("drift, resolved", [(0.49 * TOL, True), (0.51 * TOL, False)])
+def test_symmetric_noise_is_untested_where_the_runs_still_drift(tmp_path, drift, resolved):
+    """Every seed 0.9 tolerance below the mean over the second half but nearer it over the last
+    quarter: a transient, not a bias, once the drift passes half the tolerance."""
+    bias_rows(tmp_path, [-0.9 * TOL] * 8, [0.0] * 8)
+    table = pd.read_csv(tmp_path / "clipping_bias.csv")
+    symmetric = table["symmetric"]
+    table.loc[symmetric, "theta_late"] = table.loc[symmetric, "theta_avg"] + drift
+    table.to_csv(tmp_path / "clipping_bias.csv", index=False)
+    point = {p["noise"]: p for p in verdicts.assess_clipping_bias(tmp_path)["points"]}["gaussian"]
+    assert point["resolved"] == resolved and point["verdict"] == ("holds" if resolved else "untested")

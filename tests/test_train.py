@@ -478,11 +478,15 @@ def test_shuffled_sampling_visits_every_example_once_an_epoch():
     assert any(len(set(torch.cat([iid()[0] for _ in range(3)]).tolist())) < 9 for _ in range(20))
 
 
-def test_iid_batches_drawn_in_chunks_are_those_drawn_one_step_at_a_time():
-    """The sampler draws SAMPLE_CHUNK steps per generator call; each member's batches are the
-    ones a call per step from its own generator gives, across chunk boundaries."""
+@pytest.mark.parametrize("indices", [None, 2 * 32 * 3])  # chunks of 256 steps; of 3 (the memory cap)
+def test_iid_batches_drawn_in_chunks_are_those_drawn_one_step_at_a_time(monkeypatch, indices):
+    """The sampler draws several steps per generator call; each member's batches are the ones a
+    call per step from its own generator gives, across chunk boundaries."""
+    from gradclip import runner
     from gradclip.runner import SAMPLE_CHUNK, BatchSampler
 
+    if indices:
+        monkeypatch.setattr(runner, "SAMPLE_CHUNK_INDICES", indices)
     seeds, steps = [3, 7], SAMPLE_CHUNK + 5
     sampler = BatchSampler(1000, 32, "iid", [torch.Generator().manual_seed(s) for s in seeds])
     drawn = torch.stack([sampler() for _ in range(steps)], dim=1)  # [members, steps, batch]
@@ -490,6 +494,17 @@ def test_iid_batches_drawn_in_chunks_are_those_drawn_one_step_at_a_time():
         generator = torch.Generator().manual_seed(seed)
         one_by_one = torch.stack([torch.randint(1000, (32,), generator=generator) for _ in range(steps)])
         assert torch.equal(drawn[k], one_by_one)
+
+
+def test_shuffled_batches_of_a_population_are_each_members_own():
+    from gradclip.runner import BatchSampler
+
+    together = BatchSampler(10, 3, "shuffle", [torch.Generator().manual_seed(s) for s in (1, 2)])
+    alone = [BatchSampler(10, 3, "shuffle", [torch.Generator().manual_seed(s)]) for s in (1, 2)]
+    for _ in range(7):  # across epochs
+        batches = together()
+        for k, sampler in enumerate(alone):
+            assert torch.equal(batches[k], sampler()[0])
 
 
 def test_a_run_with_shuffled_sampling_differs_from_iid(make_cfg, tmp_path):

@@ -263,20 +263,20 @@ def collect_clipping_bias(source) -> None:
     averaged = averaged_thetas(metrics, runs)
     targets, candidates, rows = {}, {}, []
     for _, run in runs.iterrows():
-        noise, tau = run["data.noise.dist"], float(run["clip.threshold"])
-        data_key = (noise, run["data.seed"], run["data.loc"], run["data.n_train"])
-        if data_key not in targets:
-            targets[data_key] = design(run["run_id"])[1]
-        y = targets[data_key]
-        if (data_key, tau) not in candidates:
-            candidates[(data_key, tau)] = {"root": float(clipped_root(np.ones(len(y)), y, tau)[0]),
-                                           "scaled_min": scaled_loss_minimiser_location(y, tau)}
-        theta, averaged_over, last = averaged[run["run_id"]]  # (theta is one number here)
+        noise, tau, key = run["data.noise.dist"], float(run["clip.threshold"]), data_key(run)
+        if key not in targets:
+            targets[key] = design(run["run_id"])[1]
+        y = targets[key]
+        if (key, tau) not in candidates:
+            candidates[(key, tau)] = {"root": float(clipped_root(np.ones(len(y)), y, tau)[0]),
+                                      "scaled_min": scaled_loss_minimiser_location(y, tau)}
+        theta = averaged[run["run_id"]]  # (theta is one number here)
         sigma = float(np.std(y))
         rows.append({"noise": noise, "symmetric": noise in SYMMETRIC_NOISE, "tau": tau, "seed": run["seed"],
-                     "steps": run["steps"], "averaged_over": averaged_over,
-                     "theta_avg": float(theta[0]), "theta_final": float(last[0]),
-                     **candidates[(data_key, tau)], "mean": float(np.mean(y)), "median": float(np.median(y)),
+                     "steps": run["steps"], "averaged_over": theta["count"],
+                     "theta_avg": float(theta["average"][0]), "theta_late": float(theta["late"][0]),
+                     "theta_final": float(theta["last"][0]),
+                     **candidates[(key, tau)], "mean": float(np.mean(y)), "median": float(np.median(y)),
                      "sigma": sigma, "scale": min(sigma, sigma**2 / tau),
                      "H_final": run["summary.final.eval/H_norm"]})
     table = pd.DataFrame(rows).sort_values(["symmetric", "noise", "tau", "seed"], ascending=[False, True, True, True])
@@ -285,20 +285,34 @@ def collect_clipping_bias(source) -> None:
     print(f"clipping_bias: {len(table)} runs -> {results}/clipping_bias.csv")
 
 
-def averaged_thetas(metrics: pd.DataFrame, runs: pd.DataFrame) -> dict[str, tuple[np.ndarray, int, np.ndarray]]:
-    """Per run (log_theta=true), theta averaged over the iterates logged in the second half of the
-    run (steps >= steps / 2), how many they are, and the last logged theta; components in the
+def averaged_thetas(metrics: pd.DataFrame, runs: pd.DataFrame) -> dict[str, dict[str, np.ndarray | int]]:
+    """Per run (log_theta=true): ``average``, theta averaged over the iterates logged in the second
+    half of the run (steps >= steps / 2: the midpoint counts), ``count``, how many they are,
+    ``late``, the average over the last quarter alone (steps >= 3 steps / 4), whose distance from
+    ``average`` shows a run still drifting, and ``last``, the last logged theta; components in the
     flat parameter order."""
     logged = metrics[metrics["metric"].str.startswith("train/theta_") & metrics["run_id"].isin(runs["run_id"])]
     logged = logged.assign(component=logged["metric"].str.rsplit("_", n=1).str[1].astype(int))
-    halves = dict(zip(runs["run_id"], runs["steps"] / 2))
-    late = logged[logged["step"] >= logged["run_id"].map(halves)]
-    means = late.groupby(["run_id", "component"])["value"].mean().unstack("component").sort_index(axis=1)
-    counts = late.groupby("run_id")["step"].nunique()
+    steps = logged["run_id"].map(dict(zip(runs["run_id"], runs["steps"])))
+
+    def average(rows: pd.DataFrame) -> pd.DataFrame:
+        return rows.groupby(["run_id", "component"])["value"].mean().unstack("component").sort_index(axis=1)
+
+    half, late = logged[logged["step"] >= steps / 2], logged[logged["step"] >= 3 * steps / 4]
+    means, late_means = average(half), average(late)
+    counts = half.groupby("run_id")["step"].nunique()
     last = logged.sort_values("step").groupby(["run_id", "component"])["value"].last().unstack("component")
     # (runs of models of different sizes leave the columns they lack empty)
-    return {run_id: (row.dropna().to_numpy(), int(counts[run_id]), last.loc[run_id].dropna().to_numpy())
+    return {run_id: {"average": row.dropna().to_numpy(), "count": int(counts[run_id]),
+                     "late": late_means.loc[run_id].dropna().to_numpy(), "last": last.loc[run_id].dropna().to_numpy()}
             for run_id, row in means.iterrows()}
+
+
+def data_key(run: pd.Series) -> tuple:
+    """Every data setting of a run (its data.* config but the cache folder): runs with equal keys
+    train on the same data, so the answers computed from it can be shared."""
+    return tuple(sorted((key, str(value)) for key, value in run.items()
+                        if key.startswith("data.") and key != "data.root"))
 
 
 # Batches behind batch clipping's fixed point in batch_fixed_point (its Monte Carlo error is in the table).
@@ -314,19 +328,20 @@ def collect_batch_fixed_point(source) -> None:
     designs, answers, rows = {}, {}, []
     for _, run in runs.iterrows():
         problem_name = {"linreg": "regression"}.get(run["data.name"], run["data.name"])
-        tau, batch = float(run["clip.threshold"]), int(run["batch_size"])
-        data_key = (problem_name, run["data.noise.dist"], run["data.seed"])
-        if data_key not in designs:
-            designs[data_key] = design(run["run_id"])
-        x, y = designs[data_key]
-        if (data_key, tau) not in answers:
-            answers[(data_key, tau)] = (clipped_root(x, y, tau), least_squares(x, y))
-        root, mean = answers[(data_key, tau)]
-        if (data_key, tau, batch) not in answers:
-            answers[(data_key, tau, batch)] = batch_clipped_root(x, y, tau, batch, BATCH_FIXED_POINT_DRAWS)
-        batch_root, error = answers[(data_key, tau, batch)]
-        theta, averaged_over, _ = averaged[run["run_id"]]
-        axis = (root - mean) / np.linalg.norm(root - mean) ** 2  # position 0: the mean, 1: the root
+        tau, batch, key = float(run["clip.threshold"]), int(run["batch_size"]), (data_key(run), run["model.bias"])
+        if key not in designs:
+            designs[key] = design(run["run_id"])
+        x, y = designs[key]
+        if (key, tau) not in answers:
+            answers[(key, tau)] = (clipped_root(x, y, tau), least_squares(x, y))
+        root, mean = answers[(key, tau)]
+        if (key, tau, batch) not in answers:
+            answers[(key, tau, batch)] = batch_clipped_root(x, y, tau, batch, BATCH_FIXED_POINT_DRAWS)
+        batch_root, error = answers[(key, tau, batch)]
+        theta, averaged_over = averaged[run["run_id"]]["average"], averaged[run["run_id"]]["count"]
+        apart = np.linalg.norm(root - mean)
+        # Position 0: the mean, 1: the root (nan where the two coincide: nothing is clipped).
+        axis = (root - mean) / apart**2 if apart > 0 else np.full_like(root, np.nan)
 
         def distance(a, b):
             return float(np.linalg.norm(a - b))
@@ -339,7 +354,7 @@ def collect_batch_fixed_point(source) -> None:
                      "batch_root_to_mean": distance(batch_root, mean),
                      "batch_root_error": float(np.linalg.norm(error)), "batch_root_draws": BATCH_FIXED_POINT_DRAWS,
                      "position": float((theta - mean) @ axis), "batch_root_position": float((batch_root - mean) @ axis),
-                     "theta": " ".join(f"{v:.6g}" for v in theta)})
+                     "theta": " ".join(repr(float(v)) for v in theta)})  # exact: B = 1's two runs are compared
     table = pd.DataFrame(rows).sort_values(["problem", "granularity", "batch_size", "seed"])
     results = Path(source.results)
     table.to_csv(results / "batch_fixed_point.csv", index=False)

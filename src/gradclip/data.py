@@ -14,6 +14,7 @@ Data sets (config files under ``configs/data/``):
   ``<root>/mnist1d_seed<seed>.npz``. ``make_dataset`` already centres and scales the whole set
   (train and test together); with ``standardize=true`` we standardise again with the *train*
   mean and std (one scalar each, over all features), so no test statistics leak into the inputs.
+  ``label_noise`` and ``imbalance`` corrupt the training split only (see ``_corrupted``).
 - ``digits``: scikit-learn's 8x8 digits (bundled, no download), inputs ``[N, 64]`` in [0, 1],
   10 classes, split by a seeded permutation into ``1 - test_fraction`` / ``test_fraction``.
 - ``location``: the location problem of the paper, loss 1/2 (theta - y)^2. Inputs are all ones
@@ -118,6 +119,7 @@ def _positive() -> Rule:
 _SEED: Rule = ("an integer in [0, 2**32 - 1]", lambda v: is_int(v) and 0 <= v < 2**32)
 _ROOT: Rule = ("a non-empty path", lambda v: isinstance(v, (str, os.PathLike)) and str(v) != "")
 _FRACTION: Rule = ("a number in the open interval (0, 1)", lambda v: is_number(v) and 0 < v < 1)
+_PROPORTION: Rule = ("a number in [0, 1)", lambda v: is_number(v) and 0 <= v < 1)
 
 _NOISE_SPEC: dict[str, tuple[Any, Rule]] = {
     "dist": ("gaussian", ("one of: " + ", ".join(NOISE_DISTS), lambda v: v in NOISE_DISTS)),
@@ -139,7 +141,8 @@ _SYNTHETIC: dict[str, tuple[Any, Rule]] = {
     _NOISE: (None, ("a mapping", lambda v: isinstance(v, Mapping))),
 }
 _SPECS: dict[str, dict[str, tuple[Any, Rule]]] = {
-    "mnist1d": {**_COMMON, "standardize": (True, BOOL)},
+    "mnist1d": {**_COMMON, "standardize": (True, BOOL), "label_noise": (0.0, _PROPORTION),
+                "imbalance": (1.0, ("a number >= 1", lambda v: is_number(v) and v >= 1))},
     "digits": {**_COMMON, "test_fraction": (0.2, _FRACTION)},
     "location": {**_COMMON, **_SYNTHETIC, "loc": (0.0, FINITE)},
     "linreg": {**_COMMON, **_SYNTHETIC, "dim": (5, int_at_least(1)), "bias": (0.0, FINITE)},
@@ -199,7 +202,7 @@ def load_dataset(cfg: Mapping[str, Any] | DictConfig) -> Dataset:
     name, p = _resolve(cfg)
     root = Path(os.path.abspath(os.path.expanduser(str(p["root"]))))
     if name == "mnist1d":
-        return _mnist1d(root, p["seed"], p["standardize"])
+        return _corrupted(_mnist1d(root, p["seed"], p["standardize"]), p["seed"], p["imbalance"], p["label_noise"])
     if name == "digits":
         return _digits(p["seed"], p["test_fraction"])
     if name == "location":
@@ -231,6 +234,32 @@ def _mnist1d(root: Path, seed: int, standardize: bool) -> Dataset:
         y_test=torch.from_numpy(arrays["y_test"].astype(np.int64)),
         num_outputs=10,
     )
+
+
+def _corrupted(data: Dataset, seed: int, imbalance: float, label_noise: float) -> Dataset:
+    """The training split made imbalanced and its labels noisy; the test split is left clean and
+    balanced, so that test accuracy measures the clean task. With ``imbalance`` = r > 1 the upper
+    half of the classes (5-9 of 10) keep ceil(n_c / r) of their n_c training examples, a subset
+    drawn from the data seed; with ``label_noise`` = q > 0, round(q n) training examples drawn
+    from the data seed get a label drawn uniformly from the other classes (so a fraction q of the
+    labels is wrong). Both are fixed by the data seed alone: every training seed sees the same
+    corrupted set."""
+    if imbalance == 1 and label_noise == 0:
+        return data
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x1AB]))  # apart from the generator's own stream
+    x, y = data.x_train.numpy(), data.y_train.numpy().copy()
+    classes = data.num_outputs
+    if imbalance > 1:
+        keep = np.ones(len(y), dtype=bool)
+        for c in range(classes // 2, classes):
+            members = np.flatnonzero(y == c)
+            dropped = rng.permutation(members)[math.ceil(len(members) / imbalance):]
+            keep[dropped] = False
+        x, y = x[keep], y[keep]
+    if label_noise > 0:
+        flipped = rng.choice(len(y), size=round(label_noise * len(y)), replace=False)
+        y[flipped] = (y[flipped] + rng.integers(1, classes, size=len(flipped))) % classes
+    return replace(data, x_train=torch.from_numpy(np.ascontiguousarray(x)), y_train=torch.from_numpy(y))
 
 
 def _generate_mnist1d(seed: int) -> dict[str, np.ndarray]:

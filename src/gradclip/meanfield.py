@@ -218,8 +218,10 @@ def batch_clipped_root(x, y, tau: float, batch_size: int, draws: int = 200_000,
     residual = np.linalg.norm(field(solution.x))
     if residual > ROOT_TOLERANCE:
         raise RuntimeError(f"batch clipping's fixed point was not found: ||field|| = {residual:.3g} at the solver's end")
-    psi = clipped(solution.x)[0]
-    inverse = np.linalg.pinv(jacobian(solution.x))
+    psi, slope = clipped(solution.x)[0], jacobian(solution.x)
+    if np.linalg.cond(slope) > 1e12:  # a flat field (every batch clipped, no curvature): no error bound
+        return solution.x, np.full_like(solution.x, np.inf)
+    inverse = np.linalg.inv(slope)
     covariance = inverse @ np.atleast_2d(np.cov(psi, rowvar=False)) @ inverse.T
     return solution.x, np.sqrt(np.clip(np.diag(covariance), 0.0, None) / draws)
 

@@ -76,10 +76,12 @@ def evaluation_steps(steps: int, every: int, log_points: int) -> set[int]:
     return chosen
 
 
-# I.i.d. batches are drawn this many steps at a time: one generator call per member per chunk,
-# not per step. The CPU generator draws serially, so the indices are those CHUNK calls of one
-# batch each would give (tests/test_train.py checks it): records do not depend on the chunk.
+# I.i.d. batches are drawn up to this many steps at a time (fewer where members x batch size is
+# large, to hold at most SAMPLE_CHUNK_INDICES indices): one generator call per member per chunk,
+# not per step. The CPU generator draws serially, so the indices are those of one call per step
+# (tests/test_train.py checks it): records do not depend on the chunk.
 SAMPLE_CHUNK = 256
+SAMPLE_CHUNK_INDICES = 1 << 22
 
 
 class BatchSampler:
@@ -95,7 +97,8 @@ class BatchSampler:
     def __call__(self) -> torch.Tensor:
         if self.mode == "iid":
             if self._step == self._chunk.shape[1]:
-                self._chunk = torch.stack([torch.randint(self.n, (SAMPLE_CHUNK, self.batch_size), generator=g)
+                chunk = max(1, min(SAMPLE_CHUNK, SAMPLE_CHUNK_INDICES // (len(self.generators) * self.batch_size)))
+                self._chunk = torch.stack([torch.randint(self.n, (chunk, self.batch_size), generator=g)
                                            for g in self.generators])
                 self._step = 0
             self._step += 1
@@ -140,7 +143,8 @@ class Maxima:
 
 @dataclass
 class Member:
-    """One run of a population: its config, its record and its running totals."""
+    """One run of a population: its config, its record, its schedule and whether it still trains
+    (the running sums and maxima are the loop's, as arrays over the population)."""
 
     cfg: DictConfig
     config: dict  # resolved
