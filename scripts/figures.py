@@ -46,6 +46,17 @@ def schedule_label(table: pd.DataFrame) -> str:
     return f"step size a0 ({row['schedule']} schedule)"
 
 
+def legend_entries(axes) -> tuple[list, list[str]]:
+    """The legend entries of several axes, each label once (for one legend under the figure)."""
+    handles, names = [], []
+    for ax in axes:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
+    return handles, names
+
+
 SHADES = {"norm": ["#6baed6", "#2171b5", "#08306b"], "agc": ["#74c476", "#238b45", "#00441b"],
           "value": ["#fd8d3c", "#d94801", "#7f2704"]}
 
@@ -394,12 +405,7 @@ def plot_limit_set(args) -> None:
             ax.set_xlabel("clipping threshold τ")
             ax.set_ylabel("distance at the last step (median of seeds)")
             ax.set_title(f"{name}: {NOISE_LABEL[noise]}")
-    handles, names = [], []
-    for ax in axes.flat:
-        for h, n in zip(*ax.get_legend_handles_labels()):
-            if n not in names:
-                handles.append(h)
-                names.append(n)
+    handles, names = legend_entries(axes.flat)
     fig.legend(handles, names, loc="outside lower center", ncol=3, frameon=False)
     first = table.iloc[0]
     steps = ", ".join(f"{int(n)} ({problem})" for problem, n in table.groupby("problem")["steps"].max().items())
@@ -503,12 +509,7 @@ def plot_clipping_bias(args) -> None:
         bottom.set_ylim(1e-4, 3)
         bottom.set_xlabel("clipping threshold τ")
         bottom.set_ylabel("bias / min(σ, σ²/τ)")
-    handles, names = [], []
-    for ax in axes.flat:
-        for h, n in zip(*ax.get_legend_handles_labels()):
-            if n not in names:
-                handles.append(h)
-                names.append(n)
+    handles, names = legend_entries(axes.flat)
     fig.legend(handles, names, loc="outside lower center", ncol=3, frameon=False, markerscale=2)
     first = table.iloc[0]
     fig.suptitle(f"The clipping bias on the location problem: per-sample norm clipping, {int(first['steps'])} steps, "

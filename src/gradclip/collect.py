@@ -191,6 +191,13 @@ def collect_step_sizes(source) -> None:
     print(f"step_sizes: {len(runs)} runs -> {results}/step_sizes.csv, step_sizes_paths.csv, step_sizes_distance.csv")
 
 
+def needs_local_records(source, experiment: str) -> None:
+    """The tables that compare each run with answers computed from its training data regenerate
+    that data from the run's local config.yaml: W&B records do not hold it."""
+    if source.source == "wandb":
+        raise SystemExit(f"{experiment} needs the training data of each run: collect it from local records")
+
+
 def theta_path(metrics: pd.DataFrame, run_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A run's logged theta (log_theta=true): the steps n, the ODE times t(n) = sum_{k<n} a(k)
     logged with them, and theta_n as rows (components in the flat parameter order)."""
@@ -219,8 +226,7 @@ BATCH_ROOT_DRAWS = 400_000
 
 
 def collect_limit_set(source) -> None:
-    if source.source == "wandb":
-        raise SystemExit("limit_set needs the training data of each run: collect it from local records")
+    needs_local_records(source, "limit_set")
     runs, metrics = load(source, "limit_set")
     rows, roots = [], {}
     for _, run in runs[runs["summary.status"] == "completed"].iterrows():
@@ -256,8 +262,7 @@ def collect_limit_set(source) -> None:
 
 
 def collect_clipping_bias(source) -> None:
-    if source.source == "wandb":
-        raise SystemExit("clipping_bias needs the training data of each run: collect it from local records")
+    needs_local_records(source, "clipping_bias")
     runs, metrics = load(source, "clipping_bias")
     runs = runs[runs["summary.status"] == "completed"]
     averaged = averaged_thetas(metrics, runs)
@@ -320,8 +325,7 @@ BATCH_FIXED_POINT_DRAWS = 100_000
 
 
 def collect_batch_fixed_point(source) -> None:
-    if source.source == "wandb":
-        raise SystemExit("batch_fixed_point needs the training data of each run: collect it from local records")
+    needs_local_records(source, "batch_fixed_point")
     runs, metrics = load(source, "batch_fixed_point")
     runs = runs[runs["summary.status"] == "completed"]
     averaged = averaged_thetas(metrics, runs)
@@ -362,8 +366,7 @@ def collect_batch_fixed_point(source) -> None:
 
 
 def collect_ode_tracking(source) -> None:
-    if source.source == "wandb":
-        raise SystemExit("ode_tracking needs the training data of each run: collect it from local records")
+    needs_local_records(source, "ode_tracking")
     runs, metrics = load(source, "ode_tracking")
     runs = runs[runs["summary.status"] == "completed"]
     problems = runs[["data.seed", "clip.threshold", "model.bias"]].drop_duplicates()
