@@ -84,10 +84,10 @@ def test_a_preset_names_its_runs_and_tags(make_cfg):
     deep, plain = (OmegaConf.to_container(make_cfg(f"model={m}"), resolve=True) for m in ("deep_tanh", "mlp"))
     assert run_name(deep) != run_name(plain)
     assert "model:deep_tanh" in run_tags(deep) and "model:mlp" in run_tags(plain)
-    assert run_name(deep) == "normtau1.0-batch-deep_tanh-mnist1d-robbins_monro0.75-a0.1-s0"
+    assert run_name(deep) == "normtau1.0-batch-deep_tanh-mnist1d-robbins_monro0.75-a0.1-B16-s0"
 
 
 def test_tags_name_the_noise_and_the_exponent(make_cfg):
     cfg = OmegaConf.to_container(make_cfg("+experiment=limit_set", "data.noise.dist=lognormal"), resolve=True)
     assert {"noise:lognormal", "power:0.6", "data:location", "threshold:1.0"} <= set(run_tags(cfg))
-    assert run_name(cfg) == "normtau1.0-batch-linear-location_lognormal-robbins_monro0.6-a1.0-s0"
+    assert run_name(cfg) == "normtau1.0-batch-linear-location_lognormal-robbins_monro0.6-a1.0-B16-s0"

@@ -168,11 +168,11 @@ def model_label(cfg: Mapping) -> str:
 
 
 def run_name(cfg: Mapping) -> str:
-    """A name a dashboard sorts by: method+setting-granularity-model-data-schedule-a0-seed (the
-    model by its preset where it has one: deep_tanh, not mlp; AGC's exemption where it is not the
-    default head: agclam0.1_headclipped), with
-    the noise of synthetic data (location_lognormal) and the exponent of a Robbins-Monro
-    schedule (robbins_monro0.75), so that the runs of one sweep never share a name."""
+    """A name a dashboard sorts by: method+setting-granularity-model-data-schedule-a0-batch-seed
+    (the model by its preset where it has one: deep_tanh, not mlp; AGC's exemption where it is
+    not the default head: agclam0.1_headclipped), with the noise of synthetic data
+    (location_lognormal), the exponent of a Robbins-Monro schedule (robbins_monro0.75) and the
+    batch size (B64), so that the runs of one sweep never share a name."""
     clip, data, schedule = cfg["clip"], cfg["data"], cfg["schedule"]
     setting = {"norm": f"tau{clip.get('threshold')}", "agc": f"lam{clip.get('clip_factor')}",
                "value": f"v{clip.get('threshold')}"}.get(clip["method"], "")
@@ -182,7 +182,7 @@ def run_name(cfg: Mapping) -> str:
     noise = f"_{data['noise']['dist']}" if "noise" in data else ""
     power = f"{schedule['power']}" if schedule["name"] == "robbins_monro" else ""
     parts = [clip["method"] + setting, clip["granularity"], model_label(cfg), data["name"] + noise,
-             schedule["name"] + power, f"a{schedule['a0']}", f"s{cfg['seed']}"]
+             schedule["name"] + power, f"a{schedule['a0']}", f"B{cfg['batch_size']}", f"s{cfg['seed']}"]
     return "-".join(parts)
 
 
@@ -191,7 +191,7 @@ def run_tags(cfg: Mapping) -> list[str]:
     clip, data, schedule = cfg["clip"], cfg["data"], cfg["schedule"]
     tags = [f"method:{clip['method']}", f"granularity:{clip['granularity']}",
             f"model:{model_label(cfg)}", f"data:{data['name']}",
-            f"schedule:{schedule['name']}", f"seed:{cfg['seed']}"]
+            f"schedule:{schedule['name']}", f"batch_size:{cfg['batch_size']}", f"seed:{cfg['seed']}"]
     if clip["method"] in ("norm", "value"):
         tags.append(f"threshold:{clip['threshold']}")
     if clip["method"] == "agc":
