@@ -228,12 +228,11 @@ BATCH_ROOT_DRAWS = 400_000
 def collect_limit_set(source) -> None:
     needs_local_records(source, "limit_set")
     runs, metrics = load(source, "limit_set")
-    rows, roots = [], {}
+    rows, roots, designs = [], {}, {}
     for _, run in runs[runs["summary.status"] == "completed"].iterrows():
-        x, y = design(run["run_id"])
-        tau, noise = float(run["clip.threshold"]), run["data.noise.dist"]
-        problem_name = {"linreg": "regression"}.get(run["data.name"], run["data.name"])
-        key = (problem_name, noise, tau, run["data.seed"])
+        x, y = training_design(run, designs)
+        tau, noise, problem_name = float(run["clip.threshold"]), run["data.noise.dist"], closed_form_problem(run)
+        key = (data_key(run), run["model.bias"], tau)
         if key not in roots:
             roots[key] = (clipped_root(x, y, tau), least_squares(x, y))
         root, mean = roots[key]
@@ -262,16 +261,11 @@ def collect_limit_set(source) -> None:
 
 
 def collect_clipping_bias(source) -> None:
-    needs_local_records(source, "clipping_bias")
-    runs, metrics = load(source, "clipping_bias")
-    runs = runs[runs["summary.status"] == "completed"]
-    averaged = averaged_thetas(metrics, runs)
-    targets, candidates, rows = {}, {}, []
+    runs, averaged = completed_with_averages(source, "clipping_bias")
+    designs, candidates, rows = {}, {}, []
     for _, run in runs.iterrows():
         noise, tau, key = run["data.noise.dist"], float(run["clip.threshold"]), data_key(run)
-        if key not in targets:
-            targets[key] = design(run["run_id"])[1]
-        y = targets[key]
+        y = training_design(run, designs)[1]
         if (key, tau) not in candidates:
             candidates[(key, tau)] = {"root": float(clipped_root(np.ones(len(y)), y, tau)[0]),
                                       "scaled_min": scaled_loss_minimiser_location(y, tau)}
@@ -313,6 +307,29 @@ def averaged_thetas(metrics: pd.DataFrame, runs: pd.DataFrame) -> dict[str, dict
             for run_id, row in means.iterrows()}
 
 
+def completed_with_averages(source, experiment: str) -> tuple[pd.DataFrame, dict]:
+    """An experiment's completed runs (log_theta=true) and their averaged thetas
+    (:func:`averaged_thetas`), from local records."""
+    needs_local_records(source, experiment)
+    runs, metrics = load(source, experiment)
+    runs = runs[runs["summary.status"] == "completed"]
+    return runs, averaged_thetas(metrics, runs)
+
+
+def closed_form_problem(run: pd.Series) -> str:
+    """'location' or 'regression': the closed-form problem a run trains on."""
+    return {"linreg": "regression"}.get(run["data.name"], run["data.name"])
+
+
+def training_design(run: pd.Series, designs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`design` of a run, regenerated once for all runs with the same data settings and
+    model bias (``designs`` is the cache)."""
+    key = (data_key(run), run["model.bias"])
+    if key not in designs:
+        designs[key] = design(run["run_id"])
+    return designs[key]
+
+
 def data_key(run: pd.Series) -> tuple:
     """Every data setting of a run (its data.* config but the cache folder): runs with equal keys
     train on the same data, so the answers computed from it can be shared."""
@@ -325,17 +342,12 @@ BATCH_FIXED_POINT_DRAWS = 100_000
 
 
 def collect_batch_fixed_point(source) -> None:
-    needs_local_records(source, "batch_fixed_point")
-    runs, metrics = load(source, "batch_fixed_point")
-    runs = runs[runs["summary.status"] == "completed"]
-    averaged = averaged_thetas(metrics, runs)
+    runs, averaged = completed_with_averages(source, "batch_fixed_point")
     designs, answers, rows = {}, {}, []
     for _, run in runs.iterrows():
-        problem_name = {"linreg": "regression"}.get(run["data.name"], run["data.name"])
+        problem_name = closed_form_problem(run)
         tau, batch, key = float(run["clip.threshold"]), int(run["batch_size"]), (data_key(run), run["model.bias"])
-        if key not in designs:
-            designs[key] = design(run["run_id"])
-        x, y = designs[key]
+        x, y = training_design(run, designs)
         if (key, tau) not in answers:
             answers[(key, tau)] = (clipped_root(x, y, tau), least_squares(x, y))
         root, mean = answers[(key, tau)]

@@ -644,10 +644,10 @@ def assess_clipping_bias(results: Path) -> dict:
         points.append(point)
     symmetric = [p for p in points if p["symmetric"]]
     skewed = [p for p in points if not p["symmetric"]]
-    parts = {"symmetric: no bias": combine([p["verdict"] for p in symmetric]) if symmetric else UNTESTED,
-             "skewed: root, not mean": combine([p["vs_mean"]["verdict"] for p in skewed]) if skewed else UNTESTED,
-             "skewed: root, not l/c minimiser": (combine([p["vs_scaled"]["verdict"] for p in skewed])
-                                                 if skewed else UNTESTED)}
+    # (combine of no parts is untested)
+    parts = {"symmetric: no bias": combine([p["verdict"] for p in symmetric]),
+             "skewed: root, not mean": combine([p["vs_mean"]["verdict"] for p in skewed]),
+             "skewed: root, not l/c minimiser": combine([p["vs_scaled"]["verdict"] for p in skewed])}
     noises = {}
     for noise, rows in table.groupby("noise", sort=False):
         mine = [p for p in points if p["noise"] == noise]
@@ -696,12 +696,9 @@ def assess_batch_fixed_point(results: Path) -> dict:
         points.append(point)
     sample = [p for p in points if p["granularity"] == "sample"]
     batch = [p for p in points if p["granularity"] == "batch" and p["batch_size"] > 1]
-    parts = {"per-sample: the root at every B": combine([p["root_vs_mean"]["verdict"] for p in sample]) if sample
-             else UNTESTED,
-             "batch: its own fixed point, not the root": combine([p["batch_vs_root"]["verdict"] for p in batch])
-             if batch else UNTESTED,
-             "batch: its own fixed point, not the mean": combine([p["batch_vs_mean"]["verdict"] for p in batch])
-             if batch else UNTESTED}
+    parts = {"per-sample: the root at every B": combine([p["root_vs_mean"]["verdict"] for p in sample]),
+             "batch: its own fixed point, not the root": combine([p["batch_vs_root"]["verdict"] for p in batch]),
+             "batch: its own fixed point, not the mean": combine([p["batch_vs_mean"]["verdict"] for p in batch])}
     ones = table[table["batch_size"] == 1].pivot_table(index=["problem", "seed"], columns="granularity",
                                                        values="theta", aggfunc="first")
     same = None
