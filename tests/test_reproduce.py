@@ -105,29 +105,14 @@ def _gone(pid: int, timeout: float = 10.0) -> bool:
     return False
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("moment", ["training", "tables"])
-def test_a_stop_signal_ends_reproduce_with_its_records_readable_and_a_rerun_finishes(tmp_path, moment):
-    """SIGTERM to reproduce as the first runs of its first sweep begin in the worker processes
-    (the sweeps run in reproduce's own process, sharing two workers), or as it starts building
-    the tables: the sweep stops its runs at a step boundary and reports, or the tables' process
-    stops; reproduce says where it stopped and exits 128 + SIGTERM; no process it started
-    outlives it; every record reads as finished or interrupted; the same command then trains
-    what is missing and exits 0."""
+def _stop_at(command: list[str], began, log: Path) -> str:
+    """Launch `command`, send SIGTERM once `began()` is true, and check the stop: reproduce says
+    where it stopped and exits 128 + SIGTERM, and no process it started outlives it."""
     import signal
     import time
 
-    from gradclip.records import run_state
-
-    runs = tmp_path / "runs"
-    command = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--scale", "smoke", "--only", "stability",
-               "--logger", "none", "--workers", "2", "--runs", str(runs), "--results", str(tmp_path / "results"),
-               "--figures", str(tmp_path / "figures")]
-    log = tmp_path / "reproduce.log"
     with log.open("w") as sink:
         proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, text=True)
-    began = {"training": lambda: list(runs.glob("stability/*/summary.json")),
-             "tables": lambda: "figures.py collect" in log.read_text()}[moment]
     deadline = time.monotonic() + 300  # it never got there: fail, do not hang
     children = set()
     while not began() and proc.poll() is None and time.monotonic() < deadline:
@@ -141,9 +126,35 @@ def test_a_stop_signal_ends_reproduce_with_its_records_readable_and_a_rerun_fini
     assert "Traceback" not in out
     assert "reproduce: stopped by SIGTERM in: " in out
     assert children and all(_gone(pid) for pid in children), "a process reproduce started outlived it"
-    states = [run_state(summary.parent) for summary in runs.rglob("summary.json")]
-    assert states and {state.status for state in states} <= {"completed", "diverged", "interrupted"}
+    return out
+
+
+@pytest.mark.slow
+def test_a_stop_signal_ends_reproduce_with_its_records_readable_and_a_rerun_finishes(tmp_path):
+    """SIGTERM to reproduce as the first runs of its first sweep begin in the worker processes
+    (the sweeps run in reproduce's own process, sharing two workers); then, relaunched, as it
+    starts building the tables: the sweep stops its runs at a step boundary and reports, or the
+    tables' process stops; each time reproduce says where it stopped and exits 128 + SIGTERM, no
+    process it started outlives it and every record reads as finished or interrupted; the same
+    command then trains what is missing and exits 0."""
+    from gradclip.records import run_state
+
+    runs = tmp_path / "runs"
+    command = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--scale", "smoke", "--only", "stability",
+               "--logger", "none", "--workers", "2", "--runs", str(runs), "--results", str(tmp_path / "results"),
+               "--figures", str(tmp_path / "figures")]
+
+    def states() -> set[str]:
+        return {run_state(summary.parent).status for summary in runs.rglob("summary.json")}
+
+    _stop_at(command, lambda: list(runs.glob("stability/*/summary.json")), tmp_path / "training.log")
+    assert states() and states() <= {"completed", "diverged", "interrupted"}
+    log = tmp_path / "tables.log"
+    _stop_at(command, lambda: "figures.py collect" in log.read_text(), log)
+    assert states() <= {"completed", "diverged"}  # the tables began: every run had ended
+    assert not (tmp_path / "figures" / "stability.png").exists()
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert {run_state(summary.parent).status for summary in runs.rglob("summary.json")} <= {"completed", "diverged"}
+    assert states() <= {"completed", "diverged"}
     assert len(list(runs.rglob("summary.json"))) == 16
+    assert (tmp_path / "results" / "stability.csv").exists() and (tmp_path / "figures" / "stability.png").exists()
