@@ -89,6 +89,21 @@ def test_mnist1d_label_noise_and_imbalance_corrupt_the_training_split_only(mnist
         0.4 * skewed.num_train)
 
 
+def test_mnist1d_n_train_keeps_a_seeded_subset_of_the_training_split(mnist1d_cache):
+    clean = load_dataset(cfg(name="mnist1d", root=str(mnist1d_cache)))
+    small = load_dataset(cfg(name="mnist1d", root=str(mnist1d_cache), n_train=512))
+    assert small.num_train == 512 and torch.equal(small.x_test, clean.x_test) and torch.equal(small.y_test, clean.y_test)
+    # Rows of the whole split, in its order, with their labels and its standardisation.
+    rows = {tuple(x.tolist()): k for k, x in enumerate(clean.x_train)}
+    index = [rows[tuple(x.tolist())] for x in small.x_train]
+    assert index == sorted(index) and len(set(index)) == 512
+    assert torch.equal(small.y_train, clean.y_train[index])
+    assert torch.equal(load_dataset(cfg(name="mnist1d", root=str(mnist1d_cache), n_train=512)).x_train, small.x_train)
+    assert torch.equal(load_dataset(cfg(name="mnist1d", root=str(mnist1d_cache), n_train=4000)).x_train, clean.x_train)
+    noisy = load_dataset(cfg(name="mnist1d", root=str(mnist1d_cache), n_train=512, label_noise=0.25))
+    assert torch.equal(noisy.x_train, small.x_train) and int((noisy.y_train != small.y_train).sum()) == 128
+
+
 def test_mnist1d_reads_cache(mnist1d_cache, monkeypatch):
     import mnist1d.data
 
@@ -264,6 +279,8 @@ def test_mixture_noise_is_symmetric_with_outliers_and_exponential_is_skewed():
         ({"name": "location", "noise": {"mixture_weight": 1.0}}, "data.noise.mixture_weight=1.0 must be"),
         ({"name": "mnist1d", "label_noise": 1.0}, "data.label_noise=1.0 must be a number in [0, 1)"),
         ({"name": "mnist1d", "imbalance": 0.5}, "data.imbalance=0.5 must be a number >= 1"),
+        ({"name": "mnist1d", "n_train": 4001}, "data.n_train=4001 must be null (all 4000) or an integer in [1, 4000]"),
+        ({"name": "mnist1d", "n_train": 0}, "data.n_train=0 must be null (all 4000) or an integer in [1, 4000]"),
         ({"name": "location", "noise": {"scale": 0.0}}, "data.noise.scale=0.0 must be"),
         ({"name": "linreg", "noise": {"scale": -1}}, "data.noise.scale=-1 must be"),
         ({"name": "location", "noise": {"df": 0}}, "data.noise.df=0 must be a finite number > 0"),

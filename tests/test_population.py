@@ -15,7 +15,7 @@ from gradclip.clipping import Clipper
 from gradclip.gradients import per_example_loss
 from gradclip.models import build_model
 from gradclip.population import Population
-from gradclip.records import load_runs
+from gradclip.records import load_runs, load_theta
 from gradclip.runner import train, train_population
 
 SMALL = {"mlp": ["model.width=16"], "cnn1d": ["model=cnn1d", "model.channels=4", "model.depth=2"],
@@ -93,7 +93,7 @@ def test_a_diverging_member_stops_at_its_step_and_the_others_go_on(make_cfg, tmp
 
 
 def test_evaluation_rows_and_loaded_frames_are_those_of_single_runs(make_cfg, tmp_path):
-    cfgs = member_cfgs(make_cfg, "mlp", "norm", "sample", "eval_every=4", "unit_log_every=4")
+    cfgs = member_cfgs(make_cfg, "mlp", "norm", "sample", "eval_every=4", "unit_log_every=4", "average_from=0.5")
     for k, cfg in enumerate(cfgs):
         train(cfg, tmp_path / "single" / f"run{k}")
     train_population(cfgs, [tmp_path / "population" / f"run{k}" for k in range(3)])
@@ -106,6 +106,14 @@ def test_evaluation_rows_and_loaded_frames_are_those_of_single_runs(make_cfg, tm
         units = [(tmp_path / where / f"run{k}" / "units.jsonl").read_text().splitlines() for where in
                  ("single", "population")]
         assert len(units[0]) == len(units[1]) == 3
+        # Each member's final theta and iterate averages are its single run's.
+        single, member = (load_theta(tmp_path / where / f"run{k}") for where in ("single", "population"))
+        assert member["steps"] == single["steps"] == {"average_from": 4, "average_late_from": 6}
+        for which in ("final", "average", "average_late"):
+            assert list(member[which]) == list(single[which]) == [
+                *(f"hidden.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")), "head.weight", "head.bias"]
+            for name, value in single[which].items():
+                assert member[which][name] == pytest.approx(value, **CLOSE), (which, name)
     singles, _ = load_runs(tmp_path / "single")
     members, _ = load_runs(tmp_path / "population")
     assert list(members.columns) == list(singles.columns)

@@ -329,6 +329,52 @@ def test_log_spaced_evaluation_and_logged_theta(make_cfg, tmp_path):
     assert "train/theta_5" not in last
 
 
+def test_iterate_averages_are_the_means_of_the_iterates_and_go_with_the_final_theta(make_cfg, tmp_path):
+    """average_from = 0.5 over 40 steps: theta.npz holds the final theta and the means of
+    theta(n) over n > 20 and n > 30 (checked against theta logged at every step); a relaunch
+    over the finished record keeps it; a run that does not complete leaves no theta.npz."""
+    from gradclip.records import load_theta
+
+    cfg = make_cfg("model=linear", "data=linreg", "clip=norm", "clip.granularity=sample", "steps=40",
+                   "log_every=1", "eval_every=0", "log_theta=true", "average_from=0.5")
+    summary = train(cfg, tmp_path / "run")
+    assert summary["status"] == "completed" and summary["theta_file"] == "theta.npz"
+    assert (summary["average_from_step"], summary["average_late_from_step"]) == (20, 30)
+    rows = [r for r in read_rows(tmp_path / "run") if "train/loss" in r]
+    path = np.array([[r[f"train/theta_{i}"] for i in range(5)] for r in rows], dtype=np.float64)
+    saved = load_theta(tmp_path / "run")
+    assert saved["steps"] == {"average_from": 20, "average_late_from": 30}
+    assert list(saved["final"]) == ["head.weight"] and saved["final"]["head.weight"].shape == (1, 5)
+    assert np.array_equal(saved["final"]["head.weight"][0], path[-1].astype(np.float32))
+    np.testing.assert_allclose(saved["average"]["head.weight"][0], path[20:].mean(0), rtol=1e-12)
+    np.testing.assert_allclose(saved["average_late"]["head.weight"][0], path[30:].mean(0), rtol=1e-12)
+    assert saved["average"]["head.weight"].dtype == np.float64
+    stamp = (tmp_path / "run" / "theta.npz").stat().st_mtime_ns
+    assert train(cfg, tmp_path / "run")["skipped"] and (tmp_path / "run" / "theta.npz").stat().st_mtime_ns == stamp
+    diverged = train(make_cfg("model=linear", "data=linreg", "clip=none", "schedule.a0=1e3", "steps=40",
+                              "eval_every=0", "average_from=0.5"), tmp_path / "diverged")
+    assert diverged["status"] == "diverged" and not (tmp_path / "diverged" / "theta.npz").exists()
+
+
+def test_a_relaunch_removes_an_earlier_attempts_theta_and_a_damaged_one_is_named(make_cfg, tmp_path, monkeypatch):
+    import gradclip.records as records
+
+    cfg = make_cfg("model=linear", "data=linreg", "steps=10", "eval_every=0", "average_from=0.5")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "theta.npz").write_bytes(b"not an npz")
+    with pytest.raises(records.RecordError, match=r"theta.npz: cannot be read .* rerun=true trains this run again"):
+        records.load_theta(tmp_path / "run")
+    seen, start = [], records.RunRecorder.start
+
+    def watched_start(self, config, summary):
+        start(self, config, summary)
+        seen.append((self.run_dir / "theta.npz").exists())
+
+    monkeypatch.setattr(records.RunRecorder, "start", watched_start)
+    assert train(cfg, tmp_path / "run")["status"] == "completed"
+    assert seen == [False] and records.load_theta(tmp_path / "run")["steps"]["average_from"] == 5
+
+
 # -- bad input: one clear error before any work, naming the key ---------------------------------
 
 
@@ -359,6 +405,8 @@ def test_log_spaced_evaluation_and_logged_theta(make_cfg, tmp_path):
         (["threads=-3"], r"threads=-3 .* null or an integer >= 1"),
         (["eval_log_points=-1"], r"eval_log_points=-1 .* integer >= 0"),
         (["log_theta=yes"], r"log_theta='yes' is not one of: True, False"),
+        (["average_from=1"], r"average_from=1 is not allowed: must be a finite number in \[0, 1\) \(or null: off\)"),
+        (["data.n_train=5000"], r"data.n_train=5000 must be null \(all 4000\) or an integer in \[1, 4000\]"),
         (["log_theta=true"], r"log_theta=true logs every parameter, but model=mlp has 15210 \(at most 64\)"),
         (["model=linear", "data=location", "clip=agc"], r"clip.exclude=\['head.\*'\] exempts every parameter"),
     ],

@@ -63,6 +63,8 @@ def validate_config(cfg: Mapping) -> None:
     require_int(cfg, "cfg", "unit_log_every", lambda v: v >= 0, "an integer >= 0 (0: off)")
     if cfg.get("threads") is not None:
         require_int(cfg, "cfg", "threads", lambda v: v >= 1, "null or an integer >= 1")
+    if cfg.get("average_from") is not None:
+        require_number(cfg, "cfg", "average_from", lambda v: 0 <= v < 1, "in [0, 1) (or null: off)")
     require_number(cfg, "cfg", "momentum", lambda v: 0 <= v < 1, "in [0, 1)")
     require_number(cfg, "cfg", "weight_decay", lambda v: v >= 0, ">= 0")
     require_number(cfg["divergence"], "divergence", "max_norm", lambda v: v > 0, "> 0")

@@ -14,7 +14,8 @@ Data sets (config files under ``configs/data/``):
   ``<root>/mnist1d_seed<seed>.npz``. ``make_dataset`` already centres and scales the whole set
   (train and test together); with ``standardize=true`` we standardise again with the *train*
   mean and std (one scalar each, over all features), so no test statistics leak into the inputs.
-  ``label_noise`` and ``imbalance`` corrupt the training split only (see ``_corrupted``).
+  ``n_train`` keeps a seeded subset of the training split; ``label_noise`` and ``imbalance``
+  corrupt the training split only (see ``_training_split``).
 - ``digits``: scikit-learn's 8x8 digits (bundled, no download), inputs ``[N, 64]`` in [0, 1],
   10 classes, split by a seeded permutation into ``1 - test_fraction`` / ``test_fraction``.
 - ``location``: the location problem of the paper, loss 1/2 (theta - y)^2. Inputs are all ones
@@ -140,8 +141,12 @@ _SYNTHETIC: dict[str, tuple[Any, Rule]] = {
     "n_test": (1000, int_at_least(1)),
     _NOISE: (None, ("a mapping", lambda v: isinstance(v, Mapping))),
 }
+MNIST1D_TRAIN = 4000  # training examples of MNIST-1D with the library's default arguments
 _SPECS: dict[str, dict[str, tuple[Any, Rule]]] = {
-    "mnist1d": {**_COMMON, "standardize": (True, BOOL), "label_noise": (0.0, _PROPORTION),
+    "mnist1d": {**_COMMON, "standardize": (True, BOOL),
+                "n_train": (None, (f"null (all {MNIST1D_TRAIN}) or an integer in [1, {MNIST1D_TRAIN}]",
+                                   lambda v: v is None or (is_int(v) and 1 <= v <= MNIST1D_TRAIN))),
+                "label_noise": (0.0, _PROPORTION),
                 "imbalance": (1.0, ("a number >= 1", lambda v: is_number(v) and v >= 1))},
     "digits": {**_COMMON, "test_fraction": (0.2, _FRACTION)},
     "location": {**_COMMON, **_SYNTHETIC, "loc": (0.0, FINITE)},
@@ -202,7 +207,8 @@ def load_dataset(cfg: Mapping[str, Any] | DictConfig) -> Dataset:
     name, p = _resolve(cfg)
     root = Path(os.path.abspath(os.path.expanduser(str(p["root"]))))
     if name == "mnist1d":
-        return _corrupted(_mnist1d(root, p["seed"], p["standardize"]), p["seed"], p["imbalance"], p["label_noise"])
+        return _training_split(_mnist1d(root, p["seed"], p["standardize"]), p["seed"], p["n_train"], p["imbalance"],
+                               p["label_noise"])
     if name == "digits":
         return _digits(p["seed"], p["test_fraction"])
     if name == "location":
@@ -236,18 +242,23 @@ def _mnist1d(root: Path, seed: int, standardize: bool) -> Dataset:
     )
 
 
-def _corrupted(data: Dataset, seed: int, imbalance: float, label_noise: float) -> Dataset:
-    """The training split made imbalanced and its labels noisy; the test split is left clean and
-    balanced, so that test accuracy measures the clean task. With ``imbalance`` = r > 1 the upper
+def _training_split(data: Dataset, seed: int, n_train: int | None, imbalance: float, label_noise: float) -> Dataset:
+    """The training split cut to a subset, made imbalanced and its labels noisy, in that order;
+    the test split is left whole, clean and balanced, so that test accuracy measures the clean
+    task. With ``n_train`` = m, m training examples drawn from the data seed are kept (in their
+    original order; inputs keep the whole split's standardisation). With ``imbalance`` = r > 1 the upper
     half of the classes (5-9 of 10) keep ceil(n_c / r) of their n_c training examples, a subset
     drawn from the data seed; with ``label_noise`` = q > 0, round(q n) training examples drawn
     from the data seed get a label drawn uniformly from the other classes (so a fraction q of the
     labels is wrong). Both are fixed by the data seed alone: every training seed sees the same
     corrupted set."""
-    if imbalance == 1 and label_noise == 0:
+    if n_train is None and imbalance == 1 and label_noise == 0:
         return data
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x1AB]))  # apart from the generator's own stream
     x, y = data.x_train.numpy(), data.y_train.numpy().copy()
+    if n_train is not None:
+        kept = np.random.default_rng(np.random.SeedSequence([seed, 0x5B5E7])).permutation(len(y))[:n_train]
+        x, y = x[np.sort(kept)], y[np.sort(kept)]
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x1AB]))  # apart from the generator's own stream
     classes = data.num_outputs
     if imbalance > 1:
         keep = np.ones(len(y), dtype=bool)

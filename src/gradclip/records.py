@@ -12,6 +12,10 @@ A run directory (the job's Hydra output directory) holds:
                      ``eval/``;
 * ``units.jsonl``    with ``unit_log_every`` > 0 only: per unit, ||W_i|| before and ||Delta W_i||
                      of a step, every ``unit_log_every`` steps.
+* ``theta.npz``      with ``average_from`` set only, written before the summary of a completed
+                     run: per parameter its final value (``final/<name>``) and its iterate
+                     averages (``average/<name>``, ``average_late/<name>``, float64), and the
+                     steps they start after (:func:`load_theta`).
 
 Statuses: ``running`` (a live process is writing it), ``completed``, ``diverged`` (a result:
 the iterates left the bound or became non-finite), ``failed`` (a crash, a write error, bad input,
@@ -57,6 +61,7 @@ SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 METRICS_FILE = "metrics.jsonl"
 UNITS_FILE = "units.jsonl"
+THETA_FILE = "theta.npz"
 SUMMARY_FILE = "summary.json"
 STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "diverged")
@@ -87,6 +92,11 @@ class RecordWriteError(Exception):
 
 
 def write_text_atomic(path: Path, text: str, in_place_on_full_disk: bool = False) -> None:
+    """:func:`write_bytes_atomic` of the text, UTF-8."""
+    write_bytes_atomic(path, text.encode(), in_place_on_full_disk)
+
+
+def write_bytes_atomic(path: Path, data: bytes, in_place_on_full_disk: bool = False) -> None:
     """Write a file through a temporary file in the same folder, so that a reader never sees half
     a file and an error leaves neither a half file nor the temporary one. The file gets the mode
     of any other new file (0666 less the umask), not mkstemp's 0600.
@@ -96,7 +106,6 @@ def write_text_atomic(path: Path, text: str, in_place_on_full_disk: bool = False
     is a few kB), so that a final status still reaches a full disk.
     """
     path = Path(path)
-    data = text.encode()
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -252,6 +261,7 @@ class RunRecorder:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / UNITS_FILE).unlink(missing_ok=True)
+            (self.run_dir / THETA_FILE).unlink(missing_ok=True)  # an earlier attempt's weights are not this one's
             for stale in self.run_dir.glob(".*.tmp"):  # left by an attempt killed mid-write (SIGKILL)
                 stale.unlink(missing_ok=True)
         except OSError as error:
@@ -274,6 +284,16 @@ class RunRecorder:
         if self._units is None:
             self._units = _JsonLines(self.run_dir / UNITS_FILE)
         self._units.write(row)
+
+    def write_theta(self, arrays: Mapping[str, Any]) -> None:
+        """theta.npz (numpy arrays by name), whole or not at all."""
+        import io
+
+        import numpy as np
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        write_bytes_atomic(self.run_dir / THETA_FILE, buffer.getvalue())
 
     def final_values(self) -> dict:
         """The metrics logged at the last logged step (with ``step``): a diverged run's final
@@ -579,6 +599,26 @@ def load_units(run_dir: str | os.PathLike) -> pd.DataFrame:
             for unit, (w, d) in enumerate(zip(norms["weight_norm"], norms["step_norm"], strict=True)):
                 records.append((row["step"], row["lr"], param, unit, w, d))
     return _pandas().DataFrame.from_records(records, columns=["step", "lr", "param", "unit", "weight_norm", "step_norm"])
+
+
+def load_theta(run_dir: str | os.PathLike) -> dict[str, dict]:
+    """A run's theta.npz as {"final": {name: array}, "average": ..., "average_late": ...,
+    "steps": {"average_from": n, "average_late_from": n}}; raises RecordError, naming the file,
+    where it is missing or cannot be read."""
+    import zipfile
+
+    import numpy as np
+
+    path = Path(run_dir) / THETA_FILE
+    try:
+        with np.load(path) as arrays:
+            found: dict[str, dict] = {"final": {}, "average": {}, "average_late": {}, "steps": {}}
+            for key in arrays.files:
+                group, _, name = key.partition("/")
+                found[group][name] = int(arrays[key]) if group == "steps" else arrays[key]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise RecordError(f"{path}: cannot be read ({type(error).__name__}: {error}); {remedy(Path(run_dir))}") from None
+    return found
 
 
 def load_wandb_runs(

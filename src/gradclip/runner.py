@@ -47,7 +47,7 @@ from gradclip.gradients import PerSampleGradients, per_example_loss
 from gradclip.models import build_model, per_sample_unsupported_reason
 from gradclip.population import Population
 from gradclip.provenance import git_state, versions
-from gradclip.records import RecordWriteError, RunRecorder, process_identity, run_state
+from gradclip.records import THETA_FILE, RecordWriteError, RunRecorder, process_identity, run_state
 from gradclip.resume import existing_record
 from gradclip.schedules import Schedule, make_schedule
 from gradclip.tracking import NullTracker, make_tracker
@@ -351,6 +351,14 @@ def _loop(cfg: DictConfig, population: Population, members: list[Member], sample
     unit_log_every, log_theta = int(cfg.unit_log_every), bool(cfg.log_theta)
     max_norm = float(cfg.divergence.max_norm)
     eval_seconds = 0.0
+    # Iterate averaging (average_from = f): the running sums of theta(n) over n > f * steps and
+    # over n > (1 + f) / 2 * steps, in float64 so that thousands of float32 iterates add up
+    # exactly enough; a completed run saves both averages with its final theta (theta.npz).
+    averaging = None
+    if cfg.average_from is not None:
+        fraction = float(cfg.average_from)
+        averaging = {"starts": (int(fraction * steps), int((1 + fraction) / 2 * steps)),
+                     "sums": torch.zeros(2, *theta.shape, dtype=torch.float64, device=device)}
     # Full-data rows: every member at once from ghost norms where they cover the model and the
     # method (gradclip.evaluation.PopulationEvaluation), else one member at a time from
     # vmap(grad); the summary names which (evaluation_gradients).
@@ -397,6 +405,13 @@ def _loop(cfg: DictConfig, population: Population, members: list[Member], sample
     def finish(k: int, step: int, result: dict, exit_code: int = 0) -> None:
         member = members[k]
         maxima.flush(k)
+        if averaging and result["status"] == "completed":
+            try:  # before the summary: a completed record has its theta.npz
+                member.recorder.write_theta(_theta_arrays(population, k, step, averaging))
+                result = result | {"theta_file": THETA_FILE, "average_from_step": averaging["starts"][0],
+                                   "average_late_from_step": averaging["starts"][1]}
+            except RecordWriteError as error:
+                result, exit_code = result | {"status": "failed", "error": str(error)}, 1
         wall = time.perf_counter() - start - eval_seconds
         _finish(member, result | {
             "steps_completed": step, "initial_param_norm": float(initial[k].norm()),
@@ -441,6 +456,10 @@ def _loop(cfg: DictConfig, population: Population, members: list[Member], sample
             previous.copy_(theta)
             population.sgd_step_(lrs)
             torch.sub(theta, previous, out=delta)
+            if averaging and step > averaging["starts"][0]:
+                averaging["sums"][0] += theta
+                if step > averaging["starts"][1]:
+                    averaging["sums"][1] += theta
             watched |= {"param_norm": torch.linalg.vector_norm(theta, dim=1),
                         "step_norm": torch.linalg.vector_norm(delta, dim=1)}
             if agc_index:
@@ -539,6 +558,19 @@ def _train_rows(step, population, losses, stats, initial, values, lrs, sum_a, su
             row |= {f"train/theta_{i}": v for i, v in enumerate(theta[k])}
         rows[k] = row
     return rows
+
+
+def _theta_arrays(population: Population, k: int, steps: int, averaging: dict) -> dict:
+    """Member k's final theta and its two iterate averages, per parameter by name (theta.npz)."""
+    flat = {"final": population.theta[k].detach()}
+    for which, start, total in zip(("average", "average_late"), averaging["starts"], averaging["sums"]):
+        flat[which] = total[k] / (steps - start)
+    arrays = {f"steps/{which}_from": start for which, start in zip(("average", "average_late"), averaging["starts"])}
+    for which, vector in flat.items():
+        for name, lo, hi, shape in zip(population.names, population.offsets, population.offsets[1:],
+                                       population.shapes):
+            arrays[f"{which}/{name}"] = vector[lo:hi].view(shape).cpu().numpy()
+    return arrays
 
 
 def _unit_row(step: int, lr: float, names, previous_views, delta_views, k: int) -> dict:
