@@ -558,10 +558,71 @@ def plot_batch_fixed_point(args) -> None:
     save(fig, figures / "batch_fixed_point")
 
 
+LABEL_NOISE_STYLE = {"none": {"color": "black", "marker": "o"}, "sample": {"color": "#1f77b4", "marker": "s"},
+                     "batch": {"color": "#d62728", "marker": "^"}}
+
+
+def plot_label_noise(args) -> None:
+    results, figures = Path(args.results), Path(args.figures)
+    table = pd.read_csv(results / "label_noise.csv")
+    kind = np.where(table["method"] == "none", "none", table["granularity"])
+    table = table.assign(kind=kind)
+    fig, axes = plt.subplots(1, 3, figsize=(12.5, 3.6), constrained_layout=True)
+    noisy = table[(table["label_noise"] == table["label_noise"].max()) & (table["imbalance"] == 1)]
+    ax = axes[0]
+    for name, rows in noisy.groupby("kind", sort=False):
+        style = LABEL_NOISE_STYLE[name]
+        ax.scatter(rows["clean_fit"], rows["memorised"], s=6, alpha=0.35, color=style["color"], linewidths=0)
+        means = rows.groupby("a0")[["clean_fit", "memorised"]].mean()
+        ax.plot(means["clean_fit"], means["memorised"], color=style["color"], marker=style["marker"], markersize=4,
+                linewidth=1, label=f"{rows['method_label'].iloc[0]} (mean over seeds at each a0; dots: runs)")
+        for a0, point in means.iterrows():
+            ax.annotate(f"{a0:g}", (point["clean_fit"], point["memorised"]), xytext=(3, -8),
+                        textcoords="offset points", fontsize=6, color=style["color"])
+    ax.set_xlabel("clean fit: correctly labelled training examples fitted")
+    ax.set_ylabel("memorised: flipped labels fitted")
+    ax.set_title(f"{noisy['label_noise'].max():.0%} label noise: memorisation against clean fit\n(a0 next to each mean)")
+    ax.legend(loc="upper left", frameon=False, fontsize=6)
+    ax = axes[1]
+    for name, rows in noisy.groupby("kind", sort=False):
+        style = LABEL_NOISE_STYLE[name]
+        means = rows.groupby("a0")["test_acc"].agg(["mean", "std", "size"])
+        half = 1.96 * means["std"] / np.sqrt(means["size"])
+        ax.errorbar(means.index, means["mean"], yerr=half, color=style["color"], marker=style["marker"], markersize=4,
+                    linewidth=1, capsize=2, label=rows["method_label"].iloc[0])
+    ax.set_xscale("log")
+    ax.set_xlabel("a0 (a(n) = a0 / (n + n0)^p)")
+    ax.set_ylabel("clean test accuracy (mean, ±1.96 s.e.)")
+    ax.set_title("Test accuracy against the step size\n(clipping needs a larger a0 for the same progress)")
+    ax.legend(loc="lower right", frameon=False, fontsize=6)
+    ax = axes[2]
+    settings = table.groupby(["imbalance", "label_noise"], sort=True).size().index.tolist()
+    names = [f"{noise:.0%} noise" if imbalance == 1 else f"{imbalance:g}:1 imbalance" for imbalance, noise in settings]
+    for offset, (name, rows) in zip((-0.2, 0.0, 0.2), table.groupby("kind", sort=False)):
+        style = LABEL_NOISE_STYLE[name]
+        a0 = rows.groupby("a0")[["imbalance", "label_noise"]].apply(lambda r: len(r.drop_duplicates())).idxmax()
+        mine = rows[rows["a0"] == a0]
+        label = f"{rows['method_label'].iloc[0]}, a0 = {a0:g}"
+        for k, (imbalance, noise) in enumerate(settings):
+            cell = mine[(mine["imbalance"] == imbalance) & (mine["label_noise"] == noise)]["test_acc"]
+            if len(cell):
+                half = 1.96 * cell.std(ddof=1) / np.sqrt(len(cell)) if len(cell) > 1 else 0.0
+                ax.errorbar(k + offset, cell.mean(), yerr=half, color=style["color"], marker=style["marker"],
+                            markersize=4, capsize=2, label=label)
+                label = None  # one legend entry per method
+    ax.legend(loc="lower left", frameon=False, fontsize=6)
+    ax.set_xticks(range(len(settings)), names)
+    ax.set_ylabel("clean test accuracy (mean, ±1.96 s.e.)")
+    ax.set_title("Test accuracy by setting (each method at one a0)")
+    fig.suptitle(f"Label noise on the MNIST-1D MLP ({int(table['n_train'].iloc[0])} training examples, "
+                 f"{int(table['steps'].max())} steps): does per-sample clipping fit mislabelled examples less?")
+    save(fig, figures / "label_noise")
+
+
 PLOT = {"stability": [plot_stability, plot_increments], "agc_small_weights": [plot_agc_small_weights],
         "convergence": [plot_convergence], "step_sizes": [plot_step_sizes], "limit_set": [plot_limit_set],
         "ode_tracking": [plot_ode_tracking], "clipping_bias": [plot_clipping_bias],
-        "batch_fixed_point": [plot_batch_fixed_point]}
+        "batch_fixed_point": [plot_batch_fixed_point], "label_noise": [plot_label_noise]}
 
 
 def main() -> None:

@@ -126,3 +126,23 @@ def test_batch_fixed_point_table_places_each_run_between_the_mean_and_the_root(m
     assert at_fixed["position"] == pytest.approx(at_fixed["batch_root_position"], abs=1e-6)
     assert at_fixed["batch_root_position"] == pytest.approx((fixed - mean) / (root - mean), rel=1e-9)
     assert 0.05 < at_fixed["batch_root_position"] < 0.95  # between the two, apart from both
+
+
+def test_label_noise_table_splits_the_fit_between_correct_and_flipped_labels(make_cfg, tmp_path):
+    """Two short runs of the label-noise experiment: collect reads each final theta on the
+    regenerated training set; the fits to the correct (600) and flipped (400) labels add up to
+    the runner's own training accuracy on the noisy labels, and a flipped example is never both
+    memorised and recovered."""
+    from gradclip.runner import train
+
+    for a0 in (1, 10):
+        summary = train(make_cfg("+experiment=label_noise", "steps=40", "eval_every=40", f"schedule.a0={a0}",
+                                 "logger=none", tiny=False), tmp_path / "label_noise" / f"a0={a0}")
+        assert summary["status"] == "completed" and summary["theta_file"] == "theta.npz"
+    collect("label_noise", Source(runs=tmp_path, results=tmp_path))
+    table = pd.read_csv(tmp_path / "label_noise.csv")
+    assert list(table["a0"]) == [1, 10] and set(table["label_noise"]) == {0.4} and set(table["n_train"]) == {1000}
+    split = (600 * table["clean_fit"] + 400 * table["memorised"]) / 1000
+    assert split.to_numpy() == pytest.approx(table["train_acc"].to_numpy(), abs=2e-3)
+    assert (table["memorised"] + table["recovered"] <= 1).all() and (table["memorised"] > 0).all()
+    assert table["test_acc"].between(0, 1).all() and table["test_acc_minority"].notna().all()

@@ -655,3 +655,49 @@ def test_symmetric_noise_is_untested_where_the_runs_still_drift(tmp_path, drift,
     table.to_csv(tmp_path / "clipping_bias.csv", index=False)
     point = {p["noise"]: p for p in verdicts.assess_clipping_bias(tmp_path)["points"]}["gaussian"]
     assert point["resolved"] == resolved and point["verdict"] == ("holds" if resolved else "untested")
+
+
+def label_noise_rows(tmp_path, sample_memorised, sample_fit=0.7, batch_memorised=0.4, seeds=8):
+    """label_noise.csv with, for every seed, plain SGD at a0 = 1 and 10 fitting (clean 0.5,
+    memorised 0.2) and (0.9, 0.6): its curve reads memorised 0.4 at clean fit 0.7. Per-sample
+    clipping (one value or one per seed) and batch clipping sit at clean fit ``sample_fit`` and 0.7."""
+    base = {"tau": 1.0, "label_noise": 0.4, "imbalance": 1.0, "n_train": 1000, "steps": 3000, "status": "completed",
+            "train_acc": 0.5, "test_acc": 0.3, "recovered": 0.1, "test_acc_minority": 0.3, "test_acc_majority": 0.3}
+    memorised = sample_memorised if isinstance(sample_memorised, list) else [sample_memorised] * seeds
+    rows = []
+    for seed in range(seeds):
+        rows += [base | {"method_label": "none", "method": "none", "granularity": "batch", "a0": 1, "seed": seed,
+                         "clean_fit": 0.5, "memorised": 0.2},
+                 base | {"method_label": "none", "method": "none", "granularity": "batch", "a0": 10, "seed": seed,
+                         "clean_fit": 0.9, "memorised": 0.6},
+                 base | {"method_label": "norm τ=1 (sample)", "method": "norm", "granularity": "sample", "a0": 30,
+                         "seed": seed, "clean_fit": sample_fit, "memorised": memorised[seed]},
+                 base | {"method_label": "norm τ=1 (batch)", "method": "norm", "granularity": "batch", "a0": 3,
+                         "seed": seed, "clean_fit": 0.7, "memorised": batch_memorised}]
+    pd.DataFrame(rows).to_csv(tmp_path / "label_noise.csv", index=False)
+    a = verdicts.assess_label_noise(tmp_path)
+    assert report.render_label_noise(json.loads(json.dumps(verdicts.plain(a))))[0].startswith(
+        f"**Verdict: {a['verdict']}**")
+    return a
+
+
+@pytest.mark.parametrize("memorised, expected", [
+    (0.399, "holds"),            # just below plain SGD's 0.4 at the same clean fit, in every seed
+    (0.401, "fails"),            # just above
+    ([0.399] * 4 + [0.401] * 4, "untested"),  # the seeds split
+    ([0.399] * 7 + [0.401], "holds"),         # 7 of 8: Wilson's lower bound 0.53 > 0.5
+    ([0.399] * 6 + [0.401] * 2, "untested"),  # 6 of 8: 0.41
+])
+def test_label_noise_rule_reads_plain_sgds_curve_at_the_same_clean_fit(tmp_path, memorised, expected):
+    a = label_noise_rows(tmp_path, memorised)
+    assert a["verdict"] == expected
+    point = next(p for p in a["points"] if p["granularity"] == "sample")
+    assert point["judged"] == 8 and point["plain_memorised"] == pytest.approx(0.4)
+    assert a["batch"] == {"holds": 0, "fails": 1, "untested": 0}  # the control at 0.4: not less (it is not judged)
+
+
+def test_label_noise_outside_plain_sgds_range_is_not_judged(tmp_path):
+    """Clean fit 0.95 lies beyond plain SGD's best (0.9): no comparison, untested; at 0.9 there is one."""
+    assert label_noise_rows(tmp_path, 0.1, sample_fit=0.95)["verdict"] == "untested"
+    a = label_noise_rows(tmp_path, 0.599, sample_fit=0.9)
+    assert a["verdict"] == "holds" and a["points"][1]["plain_memorised"] == pytest.approx(0.6)

@@ -431,10 +431,63 @@ def collect_ode_tracking(source) -> None:
           "ode_solution.csv")
 
 
+def collect_label_noise(source) -> None:
+    """Per run: the clean test accuracy (the runner's last evaluation), and, from the final theta
+    (theta.npz) on the regenerated training set, the fit to each kind of label: ``clean_fit``,
+    the share of correctly labelled examples predicted as labelled; ``memorised``, the share of
+    flipped examples predicted as their wrong label; ``recovered``, the share of flipped examples
+    predicted as their true label; and the test accuracy on the minority classes (5-9, those an
+    imbalance thins) and on the others."""
+    import torch
+
+    from gradclip.models import build_model
+    from gradclip.records import load_theta
+
+    needs_local_records(source, "label_noise")
+    runs, _ = load(source, "label_noise")
+    runs = with_labels(runs)
+    splits, rows = {}, []
+    for _, run in runs.iterrows():
+        row = {"method_label": run["method_label"], "method": run["clip.method"],
+               "granularity": run["clip.granularity"], "tau": run.get("clip.threshold"), "a0": run["schedule.a0"],
+               "label_noise": run["data.label_noise"], "imbalance": run["data.imbalance"],
+               "n_train": run["data.n_train"], "seed": run["seed"], "steps": run["steps"],
+               "status": run["summary.status"], "train_acc": run.get("summary.final.eval/train_acc"),
+               "test_acc": run.get("summary.final.eval/test_acc")}
+        if run["summary.status"] == "completed":  # (a diverged run has no final theta)
+            config = OmegaConf.load(Path(run["run_id"]) / CONFIG_FILE)
+            key = data_key(run)
+            if key not in splits:  # the training set as trained on, its labels before the noise, the test set
+                noisy = load_dataset(config.data)
+                clean = load_dataset(OmegaConf.merge(config.data, {"label_noise": 0.0}))
+                splits[key] = (noisy, clean.y_train)
+            noisy, true_labels = splits[key]
+            model = build_model(config.model, noisy.input_shape, noisy.num_outputs)
+            model.load_state_dict({name: torch.from_numpy(value) for name, value in
+                                   load_theta(run["run_id"])["final"].items()})
+            with torch.no_grad():
+                train_pred, test_pred = model(noisy.x_train).argmax(1), model(noisy.x_test).argmax(1)
+            flipped = noisy.y_train != true_labels
+            minority = noisy.y_test >= noisy.num_outputs // 2
+            right = test_pred == noisy.y_test
+            row |= {"clean_fit": (train_pred[~flipped] == noisy.y_train[~flipped]).double().mean().item(),
+                    "memorised": (train_pred[flipped] == noisy.y_train[flipped]).double().mean().item()
+                    if flipped.any() else math.nan,
+                    "recovered": (train_pred[flipped] == true_labels[flipped]).double().mean().item()
+                    if flipped.any() else math.nan,
+                    "test_acc_minority": right[minority].double().mean().item(),
+                    "test_acc_majority": right[~minority].double().mean().item()}
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values(["imbalance", "label_noise", "method_label", "a0", "seed"])
+    results = Path(source.results)
+    table.to_csv(results / "label_noise.csv", index=False)
+    print(f"label_noise: {len(table)} runs -> {results}/label_noise.csv")
+
+
 COLLECT = {"stability": collect_stability, "agc_small_weights": collect_agc_small_weights,
            "convergence": collect_convergence, "step_sizes": collect_step_sizes, "limit_set": collect_limit_set,
            "ode_tracking": collect_ode_tracking, "clipping_bias": collect_clipping_bias,
-           "batch_fixed_point": collect_batch_fixed_point}
+           "batch_fixed_point": collect_batch_fixed_point, "label_noise": collect_label_noise}
 
 
 def collect(name: str, source) -> None:

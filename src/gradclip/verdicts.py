@@ -722,6 +722,79 @@ def assess_batch_fixed_point(results: Path) -> dict:
                         "batch_vs_mean": tally(p["batch_vs_mean"]["verdict"] for p in batch)}}
 
 
+def _mean_interval(values: pd.Series) -> list[float]:
+    """The 95% t-interval of the mean of ``values`` (nan where fewer than two)."""
+    from scipy import stats
+
+    values = values.dropna()
+    if len(values) < 2:
+        return [math.nan, math.nan]
+    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    return [float(values.mean()) - half, float(values.mean()) + half]
+
+
+def memorised_at_matched_fit(table: pd.DataFrame) -> pd.DataFrame:
+    """Each clipped run at a noisy setting against plain SGD of its seed and setting at the same
+    clean fit: plain SGD's runs over its grid of a0 trace memorised against clean_fit, and that
+    curve (sorted by clean fit, linear between its points) is read at the run's clean fit. A run
+    whose clean fit lies outside the curve's range has no comparison (``plain_memorised`` nan)."""
+    noisy = table[(table["label_noise"] > 0) & table["clean_fit"].notna()]
+    plain_runs = noisy[noisy["method"] == "none"]
+    curves = {key: rows.sort_values("clean_fit")[["clean_fit", "memorised"]].to_numpy()
+              for key, rows in plain_runs.groupby(["imbalance", "label_noise", "seed"]) if len(rows) >= 2}
+    clipped = noisy[noisy["method"] != "none"].copy()
+    matched = []
+    for run in clipped.itertuples():
+        curve = curves.get((run.imbalance, run.label_noise, run.seed))
+        inside = curve is not None and curve[0, 0] <= run.clean_fit <= curve[-1, 0]
+        matched.append(float(np.interp(run.clean_fit, curve[:, 0], curve[:, 1])) if inside else math.nan)
+    return clipped.assign(plain_memorised=matched, memorises_less=lambda t: t["memorised"] < t["plain_memorised"])
+
+
+def assess_label_noise(results: Path) -> dict:
+    """Per-sample clipping as a robust loss (issue: does it fit mislabelled examples less?),
+    decided per seed at each noisy setting and a0 of a clipped method: the seed holds where the
+    run memorises fewer of the flipped labels than plain SGD of the same seed at the same clean
+    fit (:func:`memorised_at_matched_fit`); seeds without a comparison are left out, and a point
+    is decided through :func:`seeds_verdict`. The verdict is per-sample clipping's (its points
+    combined); batch clipping, which only rescales the step, is the control, judged by the same
+    rule and reported. Test accuracies (mean and 95% interval over seeds) are reported for every
+    method, a0 and setting, not judged."""
+    table = _read(results, "label_noise.csv")
+    if table is None:
+        return {"verdict": NOT_MEASURED}
+    matched = memorised_at_matched_fit(table)
+    points = []
+    for (label, noise, imbalance, a0), rows in matched.groupby(["method_label", "label_noise", "imbalance", "a0"],
+                                                                 sort=True):
+        judged = rows[rows["plain_memorised"].notna()]
+        verdict, interval = seeds_verdict(int(judged["memorises_less"].sum()), len(judged))
+        points.append({"method_label": label, "granularity": rows["granularity"].iloc[0], "label_noise": noise,
+                       "imbalance": imbalance, "a0": a0, "seeds": len(rows), "judged": len(judged),
+                       "memorises_less": int(judged["memorises_less"].sum()), "verdict": verdict,
+                       "interval": interval, "clean_fit": rows["clean_fit"].mean(),
+                       "memorised": rows["memorised"].mean(), "plain_memorised": judged["plain_memorised"].mean(),
+                       "recovered": rows["recovered"].mean()})
+    accuracy = []
+    for (imbalance, noise, label, a0), rows in table.groupby(["imbalance", "label_noise", "method_label", "a0"],
+                                                             sort=True):
+        accuracy.append({"imbalance": imbalance, "label_noise": noise, "method_label": label, "a0": a0,
+                         "seeds": len(rows), "diverged": int((rows["status"] == "diverged").sum()),
+                         "test_acc": rows["test_acc"].mean(), "interval": _mean_interval(rows["test_acc"]),
+                         "train_acc": rows["train_acc"].mean(), "clean_fit": rows["clean_fit"].mean(),
+                         "memorised": rows["memorised"].mean(),
+                         "test_acc_minority": rows["test_acc_minority"].mean(),
+                         "test_acc_majority": rows["test_acc_majority"].mean()})
+    by = {granularity: [p for p in points if p["granularity"] == granularity] for granularity in ("sample", "batch")}
+    verdict = combine([p["verdict"] for p in by["sample"]]) if by["sample"] else UNTESTED
+    plain_runs = table[table["method"] == "none"]
+    return {"verdict": verdict, "most": MOST, "points": points, "sample": tally(p["verdict"] for p in by["sample"]),
+            "batch": tally(p["verdict"] for p in by["batch"]), "accuracy": accuracy,
+            "seeds": pair(table.groupby(["imbalance", "label_noise", "method_label", "a0"]).size()),
+            "steps": int(table["steps"].max()), "n_train": int(table["n_train"].iloc[0]),
+            "plain_a0": sorted(plain_runs.loc[plain_runs["label_noise"] > 0, "a0"].unique().tolist())}
+
+
 SECTIONS = {  # key: (number, title, assess)
     "bounded_increments": (1, "Bounded increments", assess_increments),
     "stability": (2, "Stability with high probability", assess_stability),
@@ -732,6 +805,7 @@ SECTIONS = {  # key: (number, title, assess)
     "agc_small_weights": (7, "AGC and small weights", assess_agc_small_weights),
     "clipping_bias": (8, "The bias against τ and the noise shape", assess_clipping_bias),
     "batch_fixed_point": (9, "Batch clipping's fixed point against the batch size", assess_batch_fixed_point),
+    "label_noise": (10, "Label noise: per-sample clipping as a robust loss", assess_label_noise),
 }
 
 
