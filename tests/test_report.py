@@ -694,6 +694,8 @@ def test_label_noise_rule_reads_plain_sgds_curve_at_the_same_clean_fit(tmp_path,
     point = next(p for p in a["points"] if p["granularity"] == "sample")
     assert point["judged"] == 8 and point["plain_memorised"] == pytest.approx(0.4)
     assert a["batch"] == {"holds": 0, "fails": 1, "untested": 0}  # the control at 0.4: not less (it is not judged)
+    # Best a0 only where a method ran a grid (plain SGD); equal accuracies are not "above".
+    assert [(b["method_label"], b["a0"], b["seeds_over_plain"]) for b in a["best"]] == [("none", 1, None)]
 
 
 def test_label_noise_outside_plain_sgds_range_is_not_judged(tmp_path):
