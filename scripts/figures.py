@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from gradclip.analysis import label_setting  # noqa: E402
+from gradclip.analysis import label_setting, mean_interval  # noqa: E402
 from gradclip.labels import NOISE_LABEL  # noqa: E402
 from gradclip.verdicts import SMALL_OVER_LARGE  # noqa: E402
 
@@ -586,13 +586,13 @@ def plot_label_noise(args) -> None:
     ax = axes[1]
     for name, rows in noisy.groupby("kind", sort=False):
         style = LABEL_NOISE_STYLE[name]
-        means = rows.groupby("a0")["test_acc"].agg(["mean", "std", "size"])
-        half = 1.96 * means["std"] / np.sqrt(means["size"])
-        ax.errorbar(means.index, means["mean"], yerr=half, color=style["color"], marker=style["marker"], markersize=4,
+        means = rows.groupby("a0")["test_acc"].mean()
+        low, high = np.array([mean_interval(cell) for _, cell in rows.groupby("a0")["test_acc"]]).T
+        ax.errorbar(means.index, means, yerr=[means - low, high - means], color=style["color"], marker=style["marker"], markersize=4,
                     linewidth=1, capsize=2, label=rows["method_label"].iloc[0])
     ax.set_xscale("log")
     ax.set_xlabel("a0 (a(n) = a0 / (n + n0)^p)")
-    ax.set_ylabel("clean test accuracy (mean, ±1.96 s.e.)")
+    ax.set_ylabel("clean test accuracy (mean, 95% t-interval)")
     ax.set_title("Test accuracy against the step size\n(clipping needs a larger a0 for the same progress)")
     ax.legend(loc="lower right", frameon=False, fontsize=6)
     ax = axes[2]
@@ -606,13 +606,13 @@ def plot_label_noise(args) -> None:
         for k, (imbalance, noise) in enumerate(settings):
             cell = mine[(mine["imbalance"] == imbalance) & (mine["label_noise"] == noise)]["test_acc"]
             if len(cell):
-                half = 1.96 * cell.std(ddof=1) / np.sqrt(len(cell)) if len(cell) > 1 else 0.0
-                ax.errorbar(k + offset, cell.mean(), yerr=half, color=style["color"], marker=style["marker"],
+                low, high = mean_interval(cell)
+                ax.errorbar(k + offset, cell.mean(), yerr=[[cell.mean() - low], [high - cell.mean()]], color=style["color"], marker=style["marker"],
                             markersize=4, capsize=2, label=label)
                 label = None  # one legend entry per method
     ax.legend(loc="lower left", frameon=False, fontsize=6)
     ax.set_xticks(range(len(settings)), names)
-    ax.set_ylabel("clean test accuracy (mean, ±1.96 s.e.)")
+    ax.set_ylabel("clean test accuracy (mean, 95% t-interval)")
     ax.set_title("Test accuracy by setting (each method at one a0)")
     fig.suptitle(f"Label noise on the MNIST-1D MLP ({int(table['n_train'].iloc[0])} training examples, "
                  f"{int(table['steps'].max())} steps): does per-sample clipping fit mislabelled examples less?")

@@ -548,17 +548,27 @@ def render_label_noise(a: dict) -> list[str]:
              f"judged seeds, above or below {fmt(a['most'])}). Batch clipping, which only rescales the step, is the "
              f"control: by the same rule it memorises less at {batch['holds']} points, more at {batch['fails']}, "
              f"{batch['untested']} untested.", "",
-             "| method | setting | a0 | clean fit | memorised | plain SGD at that clean fit | seeds less / judged | "
-             "verdict |", "|---|---|---|---|---|---|---|---|"]
+             "The curve is read linearly between plain SGD's grid points; a monotone cubic (PCHIP) reading is "
+             "given beside it as a check. A run equal to the curve (one that fits every label, at the end of a curve "
+             "that does too) is neither less nor more, and is not judged. The difference is the clipped run's "
+             "memorisation less plain SGD's at its clean fit (mean over judged seeds, 95% t-interval).", "",
+             "| method | setting | a0 | clean fit | memorised | plain SGD at that clean fit | difference | "
+             "seeds less / judged (PCHIP) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for p in a["points"]:
+        interval = p["difference_interval"]
+        difference = fmt(p["difference"], 2) + ("" if interval[0] is None else
+                                                f" [{fmt(interval[0], 2)}, {fmt(interval[1], 2)}]")
         lines.append(f"| {p['method_label']} | {_setting(p)} | {fmt(p['a0'])} | {fmt(p['clean_fit'], 3)} | "
-                     f"{fmt(p['memorised'], 3)} | {fmt(p['plain_memorised'], 3)} | {p['memorises_less']}/{p['judged']} | "
+                     f"{fmt(p['memorised'], 3)} | {fmt(p['plain_memorised'], 3)} | {difference} | "
+                     f"{p['memorises_less']}/{p['judged']} ({p['memorises_less_pchip']}/{p['judged_pchip']}) | "
                      f"{p['verdict']} |")
+    lines += [""] if a["best"] else []
     for b in a["best"]:
         versus = ("" if b["seeds_over_plain"] is None else
                   f", above plain SGD at its best a0 in {b['seeds_over_plain']} of {b['seeds']} seeds")
-        lines.append(f"- {_setting(b)}, {b['method_label']} at its best a0 ({fmt(b['a0'])}, chosen on this accuracy, for "
-                     "every method alike): clean test accuracy "
+        lines.append(f"- {_setting(b)}, {b['method_label']} at its best a0 (a0 = {fmt(b['a0'])}, the best of its "
+                     f"{b['grid']}, chosen on this accuracy of these runs, for every method alike: an optimistic "
+                     "estimate): clean test accuracy "
                      f"{fmt(b['test_acc'], 3)} [{fmt(b['interval'][0], 3)}, {fmt(b['interval'][1], 3)}]{versus} "
                      "(reported, not judged).")
     lines += ["", "Clean test accuracy (mean over seeds and its 95% interval; reported, not judged); under the imbalance "

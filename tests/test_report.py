@@ -693,7 +693,11 @@ def test_label_noise_rule_reads_plain_sgds_curve_at_the_same_clean_fit(tmp_path,
     assert a["verdict"] == expected
     point = next(p for p in a["points"] if p["granularity"] == "sample")
     assert point["judged"] == 8 and point["plain_memorised"] == pytest.approx(0.4)
-    assert a["batch"] == {"holds": 0, "fails": 1, "untested": 0}  # the control at 0.4: not less (it is not judged)
+    # The control sits exactly on plain SGD's curve: a tie in every seed, neither less nor more, not judged.
+    control = next(p for p in a["points"] if p["granularity"] == "batch")
+    assert control["judged"] == 0 and a["batch"] == {"holds": 0, "fails": 0, "untested": 1}
+    # The check on the interpolation: the curve is a straight line, so PCHIP reads the same 0.4.
+    assert (point["memorises_less_pchip"], point["judged_pchip"]) == (point["memorises_less"], 8)
     # Best a0 only where a method ran a grid (plain SGD); equal accuracies are not "above".
     assert [(b["method_label"], b["a0"], b["seeds_over_plain"]) for b in a["best"]] == [("none", 1, None)]
 
@@ -703,3 +707,15 @@ def test_label_noise_outside_plain_sgds_range_is_not_judged(tmp_path):
     assert label_noise_rows(tmp_path, 0.1, sample_fit=0.95)["verdict"] == "untested"
     a = label_noise_rows(tmp_path, 0.599, sample_fit=0.9)
     assert a["verdict"] == "holds" and a["points"][1]["plain_memorised"] == pytest.approx(0.6)
+
+
+def test_label_noise_settings_without_a_plain_sgd_grid_are_not_compared(tmp_path):
+    """At 20% noise plain SGD runs one a0 only: no curve, so no clipped point there (only the
+    accuracy is reported)."""
+    label_noise_rows(tmp_path, 0.3)
+    table = pd.read_csv(tmp_path / "label_noise.csv")
+    extra = table[table["a0"].isin([10, 30])].assign(label_noise=0.2)
+    pd.concat([table, extra]).to_csv(tmp_path / "label_noise.csv", index=False)
+    a = verdicts.assess_label_noise(tmp_path)
+    assert {p["label_noise"] for p in a["points"]} == {0.4} and a["verdict"] == "holds"
+    assert {(p["label_noise"], p["method_label"]) for p in a["accuracy"]} >= {(0.2, "none"), (0.2, "norm τ=1 (sample)")}

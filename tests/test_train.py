@@ -356,6 +356,14 @@ def test_iterate_averages_are_the_means_of_the_iterates_and_go_with_the_final_th
     assert diverged["status"] == "diverged" and not (tmp_path / "diverged" / "theta.npz").exists()
 
 
+@pytest.mark.parametrize("fraction, starts", [(0, (0, 50)), (0.29, (29, 64)), (0.5, (50, 75))])
+def test_averaging_windows_start_after_the_exact_fraction_of_the_steps(make_cfg, tmp_path, fraction, starts):
+    """n > f * steps, computed exactly (0.29 * 100 is 28.999999999999996 in floating point)."""
+    summary = train(make_cfg("model=linear", "data=linreg", "steps=100", "eval_every=0", f"average_from={fraction}"),
+                    tmp_path)
+    assert (summary["average_from_step"], summary["average_late_from_step"]) == starts
+
+
 def test_a_relaunch_removes_an_earlier_attempts_theta_and_a_damaged_one_is_named(make_cfg, tmp_path, monkeypatch):
     import gradclip.records as records
 

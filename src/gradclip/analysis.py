@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 from scipy.special import zeta
-from scipy.stats import binomtest, theilslopes
+from scipy.stats import binomtest, t as student_t, theilslopes
 
 from gradclip.labels import agc_exemption
 
@@ -23,6 +23,15 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
         return math.nan, math.nan
     ci = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
+
+
+def mean_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+    """Student's t interval for the mean of ``values`` (nan ignored); (nan, nan) below two values."""
+    values = pd.Series(values, dtype=float).dropna()
+    if len(values) < 2:
+        return math.nan, math.nan
+    half = float(student_t.ppf((1 + confidence) / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    return float(values.mean()) - half, float(values.mean()) + half
 
 
 def method_label(row: pd.Series) -> str:

@@ -465,6 +465,7 @@ def collect_label_noise(source) -> None:
             model = build_model(config.model, noisy.input_shape, noisy.num_outputs)
             model.load_state_dict({name: torch.from_numpy(value) for name, value in
                                    load_theta(run["run_id"])["final"].items()})
+            model.eval()
             with torch.no_grad():
                 train_pred, test_pred = model(noisy.x_train).argmax(1), model(noisy.x_test).argmax(1)
             flipped = noisy.y_train != true_labels

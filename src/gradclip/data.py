@@ -250,8 +250,8 @@ def _training_split(data: Dataset, seed: int, n_train: int | None, imbalance: fl
     half of the classes (5-9 of 10) keep ceil(n_c / r) of their n_c training examples, a subset
     drawn from the data seed; with ``label_noise`` = q > 0, round(q n) training examples drawn
     from the data seed get a label drawn uniformly from the other classes (so a fraction q of the
-    labels is wrong). Both are fixed by the data seed alone: every training seed sees the same
-    corrupted set."""
+    labels is wrong). All three are fixed by the data seed alone: every training seed sees the
+    same subset and the same corrupted set."""
     if n_train is None and imbalance == 1 and label_noise == 0:
         return data
     x, y = data.x_train.numpy(), data.y_train.numpy().copy()

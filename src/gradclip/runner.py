@@ -27,6 +27,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -356,8 +357,8 @@ def _loop(cfg: DictConfig, population: Population, members: list[Member], sample
     # exactly enough; a completed run saves both averages with its final theta (theta.npz).
     averaging = None
     if cfg.average_from is not None:
-        fraction = float(cfg.average_from)
-        averaging = {"starts": (int(fraction * steps), int((1 + fraction) / 2 * steps)),
+        fraction = Fraction(str(cfg.average_from))  # exact: int(0.29 * 100) would be 28
+        averaging = {"starts": (math.floor(fraction * steps), math.floor((1 + fraction) / 2 * steps)),
                      "sums": torch.zeros(2, *theta.shape, dtype=torch.float64, device=device)}
     # Full-data rows: every member at once from ghost norms where they cover the model and the
     # method (gradclip.evaluation.PopulationEvaluation), else one member at a time from

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gradclip.analysis import label_setting, loglog_theil_sen, wilson_interval
+from gradclip.analysis import label_setting, loglog_theil_sen, mean_interval, wilson_interval
 
 NOT_MEASURED = "not measured"
 UNTESTED = "untested"
@@ -722,33 +722,41 @@ def assess_batch_fixed_point(results: Path) -> dict:
                         "batch_vs_mean": tally(p["batch_vs_mean"]["verdict"] for p in batch)}}
 
 
-def _mean_interval(values: pd.Series) -> list[float]:
-    """The 95% t-interval of the mean of ``values`` (nan where fewer than two)."""
-    from scipy import stats
-
-    values = values.dropna()
-    if len(values) < 2:
-        return [math.nan, math.nan]
-    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
-    return [float(values.mean()) - half, float(values.mean()) + half]
-
-
 def memorised_at_matched_fit(table: pd.DataFrame) -> pd.DataFrame:
     """Each clipped run at a noisy setting against plain SGD of its seed and setting at the same
     clean fit: plain SGD's runs over its grid of a0 trace memorised against clean_fit, and that
-    curve (sorted by clean fit, linear between its points) is read at the run's clean fit. A run
-    whose clean fit lies outside the curve's range has no comparison (``plain_memorised`` nan)."""
+    curve (sorted by clean fit) is read at the run's clean fit, linearly between its points
+    (``plain_memorised``) and, as a check on the interpolation, by a monotone cubic (PCHIP,
+    ``plain_memorised_pchip``). Only settings where plain SGD ran a grid (two a0 or more) are
+    compared. A run whose clean fit lies outside the curve's range has no comparison (nan), nor
+    has one that equals the curve (a tie: a run that fits every label, at the end of a curve that
+    does too, is neither less nor more)."""
+    from scipy.interpolate import PchipInterpolator
+
     noisy = table[(table["label_noise"] > 0) & table["clean_fit"].notna()]
     plain_runs = noisy[noisy["method"] == "none"]
-    curves = {key: rows.sort_values("clean_fit")[["clean_fit", "memorised"]].to_numpy()
-              for key, rows in plain_runs.groupby(["imbalance", "label_noise", "seed"]) if len(rows) >= 2}
-    clipped = noisy[noisy["method"] != "none"].copy()
-    matched = []
+    curves = {}
+    for key, rows in plain_runs.groupby(["imbalance", "label_noise", "seed"]):
+        curve = rows.groupby("clean_fit")["memorised"].mean()  # (equal clean fits: their mean)
+        if len(curve) >= 2:
+            curves[key] = (curve.index.to_numpy(), curve.to_numpy())
+    gridded = {key[:2] for key in curves}
+    on_grid = np.array([(i, n) in gridded for i, n in zip(noisy["imbalance"], noisy["label_noise"])], dtype=bool)
+    clipped = noisy[(noisy["method"] != "none").to_numpy() & on_grid].copy()
+    linear, cubic = [], []
     for run in clipped.itertuples():
         curve = curves.get((run.imbalance, run.label_noise, run.seed))
-        inside = curve is not None and curve[0, 0] <= run.clean_fit <= curve[-1, 0]
-        matched.append(float(np.interp(run.clean_fit, curve[:, 0], curve[:, 1])) if inside else math.nan)
-    return clipped.assign(plain_memorised=matched, memorises_less=lambda t: t["memorised"] < t["plain_memorised"])
+        if curve is None or not curve[0][0] <= run.clean_fit <= curve[0][-1]:
+            linear.append(math.nan)
+            cubic.append(math.nan)
+            continue
+        linear.append(float(np.interp(run.clean_fit, *curve)))
+        cubic.append(float(PchipInterpolator(*curve)(run.clean_fit)))
+    clipped = clipped.assign(plain_memorised=linear, plain_memorised_pchip=cubic)
+    tie = (clipped["memorised"] - clipped["plain_memorised"]).abs() <= FLOAT_TOLERANCE * 1e-4  # (interpolation rounding)
+    clipped.loc[tie, "plain_memorised"] = math.nan
+    return clipped.assign(memorises_less=lambda t: t["memorised"] < t["plain_memorised"],
+                          difference=lambda t: t["memorised"] - t["plain_memorised"])
 
 
 def assess_label_noise(results: Path) -> dict:
@@ -769,7 +777,12 @@ def assess_label_noise(results: Path) -> dict:
                                                                  sort=True):
         judged = rows[rows["plain_memorised"].notna()]
         verdict, interval = seeds_verdict(int(judged["memorises_less"].sum()), len(judged))
-        points.append({"method_label": label, "granularity": rows["granularity"].iloc[0], "label_noise": noise,
+        pchip = rows[rows["plain_memorised_pchip"].notna()]
+        points.append({"difference": judged["difference"].mean(), "difference_interval": list(mean_interval(
+                           judged["difference"])),
+                       "memorises_less_pchip": int((pchip["memorised"] < pchip["plain_memorised_pchip"]).sum()),
+                       "judged_pchip": len(pchip),
+                       "method_label": label, "granularity": rows["granularity"].iloc[0], "label_noise": noise,
                        "imbalance": imbalance, "a0": a0, "seeds": len(rows), "judged": len(judged),
                        "memorises_less": int(judged["memorises_less"].sum()), "verdict": verdict,
                        "interval": interval, "clean_fit": rows["clean_fit"].mean(),
@@ -780,7 +793,7 @@ def assess_label_noise(results: Path) -> dict:
                                                              sort=True):
         accuracy.append({"imbalance": imbalance, "label_noise": noise, "method_label": label, "a0": a0,
                          "seeds": len(rows), "diverged": int((rows["status"] == "diverged").sum()),
-                         "test_acc": rows["test_acc"].mean(), "interval": _mean_interval(rows["test_acc"]),
+                         "test_acc": rows["test_acc"].mean(), "interval": list(mean_interval(rows["test_acc"])),
                          "train_acc": rows["train_acc"].mean(), "clean_fit": rows["clean_fit"].mean(),
                          "memorised": rows["memorised"].mean(),
                          "test_acc_minority": rows["test_acc_minority"].mean(),
@@ -796,8 +809,8 @@ def assess_label_noise(results: Path) -> dict:
         means = rows.groupby("a0")["test_acc"].mean()
         if len(means) >= 2:
             mine = rows[rows["a0"] == means.idxmax()].set_index("seed")["test_acc"]
-            best.append({"label_noise": noise, "imbalance": imbalance, "method_label": label,
-                         "a0": means.idxmax(), "test_acc": means.max(), "interval": _mean_interval(mine),
+            best.append({"label_noise": noise, "imbalance": imbalance, "method_label": label, "grid": len(means),
+                         "a0": means.idxmax(), "test_acc": means.max(), "interval": list(mean_interval(mine)),
                          "seeds_over_plain": None, "seeds": len(mine), "_by_seed": mine})
     for entry in best:
         plain_best = next((b for b in best if b["method_label"] == "none" and b["label_noise"] == entry["label_noise"]
