@@ -171,7 +171,8 @@ def run_name(cfg: Mapping) -> str:
     """A name a dashboard sorts by: method+setting-granularity-model-data-schedule-a0-batch-seed
     (the model by its preset where it has one: deep_tanh, not mlp; AGC's exemption where it is
     not the default head: agclam0.1_headclipped), with the noise of synthetic data
-    (location_lognormal), the exponent of a Robbins-Monro schedule (robbins_monro0.75) and the
+    (location_lognormal) and MNIST-1D's split where it is not the whole clean set
+    (mnist1d_n1000_flip0.4), the exponent of a Robbins-Monro schedule (robbins_monro0.75) and the
     batch size (B64), so that the runs of one sweep never share a name."""
     clip, data, schedule = cfg["clip"], cfg["data"], cfg["schedule"]
     setting = {"norm": f"tau{clip.get('threshold')}", "agc": f"lam{clip.get('clip_factor')}",
@@ -181,9 +182,19 @@ def run_name(cfg: Mapping) -> str:
         setting += "_" + exemption.replace(" ", "").replace("*", "")
     noise = f"_{data['noise']['dist']}" if "noise" in data else ""
     power = f"{schedule['power']}" if schedule["name"] == "robbins_monro" else ""
-    parts = [clip["method"] + setting, clip["granularity"], model_label(cfg), data["name"] + noise,
+    parts = [clip["method"] + setting, clip["granularity"], model_label(cfg), data["name"] + noise + _split_label(data),
              schedule["name"] + power, f"a{schedule['a0']}", f"B{cfg['batch_size']}", f"s{cfg['seed']}"]
     return "-".join(parts)
+
+
+def _split_label(data: Mapping) -> str:
+    """MNIST-1D's training split where it is not the whole clean set: _n1000 (a subset),
+    _flip0.4 (label noise), _imb10 (class imbalance)."""
+    if data["name"] != "mnist1d":  # (the synthetic problems' n_train is their size, always set)
+        return ""
+    label = f"_n{data['n_train']}" if data.get("n_train") is not None else ""
+    label += f"_flip{data['label_noise']}" if data.get("label_noise") else ""
+    return label + (f"_imb{data['imbalance']}" if data.get("imbalance", 1) != 1 else "")
 
 
 def run_tags(cfg: Mapping) -> list[str]:
@@ -199,6 +210,10 @@ def run_tags(cfg: Mapping) -> list[str]:
         tags.append(f"exemption:{agc_exemption('agc', clip.get('exclude')) or 'head'}")
     if "noise" in data:
         tags.append(f"noise:{data['noise']['dist']}")
+    mnist1d = data["name"] == "mnist1d"
+    split = {"n_train": mnist1d and data.get("n_train") is not None, "label_noise": bool(data.get("label_noise")),
+             "imbalance": data.get("imbalance", 1) != 1}  # (MNIST-1D's split, where it is not the whole clean set)
+    tags += [f"{key}:{data[key]}" for key, shown in split.items() if shown]
     if schedule["name"] == "robbins_monro":
         tags.append(f"power:{schedule['power']}")
     return tags + list(cfg["logger"].get("tags") or [])
