@@ -154,7 +154,8 @@ def test_job_files_are_omegaconfs_yaml_and_the_job_configs_resolve_as_hydras_cop
     from omegaconf import OmegaConf
 
     from gradclip.config import CONFIG_DIR
-    from hydra_plugins.gradclip_launcher.population_launcher import _holding, to_yaml
+    from hydra_plugins.gradclip_launcher.job_files import to_yaml
+    from hydra_plugins.gradclip_launcher.population_launcher import _holding
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         config = compose("train", overrides=["+experiment=stability", "name='1e3'", "logger.tags=[yes,'0.5']"],
@@ -326,7 +327,7 @@ def test_a_signal_while_the_workers_start_stops_the_sweep_cleanly(tmp_path, mome
 
 
 KEPT_SWEEPS = """
-import json, os, signal, sys
+import gc, json, os, signal, sys
 from gradclip import interrupts, pool, train
 
 interrupts.install()
@@ -337,7 +338,7 @@ with pool.kept():
         code = train.run_command(["-m", *fast, "steps=20", "seed=0,1,2,3", f"name={name}", "threads=1",
                                   "hydra.launcher.workers=2", "hydra.launcher.max_members=2"])
         workers = [process.pid for process in pool._kept.processes.values()]
-        seen.append({"code": code, "workers": workers})
+        seen.append({"code": code, "workers": workers, "frozen": gc.get_freeze_count()})
         if kill:  # one worker dies between the sweeps (an out-of-memory kill)
             os.kill(workers[0], signal.SIGKILL)
             pool._kept.processes[next(iter(pool._kept.processes))].join()
@@ -359,6 +360,7 @@ def test_sweeps_of_one_process_share_its_workers_until_it_ends(tmp_path, between
     assert done.returncode == 0, done.stderr
     first, second = json.loads(done.stdout.splitlines()[-1])
     assert first["code"] == second["code"] == 0, done.stderr
+    assert first["frozen"] == second["frozen"] == 0  # what the launcher froze while it prepared the jobs
     assert len(first["workers"]) == len(second["workers"]) == 2
     if between == "kill":
         assert not set(first["workers"]) & set(second["workers"])
@@ -425,4 +427,119 @@ def test_sweep_configs_from_a_template_are_hydras_own_with_every_flag_and_type()
             assert _node_flags(ours) == _node_flags(hydras), overrides
             with open_dict(ours):
                 ours.seed, ours.new_key = 99, 1  # a job's own changes: the next job does not see them
-        assert all(template[0] is not None and template[1] for template in configs.templates.values())
+        assert all(template.config is not None and template.checked for template in configs.templates.values())
+
+
+def test_job_files_from_a_template_are_to_yamls_own_text():
+    """The .hydra files of a job that SweepConfigs made from a template (job_files.TemplateFiles:
+    the template's YAML nodes with those at the job's own keys made anew) are to_yaml's text of
+    the job's own config, for value overrides of every kind (a nested key, a list, strings that
+    read back as numbers or booleans, an interpolation, text beyond ASCII), with the keys the
+    launcher sets; a job whose key is not in the template's tree is left to to_yaml."""
+    import pickle
+
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    from gradclip.config import CONFIG_DIR
+    from hydra_plugins.gradclip_launcher.job_files import TemplateFiles, job_yaml
+    from hydra_plugins.gradclip_launcher.population_launcher import LAUNCHER_KEYS, _holding
+    from hydra_plugins.gradclip_launcher.sweep_configs import SweepConfigs
+
+    base = ["+experiment=stability", "clip=agc", "logger.mode=disabled"]
+    values = [["seed=0", "clip.exclude=[]", "logger.tags=[]", "logger.project=gradclip", "schedule.a0=1"],
+              ["seed=1", "clip.exclude=[head.weight,'0.5']", "logger.tags=[yes,'1e3',null]",
+               "logger.project='été'", "schedule.a0=${steps}"],
+              ["seed=2", "clip.exclude=[x]", "logger.tags=['no']", "logger.project='true'", "schedule.a0=0.5"]]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("train", overrides=base, run_mode=RunMode.MULTIRUN)
+        configs = SweepConfigs(loader)
+        configs.checking = False
+        derived_jobs = 0
+        for idx, overrides in enumerate(base + [f"model={model}"] + job for model in ("mlp", "rnn_exploding")
+                                        for job in values):
+            config, derived = configs.job(master, overrides)
+            with open_dict(config):  # what the launcher sets (LAUNCHER_KEYS)
+                config.hydra.job.id = config.hydra.job.num = idx
+                config.hydra.runtime.output_dir = f"/somewhere/{idx}"
+            expected = job_yaml(config, _holding(config, [k for k in config if k != "hydra"]),
+                                _holding(config, ["hydra"]))
+            if derived is not None:
+                derived_jobs += 1
+                files = TemplateFiles(pickle.loads(derived.template.blob))
+                assert files.job_yaml(config, derived.keys + LAUNCHER_KEYS) == expected, overrides
+                assert files.job_yaml(config, ("logger.no_such_key",)) is None
+        assert derived_jobs == 4  # the first job of each model is Hydra's
+
+
+def test_resolved_job_configs_are_omegaconfs_own(make_cfg):
+    """prepare_job's config for training (ResolvedConfigs.create) is OmegaConf.create's, with
+    every flag and node type, for configs of one shape that differ in values of every kind
+    (equal values of other types: 1 and 1.0, 0.0 and -0.0, True and 1; None; an interpolation
+    string) and of another shape; a job's changes to its config reach no other."""
+    import copy
+
+    from omegaconf import OmegaConf
+
+    from gradclip.config import ResolvedConfigs, resolve_config
+
+    resolved = ResolvedConfigs()
+    base = resolve_config(make_cfg())
+    variants = []
+    for seed, a0, decay, deterministic, threads, name in ((0, 1, 0.0, True, None, "a"), (1, 1.0, -0.0, 1, 2, "${seed}"),
+                                                          (2, 0.5, 0.0, False, None, "b")):
+        config = copy.deepcopy(base)
+        config.update(seed=seed, weight_decay=decay, deterministic=deterministic, threads=threads, name=name)
+        config["schedule"]["a0"] = a0
+        variants.append(config)
+    other = copy.deepcopy(base) | {"extra": [1, {"x": "y"}]}
+    for config in variants + [other] + variants:
+        ours, omegaconfs = resolved.create(config), OmegaConf.create(config)
+        assert OmegaConf.to_yaml(ours) == OmegaConf.to_yaml(omegaconfs)
+        assert _node_flags(ours) == _node_flags(omegaconfs)
+        assert OmegaConf.to_container(ours) == config
+        for key in ("weight_decay", "deterministic", "threads", "name"):
+            assert repr(ours._get_node(key)._value()) == repr(config[key]), key
+        assert repr(ours.schedule.a0) == repr(config["schedule"]["a0"])
+        ours.seed = 99  # a job's own change
+    assert len(resolved.shapes) == 2
+
+
+@pytest.mark.parametrize("override", ["steps=0", "data.root=???", "clip.threshold=[1]", "+divergence.x=1",
+                                      "schedule.a0=${oops}", "seed=-1", "steps=10"])
+def test_checks_on_the_resolved_config_say_what_the_configs_own_say(make_cfg, override):
+    """validate_resolved(cfg, config) passes, or raises the very error, where validate_config(cfg)
+    does: bad input of several kinds, a missing value (which only cfg's own check sees), and a
+    config that is fine."""
+    from gradclip.checks import ConfigError
+    from gradclip.config import resolve_config, validate_config, validate_resolved
+
+    cfg = make_cfg(override)
+    try:
+        config = resolve_config(cfg)
+    except ConfigError:
+        return  # prepare_job reports it before any check
+    outcomes = []
+    for check in (lambda: validate_config(cfg), lambda: validate_resolved(cfg, config)):
+        try:
+            check()
+            outcomes.append(None)
+        except Exception as error:  # noqa: BLE001
+            outcomes.append((type(error), str(error)))
+    assert outcomes[0] == outcomes[1]
+    assert (outcomes[0] is None) == (override == "steps=10")
+
+
+def test_a_job_file_that_holds_its_text_already_is_not_rewritten(tmp_path):
+    from hydra_plugins.gradclip_launcher.population_launcher import _write_text
+
+    path = tmp_path / "config.yaml"
+    _write_text(path, "a: 1\n")
+    os.utime(path, ns=(0, 0))
+    _write_text(path, "a: 1\n")
+    assert path.stat().st_mtime_ns == 0
+    _write_text(path, "a: 2\n")
+    assert path.read_text() == "a: 2\n" and path.stat().st_mtime_ns != 0

@@ -18,8 +18,10 @@ each task trains its population and journals its runs' outcomes into the sweep's
 """
 
 
+import gc
 import logging
 import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,15 +33,15 @@ from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, en
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from omegaconf._utils import OmegaConfDumper
-import yaml
 
-from hydra_plugins.gradclip_launcher.sweep_configs import SweepConfigs
+from hydra_plugins.gradclip_launcher.job_files import TemplateFiles, job_yaml
+from hydra_plugins.gradclip_launcher.sweep_configs import Derived, SweepConfigs
 
 log = logging.getLogger(__name__)
 
 
 BACKENDS = ("local", "submitit_local", "submitit_slurm")
+FREEZE_EVERY = 16  # jobs (_prepare)
 
 
 @dataclass
@@ -127,20 +129,31 @@ class PopulationLauncher(Launcher):
         from gradclip.train import prepare_job
 
         configs.checking = False  # each job's own config from here on, not the sweeper's check
+        # Every job's config stays alive (its JobReturn holds it), and the interpreter's full
+        # garbage collections, each of which walks every live object, took a third of the
+        # preparation. So what lived before and what each FREEZE_EVERY jobs leave is frozen
+        # (gc.freeze: left out of collections), after a collection of the young objects (the
+        # garbage is among them), until the jobs are prepared. Not in a process that freezes
+        # objects itself: unfreezing would undo its own.
+        freezing = gc.get_freeze_count() == 0
         try:
-            for idx, overrides in enumerate(job_overrides):
-                idx = initial_job_idx + idx
+            for n, (idx, overrides) in enumerate(enumerate(job_overrides, start=initial_job_idx)):
+                if freezing and n % FREEZE_EVERY == 0:
+                    gc.collect(1)
+                    gc.freeze()
                 log.debug(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-                sweep_config = configs(self.config, list(overrides))
+                sweep_config, derived = configs.job(self.config, list(overrides))
                 with open_dict(sweep_config):
                     sweep_config.hydra.job.id = idx
                     sweep_config.hydra.job.num = idx
-                ret = self._job(sweep_config, sweep_dir, prepare_job)
+                ret = self._job(sweep_config, sweep_dir, prepare_job, derived)
                 runs.append(ret)
                 if ret.return_value is not None:
                     pending.append(ret.return_value)
         finally:
             configs.checking = True  # the sweeper checks the next batch
+            if freezing:
+                gc.unfreeze()  # all of it collectable again, as it was
 
     def _train(self, pending: list, total: int, workers) -> None:
         """Train the pending jobs as populations: in the worker processes ``workers`` (started by
@@ -184,36 +197,41 @@ class PopulationLauncher(Launcher):
             except Exception as error:  # noqa: BLE001 - a task that died: its runs read as what they hold
                 log.warning(f"submitit task {task.job_id} failed: {type(error).__name__}: {error}")
 
-    def _job(self, config: DictConfig, sweep_dir: Path, prepare_job) -> JobReturn:
+    def _job(self, config: DictConfig, sweep_dir: Path, prepare_job, derived: Derived | None = None) -> JobReturn:
         """What Hydra's run_job does before and after a task, at a fraction of its cost (it copies
         the whole config three times a job, which a sweep of thousands of short runs feels): the
         job's folder and its ``.hydra`` files, HydraConfig, the callbacks' on_job_start and
         on_job_end (around the preparation: the job trains later, with its population); then the
         job's checks (prepare_job), which return the job, its config resolved, if it is to train.
-        The job's own log file is not opened: the runs of a population train together."""
+        The job's own log file is not opened: the runs of a population train together.
+        ``derived``: how SweepConfigs made the config from a template, whose YAML the job's
+        .hydra files are then made from (job_files.TemplateFiles)."""
         assert self.hydra_context is not None
         # The config is this job's own (composed or copied for it alone), so the task config and
         # HydraConfig's are made of its nodes, not of copies of them (Hydra copies each); the
         # nodes stay children of ``config``, which the callbacks get whole.
         hydra_cfg = _holding(config, ["hydra"])
         HydraConfig.instance().cfg = hydra_cfg  # first: ${hydra:...} in the sweep's dirs are this job's
+        hydra = config.hydra  # (each attribute access of a DictConfig costs: looked up once)
         output_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))) / str(
             OmegaConf.select(config, "hydra.sweep.subdir"))
-        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
-            config.hydra.runtime.output_dir = os.path.abspath(output_dir)
-        OmegaConf.set_readonly(config.hydra, True)
+        runtime = hydra.runtime
+        with read_write(runtime), open_dict(runtime):
+            runtime.output_dir = os.path.abspath(output_dir)
+        OmegaConf.set_readonly(hydra, True)
         task_cfg = _holding(config, [key for key in config if key != "hydra"])
-        ret = JobReturn(overrides=OmegaConf.to_container(config.hydra.overrides.task), cfg=task_cfg,
+        ret = JobReturn(overrides=OmegaConf.to_container(hydra.overrides.task), cfg=task_cfg,
                         hydra_cfg=hydra_cfg, working_dir=os.getcwd(), task_name=JobRuntime.instance().get("name"))
         output_dir.mkdir(parents=True, exist_ok=True)
-        if config.hydra.output_subdir is not None:
-            folder = output_dir / str(config.hydra.output_subdir)
+        output_subdir = hydra.output_subdir
+        if output_subdir is not None:
+            folder = output_dir / str(output_subdir)
             folder.mkdir(parents=True, exist_ok=True)
-            for name, node in (("config.yaml", task_cfg), ("hydra.yaml", hydra_cfg),
-                               ("overrides.yaml", config.hydra.overrides.task)):
-                (folder / name).write_text(to_yaml(node), encoding="utf-8")
+            texts = self._job_yaml(config, task_cfg, hydra_cfg, derived)
+            for name, text in zip(("config.yaml", "hydra.yaml", "overrides.yaml"), texts):
+                _write_text(folder / name, text)
         callbacks = self.hydra_context.callbacks
-        with env_override(hydra_cfg.hydra.job.env_set):
+        with env_override(hydra.job.env_set):
             callbacks.on_job_start(config=config, task_function=prepare_job)
             try:
                 ret.return_value = prepare_job(task_cfg, Path(os.path.abspath(output_dir)), sweep_dir)
@@ -224,32 +242,51 @@ class PopulationLauncher(Launcher):
         callbacks.on_job_end(config=config, job_return=ret)
         return ret
 
+    @staticmethod
+    def _job_yaml(config: DictConfig, task_cfg: DictConfig, hydra_cfg: DictConfig,
+                  derived: Derived | None) -> tuple[str, str, str]:
+        """The job's three .hydra files: from its template's YAML where SweepConfigs made its
+        config from one (the keys it set there, and those _job sets, are the job's own)."""
+        if derived is not None:
+            template = derived.template
+            if template.files is None:
+                template.files = TemplateFiles(pickle.loads(template.blob))
+            texts = template.files.job_yaml(config, derived.keys + LAUNCHER_KEYS)
+            if texts is not None:
+                return texts
+        return job_yaml(config, task_cfg, hydra_cfg)
+
+
+# What _prepare and _job set in each job's config (besides what SweepConfigs sets).
+LAUNCHER_KEYS = ("hydra.job.id", "hydra.job.num", "hydra.runtime.output_dir")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """path.write_text(text), except where the file holds that very text already (a relaunched
+    sweep's jobs; its modification time then stays): ext4 flushes a file rewritten in place to
+    disk (auto_da_alloc), which made these writes most of a relaunch's time. A file this process
+    may not write is still written, to fail as before."""
+    data = text.encode("utf-8")
+    try:
+        if path.stat().st_size == len(data) and os.access(path, os.W_OK) and path.read_bytes() == data:
+            return
+    except OSError:
+        pass  # no such file (or not one to read): write_text says what is wrong, if anything
+    path.write_text(text, encoding="utf-8")
+
 
 def _holding(config: DictConfig, keys: list[str]) -> DictConfig:
     """A config of ``config``'s nodes at ``keys``, the nodes themselves (OmegaConf.masked_copy
     copies them). They stay children of ``config`` (as HydraConfig.set_config does for its
     hydra node), so interpolations, struct mode and read-only flags resolve as in ``config``,
-    which still holds them too."""
-    held = DictConfig({}, flags={"no_deepcopy_set_nodes": True})
+    which still holds them too. The nodes go straight into the new config's content: they are
+    valid nodes under these very keys already, and DictConfig's own assignment (which checks
+    each, then makes the new config their parent) took a twentieth of a job's preparation."""
+    held = DictConfig({})
+    content = held.__dict__["_content"]
     for key in keys:
-        held[key] = config._get_node(key)
-        held._get_node(key)._set_parent(config)
-    held._set_flag("no_deepcopy_set_nodes", None)
+        content[key] = config._get_node(key)
     return held
-
-
-# OmegaConf's YAML dumper (it quotes strings that would read back as numbers or booleans) on
-# libyaml's emitter where PyYAML has it: OmegaConf.to_yaml's pure-Python emitter took a tenth of a
-# large sweep's time for the three .hydra files of each job. The same YAML, and the same text for
-# any config without characters beyond U+FFFF, which libyaml escapes (tests/test_launcher.py).
-_Dumper = type("_Dumper", (getattr(yaml, "CDumper", yaml.Dumper),), {})
-_Dumper.add_representer(str, OmegaConfDumper.str_representer)
-
-
-def to_yaml(node) -> str:
-    """OmegaConf.to_yaml(node), faster."""
-    return yaml.dump(OmegaConf.to_container(node, resolve=False, enum_to_str=True), Dumper=_Dumper,
-                     default_flow_style=False, allow_unicode=True, sort_keys=False)
 
 
 def _train_populations(group: list) -> None:
