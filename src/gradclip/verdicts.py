@@ -753,8 +753,9 @@ def memorised_at_matched_fit(table: pd.DataFrame) -> pd.DataFrame:
         linear.append(float(np.interp(run.clean_fit, *curve)))
         cubic.append(float(PchipInterpolator(*curve)(run.clean_fit)))
     clipped = clipped.assign(plain_memorised=linear, plain_memorised_pchip=cubic)
-    tie = (clipped["memorised"] - clipped["plain_memorised"]).abs() <= FLOAT_TOLERANCE * 1e-4  # (interpolation rounding)
-    clipped.loc[tie, "plain_memorised"] = math.nan
+    for reading in ("plain_memorised", "plain_memorised_pchip"):
+        tie = (clipped["memorised"] - clipped[reading]).abs() <= FLOAT_TOLERANCE * 1e-4  # (interpolation rounding)
+        clipped.loc[tie, reading] = math.nan
     return clipped.assign(memorises_less=lambda t: t["memorised"] < t["plain_memorised"],
                           difference=lambda t: t["memorised"] - t["plain_memorised"])
 
