@@ -489,10 +489,12 @@ def test_resolved_job_configs_are_omegaconfs_own(make_cfg):
     resolved = ResolvedConfigs()
     base = resolve_config(make_cfg())
     variants = []
-    for seed, a0, decay, deterministic, threads, name in ((0, 1, 0.0, True, None, "a"), (1, 1.0, -0.0, 1, 2, "${seed}"),
-                                                          (2, 0.5, 0.0, False, None, "b")):
+    for seed, a0, decay, deterministic, threads, name, tags in (
+            (0, 1, 0.0, True, None, "a", ["a", 1]), (1, 1.0, -0.0, 1, 2, "${seed}", ["a", 1.0]),
+            (2, 0.5, 0.0, False, None, "b", ["b", None])):  # (leaves in a list of one length, too)
         config = copy.deepcopy(base)
         config.update(seed=seed, weight_decay=decay, deterministic=deterministic, threads=threads, name=name)
+        config["logger"] = dict(config["logger"], tags=tags)
         config["schedule"]["a0"] = a0
         variants.append(config)
     other = copy.deepcopy(base) | {"extra": [1, {"x": "y"}]}
@@ -504,6 +506,10 @@ def test_resolved_job_configs_are_omegaconfs_own(make_cfg):
         for key in ("weight_decay", "deterministic", "threads", "name"):
             assert repr(ours._get_node(key)._value()) == repr(config[key]), key
         assert repr(ours.schedule.a0) == repr(config["schedule"]["a0"])
+        if "tags" in config["logger"]:  # (not in the other shape)
+            tags = ours.logger._get_node("tags")
+            assert [repr(tags._get_node(k)._value()) for k in range(len(tags))] == \
+                [repr(v) for v in config["logger"]["tags"]]
         ours.seed = 99  # a job's own change
     assert len(resolved.shapes) == 2
 

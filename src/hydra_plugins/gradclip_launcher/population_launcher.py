@@ -268,7 +268,8 @@ def _write_text(path: Path, text: str) -> None:
     may not write is still written, to fail as before."""
     data = text.encode("utf-8")
     try:
-        if path.stat().st_size == len(data) and os.access(path, os.W_OK) and path.read_bytes() == data:
+        if path.stat().st_size == len(data) and os.access(path, os.W_OK, effective_ids=True) \
+                and path.read_bytes() == data:  # (effective ids: what open() checks)
             return
     except OSError:
         pass  # no such file (or not one to read): write_text says what is wrong, if anything
