@@ -549,6 +549,16 @@ def test_batch_clipping_fixed_point_must_stand_apart_from_the_root_and_the_mean(
     assert b["resolved_verdicts"]["holds"] == expected_resolved
 
 
+def assessed(tmp_path, experiment: str, rows: list[dict]) -> dict:
+    """Write ``rows`` as the experiment's table, assess it (gradclip.verdicts), check that its
+    section renders from the JSON-ready verdicts with the verdict first, and return them."""
+    pd.DataFrame(rows).to_csv(tmp_path / f"{experiment}.csv", index=False)
+    a = getattr(verdicts, f"assess_{experiment}")(tmp_path)
+    assert getattr(report, f"render_{experiment}")(json.loads(json.dumps(verdicts.plain(a))))[0].startswith(
+        f"**Verdict: {a['verdict']}**")
+    return a
+
+
 def bias_rows(tmp_path, symmetric_thetas, skewed_thetas, scale=1.0):
     """clipping_bias.csv: one symmetric point (mean 0, root 0, scale ``scale``) and one skewed
     point (root 0, mean 1, l/c minimiser -0.5), a row per seed's averaged iterate."""
@@ -560,10 +570,7 @@ def bias_rows(tmp_path, symmetric_thetas, skewed_thetas, scale=1.0):
                          "averaged_over": 10, "theta_avg": theta, "theta_late": theta, "theta_final": theta,
                          "root": root, "mean": mean,
                          "median": root, "scaled_min": scaled, "sigma": scale, "scale": scale, "H_final": 0.0})
-    pd.DataFrame(rows).to_csv(tmp_path / "clipping_bias.csv", index=False)
-    a = verdicts.assess_clipping_bias(tmp_path)
-    assert report.render_clipping_bias(json.loads(json.dumps(verdicts.plain(a))))[0].startswith(
-        f"**Verdict: {a['verdict']}**")
+    a = assessed(tmp_path, "clipping_bias", rows)
     return {p["noise"]: p for p in a["points"]}, a
 
 
@@ -614,10 +621,7 @@ def batch_rows(tmp_path, batch_position, sample_position=1.0, batch_root_positio
                          "batch_root_to_root": abs(fixed - 1), "batch_root_to_mean": abs(fixed),
                          "batch_root_error": 0.001, "batch_root_draws": 1000, "position": position,
                          "batch_root_position": fixed, "theta": f"{position}"})
-    pd.DataFrame(rows).to_csv(tmp_path / "batch_fixed_point.csv", index=False)
-    a = verdicts.assess_batch_fixed_point(tmp_path)
-    assert report.render_batch_fixed_point(json.loads(json.dumps(verdicts.plain(a))))[0].startswith(
-        f"**Verdict: {a['verdict']}**")
+    a = assessed(tmp_path, "batch_fixed_point", rows)
     return a
 
 
@@ -674,10 +678,7 @@ def label_noise_rows(tmp_path, sample_memorised, sample_fit=0.7, batch_memorised
                          "seed": seed, "clean_fit": sample_fit, "memorised": memorised[seed]},
                  base | {"method_label": "norm τ=1 (batch)", "method": "norm", "granularity": "batch", "a0": 3,
                          "seed": seed, "clean_fit": 0.7, "memorised": batch_memorised}]
-    pd.DataFrame(rows).to_csv(tmp_path / "label_noise.csv", index=False)
-    a = verdicts.assess_label_noise(tmp_path)
-    assert report.render_label_noise(json.loads(json.dumps(verdicts.plain(a))))[0].startswith(
-        f"**Verdict: {a['verdict']}**")
+    a = assessed(tmp_path, "label_noise", rows)
     return a
 
 
