@@ -182,19 +182,25 @@ def run_name(cfg: Mapping) -> str:
         setting += "_" + exemption.replace(" ", "").replace("*", "")
     noise = f"_{data['noise']['dist']}" if "noise" in data else ""
     power = f"{schedule['power']}" if schedule["name"] == "robbins_monro" else ""
-    parts = [clip["method"] + setting, clip["granularity"], model_label(cfg), data["name"] + noise + _split_label(data),
+    parts = [clip["method"] + setting, clip["granularity"], model_label(cfg), data["name"] + noise
+             + "".join(f"_{SPLIT_NAME[key]}{value}" for key, value in _split(data).items()),
              schedule["name"] + power, f"a{schedule['a0']}", f"B{cfg['batch_size']}", f"s{cfg['seed']}"]
     return "-".join(parts)
 
 
-def _split_label(data: Mapping) -> str:
-    """MNIST-1D's training split where it is not the whole clean set: _n1000 (a subset),
-    _flip0.4 (label noise), _imb10 (class imbalance)."""
-    if data["name"] != "mnist1d":  # (the synthetic problems' n_train is their size, always set)
-        return ""
-    label = f"_n{data['n_train']}" if data.get("n_train") is not None else ""
-    label += f"_flip{data['label_noise']}" if data.get("label_noise") else ""
-    return label + (f"_imb{data['imbalance']}" if data.get("imbalance", 1) != 1 else "")
+def _split(data: Mapping) -> dict:
+    """MNIST-1D's training-split settings that make it other than the whole clean set (n_train,
+    label_noise, imbalance), by key; none for other data (the synthetic problems' n_train is
+    their size, always set)."""
+    if data["name"] != "mnist1d":
+        return {}
+    shown = {"n_train": data.get("n_train") is not None, "label_noise": bool(data.get("label_noise")),
+             "imbalance": data.get("imbalance", 1) != 1}
+    return {key: data[key] for key, show in shown.items() if show}
+
+
+# How a run name spells each split setting: _n1000 (a subset), _flip0.4 (label noise), _imb10.
+SPLIT_NAME = {"n_train": "n", "label_noise": "flip", "imbalance": "imb"}
 
 
 def run_tags(cfg: Mapping) -> list[str]:
@@ -210,10 +216,7 @@ def run_tags(cfg: Mapping) -> list[str]:
         tags.append(f"exemption:{agc_exemption('agc', clip.get('exclude')) or 'head'}")
     if "noise" in data:
         tags.append(f"noise:{data['noise']['dist']}")
-    mnist1d = data["name"] == "mnist1d"
-    split = {"n_train": mnist1d and data.get("n_train") is not None, "label_noise": bool(data.get("label_noise")),
-             "imbalance": data.get("imbalance", 1) != 1}  # (MNIST-1D's split, where it is not the whole clean set)
-    tags += [f"{key}:{data[key]}" for key, shown in split.items() if shown]
+    tags += [f"{key}:{value}" for key, value in _split(data).items()]
     if schedule["name"] == "robbins_monro":
         tags.append(f"power:{schedule['power']}")
     return tags + list(cfg["logger"].get("tags") or [])
