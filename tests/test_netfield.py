@@ -1,0 +1,75 @@
+"""The network's clipped mean field (gradclip.netfield) against the model itself, and its zeros."""
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.func import functional_call, grad, vmap
+
+from gradclip.models import build_model
+from gradclip.netfield import NAMES, ZERO_TOLERANCE, TanhMLPField, minimum_near, zero_near
+
+
+def small_problem(n=48, d=6, hidden=5, classes=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=generator)
+    y = torch.randint(0, classes, (n,), generator=generator)
+    cfg = OmegaConf.create({"name": "mlp", "width": hidden, "depth": 1, "activation": "tanh", "init_gain": 1.0,
+                            "bias": True, "unit_scale_decades": 0.0})
+    torch.manual_seed(seed)
+    model = build_model(cfg, (d,), classes).double()
+    return x, y, model
+
+
+@pytest.mark.parametrize("tau", [0.05, 0.5, math.inf])
+def test_the_field_is_the_mean_of_the_models_own_clipped_per_example_gradients_plus_weight_decay(tau):
+    """F_tau from its hand-written backpropagation equals the mean over examples of each
+    example's gradient (torch.func on gradclip.models.MLP) divided by max(1, ||g_i|| / tau), plus
+    lambda theta; at tau small every example is clipped, at tau = inf none is."""
+    x, y, model = small_problem()
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    assert tuple(params) == NAMES
+
+    def loss(p, xi, yi):
+        return torch.nn.functional.cross_entropy(functional_call(model, p, (xi[None].double(),)), yi[None])
+
+    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    flat = torch.cat([grads[name].reshape(len(y), -1) for name in NAMES], dim=1)
+    norms = flat.norm(dim=1)
+    expected = (flat / torch.clamp(norms / tau, min=1.0).unsqueeze(1)).mean(0)
+    field = TanhMLPField(x.numpy(), y.numpy(), hidden=5, classes=3, lam=0.03)
+    theta = field.flatten(params)
+    torch.testing.assert_close(field.sample_norms(theta), norms, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(field(theta, tau), expected + 0.03 * theta, rtol=1e-12, atol=1e-14)
+    clipped = (norms > tau).float().mean().item()
+    assert clipped == (1.0 if tau == 0.05 else 0.0 if tau == math.inf else clipped)
+    if tau == math.inf:  # the gradient of L + lambda/2 ||theta||^2
+        t = theta.clone().requires_grad_(True)
+        field.objective(t).backward()
+        torch.testing.assert_close(t.grad, field(theta, tau), rtol=1e-12, atol=1e-14)
+
+
+def test_newton_finds_a_zero_of_the_clipped_field_and_lbfgs_a_minimum_of_the_loss_and_they_differ():
+    x, y, model = small_problem()
+    field = TanhMLPField(x.numpy(), y.numpy(), hidden=5, classes=3, lam=0.1)
+    start = field.flatten({name: p.detach() for name, p in model.named_parameters()})
+    loss_minimum = minimum_near(field, start)
+    assert loss_minimum.converged and loss_minimum.lbfgs_steps > 0
+    assert field(loss_minimum.theta, math.inf).norm() <= ZERO_TOLERANCE
+    # Continuation from theta_L: the zero of F_tau moves away from it as tau falls. (With this
+    # much weight decay the zeros exist all the way; with lambda = 0.03 one of them vanishes.)
+    previous, distances = loss_minimum.theta, []
+    for tau in (2.0, 1.0, 0.5, 0.25):
+        zero = zero_near(field, previous, tau)
+        assert zero.converged and zero.jvps > 0, (tau, zero.residual)
+        assert field(zero.theta, tau).norm() <= ZERO_TOLERANCE
+        distances.append((zero.theta - loss_minimum.theta).norm().item())
+        previous = zero.theta
+    assert distances == sorted(distances) and distances[-1] > 0.5
+    # From a point near the zero, Newton comes back to the same zero.
+    again = zero_near(field, previous + 1e-3 * torch.randn(field.size, generator=torch.Generator().manual_seed(1),
+                                                            dtype=torch.float64), 0.25)
+    assert again.converged and (again.theta - previous).norm() < 1e-8
+    scores = field.scores(loss_minimum.theta, x.numpy(), y.numpy())
+    assert 0 <= scores["acc"] <= 1 and scores["loss"] > 0
