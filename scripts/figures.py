@@ -619,10 +619,59 @@ def plot_label_noise(args) -> None:
     save(fig, figures / "label_noise")
 
 
+def plot_eq22_network(args) -> None:
+    """Left: per seed, the averaged iterate's distance to theta_H (the zero of eq. 22 found from
+    it) and to theta_L (the loss minimum the run started at), and ||theta_H - theta_L||, against
+    tau (no clipping at the right). Right: test and training accuracy at theta_H and theta_L."""
+    results, figures = Path(args.results), Path(args.figures)
+    table = pd.read_csv(results / "eq22_network.csv")
+    table = table[table["status"] == "completed"]
+    finite = sorted(t for t in table["tau"].unique() if math.isfinite(t))
+    # tau = inf (no clipping) drawn one step past the largest tau, on the same log axis.
+    place = {t: t for t in finite} | {math.inf: (finite[-1] * 2 if finite else 1.0)}
+    x = table["tau"].map(place)
+    jitter = np.exp(np.random.default_rng(0).uniform(-0.06, 0.06, len(table)))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    ax = axes[0]
+    for column, color, label in (("dist_avg_H", "#d62728", "‖θ̄ − θ_H‖: average to the zero of eq. (22)"),
+                                 ("dist_avg_L", "#1f77b4", "‖θ̄ − θ_L‖: average to the loss minimum it started at")):
+        ax.scatter(x * jitter, table[column], s=5, alpha=0.4, color=color, linewidths=0)
+        medians = table.groupby(x)[column].median()
+        ax.plot(medians.index, medians, color=color, marker="o", markersize=3, linewidth=1, label=label + " (median; dots: seeds)")
+    clipped = table[np.isfinite(table["tau"])]  # (without clipping theta_H is theta_L)
+    medians = clipped.groupby("tau")["dist_H_L"].median()
+    ax.plot(medians.index, medians, color="black", linestyle="--", linewidth=1, label="‖θ_H − θ_L‖ (median)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(list(place.values()), [f"{t:g}" if math.isfinite(t) else "∞\n(none)" for t in place])
+    ax.minorticks_off()
+    ax.set_xlabel("clipping threshold τ (per-sample norm clipping)")
+    ax.set_ylabel("distance in parameter space")
+    ax.set_title("Where the averaged iterate ends: at θ_H (eq. 22) or at θ_L (loss minimum)?")
+    ax.legend(loc="lower left", frameon=False, fontsize=6)
+    ax = axes[1]
+    for split, style in (("test", "-"), ("train", ":")):
+        for name, color in (("H", "#d62728"), ("L", "#1f77b4")):
+            column = f"{split}_acc_{name}"
+            means = table.groupby(x)[column].mean()
+            low, high = np.array([mean_interval(cell) for _, cell in table.groupby(x)[column]]).T
+            ax.errorbar(means.index, means, yerr=[means - low, high - means], color=color, linestyle=style, marker="o",
+                        markersize=3, linewidth=1, capsize=2, label=f"{split} accuracy at θ_{name}")
+    ax.set_xscale("log")
+    ax.set_xticks(list(place.values()), [f"{t:g}" if math.isfinite(t) else "∞\n(none)" for t in place])
+    ax.minorticks_off()
+    ax.set_xlabel("clipping threshold τ")
+    ax.set_ylabel("accuracy (mean over seeds, 95% t-interval)")
+    ax.set_title("Does the bias cost or buy accuracy? θ_H against θ_L")
+    ax.legend(loc="best", frameon=False, fontsize=6)
+    save(fig, figures / "eq22_network")
+
+
 PLOT = {"stability": [plot_stability, plot_increments], "agc_small_weights": [plot_agc_small_weights],
         "convergence": [plot_convergence], "step_sizes": [plot_step_sizes], "limit_set": [plot_limit_set],
         "ode_tracking": [plot_ode_tracking], "clipping_bias": [plot_clipping_bias],
-        "batch_fixed_point": [plot_batch_fixed_point], "label_noise": [plot_label_noise]}
+        "batch_fixed_point": [plot_batch_fixed_point], "label_noise": [plot_label_noise],
+        "eq22_network": [plot_eq22_network]}
 
 
 def main() -> None:

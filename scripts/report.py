@@ -583,10 +583,60 @@ def render_label_noise(a: dict) -> list[str]:
     return lines
 
 
+# -- eq. (22) on a network ---------------------------------------------------------------------------------
+
+
+def _change(c: dict) -> str:
+    low, high = c["interval"]
+    interval = "" if low is None else f" [{fmt(low, 2)}, {fmt(high, 2)}]"
+    return f"{fmt(c['acc_H'], 3)} vs {fmt(c['acc_L'], 3)}: {fmt(c['change'], 2)}{interval} ({c['words']})"
+
+
+def render_eq22_network(a: dict) -> list[str]:
+    t, control = a["tally"], a["control"]
+    lines = [f"**Verdict: {a['verdict']}** (the averaged iterate lies nearer the zero of eq. (22) than the loss minimum "
+             f"at {t['holds']} values of τ, nearer the loss minimum at {t['fails']}, {t['untested']} untested). "
+             f"A tanh MLP 40-{a['width']}-10 on {a['n_train']} MNIST-1D training examples with weight decay λ = "
+             f"{fmt(a['weight_decay'])}, per-sample norm clipping with the paper's exact factor, batch {a['batch_size']}, "
+             f"a(n) = {fmt(a['a0'])}/(n + 10)^{fmt(a['power'])}, {a['steps']:,} steps, θ averaged over the second half, "
+             f"{span(a['seeds'])} seeds per τ (`paper_figures/eq22_network.png`, `results/eq22_network.csv`).", "",
+             "Every run of a seed starts at θ_L, the minimum of the training loss with weight decay that L-BFGS reaches "
+             "from the seed's initialisation (`start=loss_minimum`): without clipping, SGD has no reason to leave it; "
+             "eq. (22) says that with per-sample clipping it leaves for θ_H, the zero of the clipped mean field "
+             "H(θ) + λθ = mean_i ∇ℓ_i/max(1, ‖∇ℓ_i‖/τ) + λθ. From each run's averaged iterate θ̄, θ_H is found "
+             "deterministically on the whole training set in float64 (`gradclip.netfield`: Anderson-accelerated "
+             "fixed-point steps of the mean-field flow, to ‖H + λθ‖ ≤ 1e-10), as θ_L is from the run's start. As a "
+             "check that needs no run, the mean-field ODE θ' = −(H(θ) + λθ) is also followed from θ_L to where it "
+             "ends (the zero the ODE method predicts for SGD started there).", "",
+             "Verdict rule, per τ, decided per seed: θ̄ lies nearer θ_H than θ_L (a seed whose zeros were not all "
+             "found counts as not nearer; Wilson interval on the fraction of seeds, above or below "
+             f"{fmt(a['most'])}), at values of τ where θ_H and θ_L lie {fmt(a['resolved_factor'])}× further apart than "
+             "θ̄ lies from the nearer of them (medians over seeds); elsewhere untested.", ""]
+    if control:
+        lines.append(f"- Control, no clipping (τ = ∞, {control['seeds']} seeds): θ̄ lies {fmt(control['dist_avg_L'], 2)} "
+                     f"(median) from θ_L, the runs' own resolution, and the zero found from θ̄ is θ_L itself in "
+                     f"{control['returns_to_L']} of {control['seeds']} seeds.")
+    lines += ["", "| τ | clipped at θ_H | ‖θ_H − θ_L‖ (range) | ‖θ̄ − θ_H‖ | ‖θ̄ − θ_L‖ | θ_H = end of the ODE from θ_L "
+              "| seeds nearer θ_H | verdict | test accuracy at θ_H vs θ_L: change [95%] | train accuracy, likewise |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in a["points"]:
+        nearer = "–" if p["verdict"] is None else f"{p['seeds_nearer']}/{p['seeds']}"
+        low, high = p["dist_H_L_range"]
+        lines.append(f"| {fmt(p['tau'])} | {fmt(p['clipped_at_H'], 2)} | {fmt(p['dist_H_L'], 3)} "
+                     f"({fmt(low, 3)}–{fmt(high, 3)}) | "
+                     f"{fmt(p['dist_avg_H'], 2)} | {fmt(p['dist_avg_L'], 2)} | {p['same_as_flow']}/{p['seeds']} | "
+                     f"{nearer} | {p['verdict'] or 'control'} | {_change(p['test'])} | {_change(p['train'])} |")
+    lines += ["", f"Distances are medians over seeds (‖θ_L‖ is {fmt(a['norm_L'], 2)}); "
+              "accuracies are means over seeds, the change per seed with its 95% t-interval, and 'costs' or 'buys' "
+              "where the interval excludes zero (reported, not judged)."]
+    return lines
+
+
 RENDER = {"bounded_increments": render_increments, "stability": render_stability, "convergence": render_convergence,
           "step_sizes": render_step_sizes, "limit_set": render_limit_set, "ode_tracking": render_ode_tracking,
           "agc_small_weights": render_agc_small_weights, "clipping_bias": render_clipping_bias,
-          "batch_fixed_point": render_batch_fixed_point, "label_noise": render_label_noise}
+          "batch_fixed_point": render_batch_fixed_point, "label_noise": render_label_noise,
+          "eq22_network": render_eq22_network}
 
 
 SHORT_ARMS = {"norm": "norm", "agc": "AGC", "agc_head_clipped": "AGC, head clipped"}

@@ -185,10 +185,26 @@ def label_noise_sweeps(scale: str) -> list[list[str]]:
     return sweeps
 
 
+def eq22_network_sweeps(scale: str) -> list[list[str]]:
+    """configs/experiment/eq22_network.yaml holds the default grid: no clipping (tau = inf), then
+    per-sample clipping at tau in {1, 0.5}, 2 seeds; the full scale runs tau in {4, 2, 1, 0.5,
+    0.25} and 32 seeds (at 12,000 steps and batch 64 the unclipped averages lie 0.05 from theta_L;
+    with 8,000 steps and batch 32, twice that)."""
+    sample = ["clip=norm", "clip.eps=0", "clip.granularity=sample"]
+    if scale == "smoke":
+        smoke = ["seed=0", "steps=300", "eval_every=300", "data.n_train=128"]
+        return [smoke, smoke + sample + ["clip.threshold=0.5"]]
+    if scale == "default":
+        return [[], sample + ["clip.threshold=1,0.5"]]
+    seeds = ["seed=range(0,32)"]
+    return [seeds, seeds + sample + ["clip.threshold=4,2,1,0.5,0.25"]]
+
+
 EXPERIMENTS = {"stability": stability_sweeps, "agc_small_weights": agc_small_weights_sweeps,
                "convergence": convergence_sweeps, "step_sizes": step_sizes_sweeps, "limit_set": limit_set_sweeps,
                "ode_tracking": ode_tracking_sweeps, "clipping_bias": clipping_bias_sweeps,
-               "batch_fixed_point": batch_fixed_point_sweeps, "label_noise": label_noise_sweeps}
+               "batch_fixed_point": batch_fixed_point_sweeps, "label_noise": label_noise_sweeps,
+               "eq22_network": eq22_network_sweeps}
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)

@@ -1,6 +1,7 @@
 """The collect step (gradclip.collect) on small hand-built records whose answers are known:
 the limit-set distances, and the ODE tables' time alignment (theta_n sits at t(n) = sum_{k<n} a(k))."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,28 @@ def test_label_noise_table_splits_the_fit_between_correct_and_flipped_labels(mak
     assert split.to_numpy() == pytest.approx(table["train_acc"].to_numpy(), abs=2e-3)
     assert (table["memorised"] + table["recovered"] <= 1).all() and (table["memorised"] > 0).all()
     assert table["test_acc"].between(0, 1).all() and table["test_acc_minority"].notna().all()
+
+
+def test_eq22_network_table_compares_each_average_with_the_zeros_found_from_it(make_cfg, tmp_path):
+    """Two short runs of eq22_network from the same loss minimum, unclipped and clipped at
+    tau = 0.25: collect finds theta_L (where both started, to float32 rounding) and, from each
+    average, theta_H; unclipped, theta_H is theta_L and the ODE's end too; clipped, every example
+    is clipped at theta_H, which lies away from theta_L, and the ODE from theta_L ends at a zero
+    too (200 steps are too few for the run to reach that one: not asserted)."""
+    from gradclip.runner import train
+
+    small = ["+experiment=eq22_network", "steps=200", "eval_every=200", "data.n_train=64", "model.width=6",
+             "batch_size=16", "logger=none"]
+    sample = ["clip=norm", "clip.eps=0", "clip.granularity=sample", "clip.threshold=0.25"]
+    for name, extra in (("none", []), ("clipped", sample)):
+        assert train(make_cfg(*small, *extra, tiny=False), tmp_path / "eq22_network" / name)["status"] == "completed"
+    collect("eq22_network", Source(runs=tmp_path, results=tmp_path))
+    table = pd.read_csv(tmp_path / "eq22_network.csv").set_index("method_label")
+    assert list(table.index) == ["none", "norm τ=0.25 (sample)"] and list(table["tau"]) == [math.inf, 0.25]
+    assert table["converged"].all() and (table["dist_start_L"] < 1e-3).all()
+    none, clipped = table.loc["none"], table.loc["norm τ=0.25 (sample)"]
+    assert none["dist_H_L"] < 1e-6 and none["dist_H_flow"] == none["dist_H_L"] and none["clipped_at_H"] == 0
+    assert none["dist_avg_H"] == pytest.approx(none["dist_avg_L"], abs=1e-6)
+    assert clipped["clipped_at_H"] == 1 and clipped["dist_H_L"] > 0.1 and clipped["residual_H_flow"] <= 1e-10
+    for column in ("train_acc_H", "test_acc_L", "train_acc_avg"):
+        assert table[column].between(0, 1).all()

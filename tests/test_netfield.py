@@ -73,3 +73,31 @@ def test_newton_finds_a_zero_of_the_clipped_field_and_lbfgs_a_minimum_of_the_los
     assert again.converged and (again.theta - previous).norm() < 1e-8
     scores = field.scores(loss_minimum.theta, x.numpy(), y.numpy())
     assert 0 <= scores["acc"] <= 1 and scores["loss"] > 0
+
+
+def test_anderson_refine_and_the_flow_reach_the_zero_newton_finds():
+    """The fast paths collect uses, against Newton's method with the exact Jacobian: Anderson
+    acceleration and refine() from a point near a zero of F_tau return to it, and the mean-field
+    flow from theta_L ends at a zero that Newton's method confirms from where the flow slows
+    down. F_tau has several zeros here: the flow from theta_L and continuation in tau reach
+    different ones, so which zero is meant matters (collect compares the runs with the flow's)."""
+    from gradclip.netfield import anderson, flow, refine, zero_along_flow
+
+    x, y, model = small_problem()
+    field = TanhMLPField(x.numpy(), y.numpy(), hidden=5, classes=3, lam=0.1)
+    loss_minimum = minimum_near(field, field.flatten({n: p.detach() for n, p in model.named_parameters()}))
+    newton = loss_minimum
+    for tau in (2.0, 1.0, 0.5):  # continuation in tau, as in the test above
+        newton = zero_near(field, newton.theta, tau)
+    assert newton.converged and (newton.theta - loss_minimum.theta).norm() > 0.1
+    near = newton.theta + 0.05 * torch.randn(field.size, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for zero in (anderson(field, near, 0.5), refine(field, near, 0.5)):
+        assert zero.converged and zero.flow_steps > 0 and (zero.theta - newton.theta).norm() < 1e-6
+    theta, residual, steps = flow(field, loss_minimum.theta, 0.5, until=1e-4)
+    assert residual <= 1e-4 < field(loss_minimum.theta, 0.5).norm() and steps > 0
+    confirmed = zero_near(field, theta, 0.5)
+    along = zero_along_flow(field, loss_minimum.theta, 0.5)
+    assert confirmed.converged and along.converged and (along.theta - confirmed.theta).norm() < 1e-6
+    assert (along.theta - newton.theta).norm() > 0.1  # another zero of the same field
+    unclipped = refine(field, loss_minimum.theta + 1e-3, math.inf)  # tau = inf: back to the loss minimum
+    assert unclipped.converged and (unclipped.theta - loss_minimum.theta).norm() < 1e-7

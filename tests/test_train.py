@@ -346,6 +346,7 @@ def test_iterate_averages_are_the_means_of_the_iterates_and_go_with_the_final_th
     assert saved["steps"] == {"average_from": 20, "average_late_from": 30}
     assert list(saved["final"]) == ["head.weight"] and saved["final"]["head.weight"].shape == (1, 5)
     assert np.array_equal(saved["final"]["head.weight"][0], path[-1].astype(np.float32))
+    assert np.array_equal(saved["initial"]["head.weight"][0], np.float32(summary["initial_theta"]))
     np.testing.assert_allclose(saved["average"]["head.weight"][0], path[20:].mean(0), rtol=1e-12)
     np.testing.assert_allclose(saved["average_late"]["head.weight"][0], path[30:].mean(0), rtol=1e-12)
     assert saved["average"]["head.weight"].dtype == np.float64

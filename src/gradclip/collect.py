@@ -15,6 +15,7 @@ and ``project`` (the command line's namespace, or :class:`Source`).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -485,10 +486,99 @@ def collect_label_noise(source) -> None:
     print(f"label_noise: {len(table)} runs -> {results}/label_noise.csv")
 
 
+def _eq22_network_seed(task: dict) -> list[dict]:
+    """The rows of one seed's runs of eq22_network (in a worker process: one thread, its own
+    copy of the training set). theta_L: the loss minimum the runs started at (each run's initial
+    theta, the runner's L-BFGS result in float32), refined in float64 by L-BFGS and Newton's method
+    (gradclip.netfield.minimum_near: descent, so a minimum); theta_H: the zero of F_tau
+    at or near the run's averaged iterate (gradclip.netfield.refine); theta_H_flow: where the
+    mean-field ODE from theta_L ends (gradclip.netfield.zero_along_flow), the zero the ODE method
+    predicts for SGD started at theta_L, found without the runs."""
+    import torch
+
+    from gradclip.netfield import TanhMLPField, minimum_near, refine, zero_along_flow
+    from gradclip.records import load_theta
+
+    torch.set_num_threads(1)
+    data = load_dataset(task["data"])
+    field = TanhMLPField(data.x_train.numpy(), data.y_train.numpy(), task["width"], data.num_outputs,
+                         task["weight_decay"])
+    splits = {"train": (data.x_train.numpy(), data.y_train.numpy()), "test": (data.x_test.numpy(), data.y_test.numpy())}
+    minima, rows = {}, []
+    for run in task["runs"]:
+        row, tau = dict(run["row"]), run["row"]["tau"]
+        if row["status"] != "completed":  # a diverged run has no averaged iterate
+            rows.append(row)
+            continue
+        saved = load_theta(run["run_id"])
+        start, average = field.flatten(saved["initial"]), field.flatten(saved["average"])
+        late = field.flatten(saved["average_late"])
+        key = start.numpy().tobytes()
+        if key not in minima:
+            minima[key] = minimum_near(field, start)
+        loss_minimum, zero = minima[key], refine(field, average, tau)
+        predicted = zero_along_flow(field, loss_minimum.theta, tau) if math.isfinite(tau) else loss_minimum
+        theta_l, theta_h = loss_minimum.theta, zero.theta
+        row |= {"dist_avg_H": (average - theta_h).norm().item(), "dist_avg_L": (average - theta_l).norm().item(),
+                "dist_H_L": (theta_h - theta_l).norm().item(),
+                "dist_H_flow": (theta_h - predicted.theta).norm().item(),
+                "dist_late_avg": (late - average).norm().item(), "dist_start_L": (start - theta_l).norm().item(),
+                "norm_L": theta_l.norm().item(), "residual_avg": field(average, tau).norm().item(),
+                "residual_H": zero.residual, "residual_L": loss_minimum.residual,
+                "residual_H_flow": predicted.residual,
+                "converged": zero.converged and loss_minimum.converged and predicted.converged,
+                "field_evaluations": zero.flow_steps + predicted.flow_steps, "newton_steps": zero.newton_steps,
+                "clipped_at_H": (field.sample_norms(theta_h) > tau).double().mean().item(),
+                "clipped_at_L": (field.sample_norms(theta_l) > tau).double().mean().item()}
+        for name, theta in (("H", theta_h), ("L", theta_l), ("avg", average)):
+            for split, (x, y) in splits.items():
+                scores = field.scores(theta, x, y)
+                row |= {f"{split}_acc_{name}": scores["acc"], f"{split}_loss_{name}": scores["loss"]}
+        rows.append(row)
+    return rows
+
+
+def collect_eq22_network(source) -> None:
+    """Eq. (22) on a network (docs/CLAIMS.md, experiment 11): per run, its averaged iterate
+    against theta_H, the zero of the clipped mean field F_tau = H + lambda theta near it, and
+    against theta_L, the minimum of the loss with weight decay that it started at, with the
+    training and test accuracy at each (gradclip.netfield). The seeds are solved side by side in
+    one worker process per core."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    needs_local_records(source, "eq22_network")
+    runs, _ = load(source, "eq22_network")
+    runs = with_labels(runs)
+    tasks: dict[tuple, dict] = {}
+    for _, run in runs.iterrows():
+        config = OmegaConf.load(Path(run["run_id"]) / CONFIG_FILE)
+        tau = float(run["clip.threshold"]) if run["clip.method"] == "norm" else math.inf
+        row = {"method_label": run["method_label"], "tau": tau, "seed": int(run["seed"]),
+               "weight_decay": float(run["weight_decay"]), "a0": run["schedule.a0"], "power": run["schedule.power"],
+               "batch_size": int(run["batch_size"]), "steps": int(run["steps"]), "width": int(run["model.width"]),
+               "n_train": run["data.n_train"], "status": run["summary.status"]}
+        key = (data_key(run), row["width"], row["weight_decay"], row["seed"])
+        task = tasks.setdefault(key, {"data": OmegaConf.to_container(config.data, resolve=True),
+                                      "width": row["width"], "weight_decay": row["weight_decay"], "runs": []})
+        task["runs"].append({"run_id": run["run_id"], "row": row})
+    workers = max(1, min(len(tasks), os.cpu_count() or 1))
+    if workers == 1:  # (a process costs seconds to start: not for one seed)
+        rows = [row for task in tasks.values() for row in _eq22_network_seed(task)]
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = [row for seed_rows in pool.map(_eq22_network_seed, tasks.values()) for row in seed_rows]
+    table = pd.DataFrame(rows).sort_values(["tau", "seed"], ascending=[False, True])
+    results = Path(source.results)
+    table.to_csv(results / "eq22_network.csv", index=False)
+    print(f"eq22_network: {len(table)} runs -> {results}/eq22_network.csv")
+
+
 COLLECT = {"stability": collect_stability, "agc_small_weights": collect_agc_small_weights,
            "convergence": collect_convergence, "step_sizes": collect_step_sizes, "limit_set": collect_limit_set,
            "ode_tracking": collect_ode_tracking, "clipping_bias": collect_clipping_bias,
-           "batch_fixed_point": collect_batch_fixed_point, "label_noise": collect_label_noise}
+           "batch_fixed_point": collect_batch_fixed_point, "label_noise": collect_label_noise,
+           "eq22_network": collect_eq22_network}
 
 
 def collect(name: str, source) -> None:

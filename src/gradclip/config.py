@@ -71,6 +71,7 @@ def validate_config(cfg: Mapping) -> None:
     require_number(cfg["divergence"], "divergence", "max_norm", lambda v: v > 0, "> 0")
     require_choice(cfg, "cfg", "device", ("auto", "cpu", "cuda"))
     require_choice(cfg, "cfg", "sampling", ("iid", "shuffle"))
+    require_choice(cfg, "cfg", "start", ("init", "loss_minimum"))
     require_choice(cfg, "cfg", "per_sample", ("auto", "vmap"))
     require_choice(cfg, "cfg", "progress", (True, False, "auto"))
     require_choice(cfg, "cfg", "log_theta", (True, False))

@@ -13,7 +13,8 @@ A run directory (the job's Hydra output directory) holds:
 * ``units.jsonl``    with ``unit_log_every`` > 0 only: per unit, ||W_i|| before and ||Delta W_i||
                      of a step, every ``unit_log_every`` steps.
 * ``theta.npz``      with ``average_from`` set only, written before the summary of a completed
-                     run: per parameter its final value (``final/<name>``) and its iterate
+                     run: per parameter its value at the start (``initial/<name>``) and at the
+                     end (``final/<name>``) and its iterate
                      averages (``average/<name>``, ``average_late/<name>``, float64), and the
                      steps they start after (:func:`load_theta`).
 
@@ -602,7 +603,7 @@ def load_units(run_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def load_theta(run_dir: str | os.PathLike) -> dict[str, dict]:
-    """A run's theta.npz as {"final": {name: array}, "average": ..., "average_late": ...,
+    """A run's theta.npz as {"initial": {name: array}, "final": ..., "average": ..., "average_late": ...,
     "steps": {"average_from": n, "average_late_from": n}}; raises RecordError, naming the file,
     where it is missing or cannot be read."""
     import zipfile
@@ -612,7 +613,7 @@ def load_theta(run_dir: str | os.PathLike) -> dict[str, dict]:
     path = Path(run_dir) / THETA_FILE
     try:
         with np.load(path) as arrays:
-            found: dict[str, dict] = {"final": {}, "average": {}, "average_late": {}, "steps": {}}
+            found: dict[str, dict] = {"initial": {}, "final": {}, "average": {}, "average_late": {}, "steps": {}}
             for key in arrays.files:
                 group, _, name = key.partition("/")
                 found[group][name] = int(arrays[key]) if group == "steps" else arrays[key]

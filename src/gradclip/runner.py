@@ -51,6 +51,7 @@ from gradclip.provenance import git_state, versions
 from gradclip.records import THETA_FILE, RecordWriteError, RunRecorder, process_identity, run_state
 from gradclip.resume import existing_record
 from gradclip.schedules import Schedule, make_schedule
+from gradclip.start import CACHE_FOLDER, cached_loss_minimum
 from gradclip.tracking import NullTracker, make_tracker
 
 log = logging.getLogger("gradclip.train")
@@ -231,10 +232,20 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], rerai
     if cfg.batch_size > data.num_train:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {data.num_train} training "
                           f"examples of data={data.name}; use batch_size <= {data.num_train}")
-    models = []
+    loss_fn = per_example_loss(data.task)
+    models, starts = [], {}
     for k in todo:  # each member's initialisation is the one its single run would have
         torch.manual_seed(cfgs[k].seed)
         models.append(build_model(cfg.model, data.input_shape, data.num_outputs).to(device))
+        if cfg.start == "loss_minimum":  # members of one seed share the search (gradclip.start)
+            if cfgs[k].seed not in starts:
+                key = {name: configs[k][name] for name in ("data", "model", "seed", "weight_decay")}
+                key["data"] = {name: value for name, value in key["data"].items() if name != "root"}
+                starts[cfgs[k].seed] = (models[-1], cached_loss_minimum(
+                    models[-1], data.x_train, data.y_train, loss_fn, float(cfg.weight_decay), key,
+                    run_dirs[k].parent / CACHE_FOLDER))
+            else:
+                models[-1].load_state_dict(starts[cfgs[k].seed][0].state_dict())
     per_sample_reason = per_sample_unsupported_reason(models[0])
     if cfg.clip.granularity == "sample" and per_sample_reason:
         raise ConfigError(f"clip.granularity=sample needs per-example gradients, but {per_sample_reason}; "
@@ -246,7 +257,6 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], rerai
                           f"(at most {MAX_LOGGED_THETA}); use log_theta=false or a smaller model")
     clippers = [make_clipper(cfgs[k].clip, names) for k in todo]
     scratch = copy.deepcopy(models[0]) if len(todo) > 1 else None  # evaluates one member at a time
-    loss_fn = per_example_loss(data.task)
     population = Population(models, loss_fn, Clipper.stacked(clippers).to(device), cfg.clip.granularity,
                             cfg.momentum, cfg.weight_decay, cfg.per_sample)
 
@@ -258,7 +268,8 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], rerai
         summary = {"status": "running", "diverged_step": None, "seed": cfgs[k].seed, "device": str(device),
                    "started_at": started, **provenance, "clipper": clipper.describe(),
                    "num_parameters": num_parameters, "per_sample_gradients": population.per_sample_gradients,
-                   "population_size": len(todo)}
+                   "population_size": len(todo),
+                   **({"start": starts[cfgs[k].seed][1]} if starts else {})}
         members.append(Member(cfgs[k], configs[k], run_dirs[k], clipper, make_schedule(cfgs[k].schedule, cfg.steps),
                               RunRecorder(run_dirs[k]), summary))
     sampler = BatchSampler(data.num_train, cfg.batch_size, cfg.sampling,
@@ -408,7 +419,7 @@ def _loop(cfg: DictConfig, population: Population, members: list[Member], sample
         maxima.flush(k)
         if averaging and result["status"] == "completed":
             try:  # before the summary: a completed record has its theta.npz
-                member.recorder.write_theta(_theta_arrays(population, k, step, averaging))
+                member.recorder.write_theta(_theta_arrays(population, k, step, averaging, initial))
                 result = result | {"theta_file": THETA_FILE, "average_from_step": averaging["starts"][0],
                                    "average_late_from_step": averaging["starts"][1]}
             except RecordWriteError as error:
@@ -561,9 +572,10 @@ def _train_rows(step, population, losses, stats, initial, values, lrs, sum_a, su
     return rows
 
 
-def _theta_arrays(population: Population, k: int, steps: int, averaging: dict) -> dict:
-    """Member k's final theta and its two iterate averages, per parameter by name (theta.npz)."""
-    flat = {"final": population.theta[k].detach()}
+def _theta_arrays(population: Population, k: int, steps: int, averaging: dict, initial: torch.Tensor) -> dict:
+    """Member k's initial and final theta and its two iterate averages, per parameter by name
+    (theta.npz)."""
+    flat = {"initial": initial[k], "final": population.theta[k].detach()}
     for which, start, total in zip(("average", "average_late"), averaging["starts"], averaging["sums"]):
         flat[which] = total[k] / (steps - start)
     arrays = {f"steps/{which}_from": start for which, start in zip(("average", "average_late"), averaging["starts"])}

@@ -829,6 +829,65 @@ def assess_label_noise(results: Path) -> dict:
             "plain_a0": sorted(plain_runs.loc[plain_runs["label_noise"] > 0, "a0"].unique().tolist())}
 
 
+# Two zeros found from different points are the same zero where they lie within this distance
+# (both found to ||F|| <= 1e-10; the field's slowest directions turn that into up to ~1e-6).
+SAME_ZERO = 1e-4
+
+
+def _accuracy_change(rows: pd.DataFrame, split: str) -> dict:
+    """Accuracy at theta_H less accuracy at theta_L, per seed: mean, 95% interval, seeds above
+    and below, and in words: 'costs' or 'buys' where the interval excludes 0, else 'neither'."""
+    change = rows[f"{split}_acc_H"] - rows[f"{split}_acc_L"]
+    low, high = mean_interval(change)
+    words = "costs" if high < 0 else "buys" if low > 0 else "neither"
+    return {"change": change.mean(), "interval": [low, high], "seeds_up": int((change > 0).sum()),
+            "seeds_down": int((change < 0).sum()), "words": words, "acc_H": rows[f"{split}_acc_H"].mean(),
+            "acc_L": rows[f"{split}_acc_L"].mean()}
+
+
+def assess_eq22_network(results: Path) -> dict:
+    """Eq. (22) on a network, at a converged point. Per tau of per-sample clipping, decided per
+    seed: the averaged iterate lies nearer theta_H (the zero of H + lambda theta at it) than
+    theta_L (the minimum of the loss with weight decay that the run started at), at a point
+    resolved by the rule of the closed-form problems (:func:`_nearer`: ||theta_H - theta_L||,
+    median over seeds, more than RESOLVED times the median distance from the average to the
+    nearer of the two); a seed whose zeros were not all found counts as not nearer. Reported
+    beside it: whether theta_H is also where the mean-field ODE from theta_L ends (SAME_ZERO), how
+    far the unclipped runs' averages lie from theta_L (the runs' own resolution), and the
+    training and test accuracy at theta_H against theta_L (:func:`_accuracy_change`, not judged)."""
+    table = _read(results, "eq22_network.csv")
+    if table is None:
+        return {"verdict": NOT_MEASURED}
+    done = table[table["status"] == "completed"]
+    points = []
+    for tau, rows in done.groupby("tau", sort=True):
+        converged = rows["converged"].astype(bool)
+        to_h = rows["dist_avg_H"].where(converged, math.inf)
+        point = {"tau": tau, "seeds": len(rows), "diverged": int((table.loc[table["tau"] == tau, "status"]
+                                                                  == "diverged").sum()),
+                 "unconverged": int((~converged).sum()), "dist_avg_H": rows["dist_avg_H"].median(),
+                 "dist_avg_L": rows["dist_avg_L"].median(), "dist_H_L": rows["dist_H_L"].median(),
+                 "dist_H_L_range": pair(rows["dist_H_L"]), "same_as_flow": int((rows["dist_H_flow"] <= SAME_ZERO).sum()),
+                 "clipped_at_H": rows["clipped_at_H"].median(), "clipped_at_L": rows["clipped_at_L"].median(),
+                 "drift": rows["dist_late_avg"].median(),
+                 "train": _accuracy_change(rows, "train"), "test": _accuracy_change(rows, "test")}
+        if math.isfinite(tau):
+            point |= _nearer(to_h, rows["dist_avg_L"], rows["dist_H_L"].median())
+        else:  # the control: the unclipped runs' averages against the minimum they started at
+            point |= {"verdict": None, "returns_to_L": int((rows["dist_H_L"] <= SAME_ZERO).sum())}
+        points.append(point)
+    clipped = [p for p in points if math.isfinite(p["tau"])]
+    control = next((p for p in points if not math.isfinite(p["tau"])), None)
+    verdict = combine([p["verdict"] for p in clipped]) if clipped else UNTESTED
+    first = table.iloc[0]
+    return {"verdict": verdict, "resolved_factor": RESOLVED, "most": MOST, "same_zero": SAME_ZERO,
+            "points": points[::-1], "control": control, "tally": tally(p["verdict"] for p in clipped),
+            "seeds": pair([p["seeds"] for p in points]), "steps": int(table["steps"].max()),
+            "batch_size": int(first["batch_size"]), "n_train": int(first["n_train"]), "width": int(first["width"]),
+            "weight_decay": float(first["weight_decay"]), "a0": float(first["a0"]), "power": float(first["power"]),
+            "norm_L": done["norm_L"].median()}
+
+
 SECTIONS = {  # key: (number, title, assess)
     "bounded_increments": (1, "Bounded increments", assess_increments),
     "stability": (2, "Stability with high probability", assess_stability),
@@ -840,6 +899,7 @@ SECTIONS = {  # key: (number, title, assess)
     "clipping_bias": (8, "The bias against τ and the noise shape", assess_clipping_bias),
     "batch_fixed_point": (9, "Batch clipping's fixed point against the batch size", assess_batch_fixed_point),
     "label_noise": (10, "Label noise: per-sample clipping as a robust loss", assess_label_noise),
+    "eq22_network": (11, "Eq. (22) on a network, at a converged point", assess_eq22_network),
 }
 
 
