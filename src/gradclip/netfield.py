@@ -24,12 +24,23 @@ weighted matrix products: no per-example gradient is ever formed. This shares no
 training loop (gradclip.ghost, gradclip.clipping), so the two check each other
 (tests/test_netfield.py against torch.func's per-example gradients of the model itself).
 
-Zeros: :func:`zero_near` is Newton's method with the exact Jacobian of F (forward-mode autodiff,
-torch.func.jacfwd) and backtracking on ||F||; a dense solve, because near a zero of a weakly
-regularised network the Jacobian's condition number reaches 1e4 and more, where Krylov solvers
-(GMRES from Jacobian-vector products) were measured to need tens of thousands of products. :func:`minimum_near`
-finds theta_L by L-BFGS on L + lambda/2 ||theta||^2 (descent: a minimum, not a saddle or a
-maximum, from where it starts), then polishes it with the same Newton iteration.
+Zeros, all in float64 on the whole training set:
+
+- :func:`refine`, the zero at or near a point (an averaged iterate): :func:`anderson`, Anderson
+  acceleration of the Euler map theta - F_tau(theta) of the mean-field flow (F only, no
+  Jacobian: 0.03-0.5 s a point on the 40-16-10 MLP), finished by Newton's method where it crawls;
+- :func:`zero_along_flow`, where the mean-field ODE dtheta/dt = -F_tau(theta) from a point ends
+  (Euler steps to ||F|| <= 1e-3, then the same): the zero the ODE method predicts for SGD started
+  there. F_tau can have several zeros (tests/test_netfield.py: the flow from theta_L and
+  continuation in tau reach different ones), so which one is meant matters;
+- :func:`zero_near`, Newton's method with the exact Jacobian (forward-mode autodiff, jacfwd) and
+  backtracking on ||F||: the independent check of the two above, and their last resort. Near a
+  zero of a weakly regularised network the Jacobian's condition number reaches 1e4 (the smallest
+  eigenvalue of the Hessian of L + lambda/2 ||theta||^2 at theta_L was 1.8e-4 with lambda =
+  0.05), where a Jacobian a step (0.5-1 s) was measured to stall from half the averaged iterates
+  and Krylov solvers to need thousands of products;
+- :func:`minimum_near`, theta_L: L-BFGS on L + lambda/2 ||theta||^2 (descent: a minimum, not a
+  saddle or a maximum, from where it starts), then polished by Newton's method.
 """
 
 from __future__ import annotations
@@ -42,8 +53,9 @@ import torch
 from torch import Tensor
 from torch.func import jacfwd
 
-# ||F(theta)|| accepted as a zero: float64 sums over a few hundred examples reach ~1e-15; SGD's
-# averaged iterates are ~1e-3 away, so this is far below anything the runs can resolve.
+# ||F(theta)|| accepted as a zero: float64 sums over a few hundred examples reach ~1e-15; at
+# 1e-10 a zero is within ~1e-6 even along the field's slowest directions, while SGD's averaged
+# iterates lie 0.02-0.2 from it: far below anything the runs can resolve.
 ZERO_TOLERANCE = 1e-10
 # Anderson acceleration keeps this many earlier values of the Euler map (30 converged in 30-230
 # evaluations where 10 needed up to 2,500).

@@ -885,7 +885,9 @@ def assess_eq22_network(results: Path) -> dict:
             "seeds": pair([p["seeds"] for p in points]), "steps": int(table["steps"].max()),
             "batch_size": int(first["batch_size"]), "n_train": int(first["n_train"]), "width": int(first["width"]),
             "weight_decay": float(first["weight_decay"]), "a0": float(first["a0"]), "power": float(first["power"]),
-            "norm_L": done["norm_L"].median()}
+            "norm_L": done["norm_L"].median(), "norm_L_range": pair(done["norm_L"]),
+            "L_accuracy": {"train": done["train_acc_L"].mean(), "test": done["test_acc_L"].mean(),
+                           "test_range": pair(done["test_acc_L"])}}
 
 
 SECTIONS = {  # key: (number, title, assess)
