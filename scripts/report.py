@@ -594,48 +594,62 @@ def _change(c: dict) -> str:
 
 def render_eq22_network(a: dict) -> list[str]:
     t, control = a["tally"], a["control"]
-    lines = [f"**Verdict: {a['verdict']}** (the averaged iterate lies nearer the zero of eq. (22) than the loss minimum "
-             f"at {t['holds']} values of τ, nearer the loss minimum at {t['fails']}, {t['untested']} untested). "
+    lines = [f"**Verdict: {a['verdict']}** (the averaged iterates lie at a zero of eq. (22), not at the loss "
+             f"minimum, at {t['holds']} values of τ, at the loss minimum at {t['fails']}, {t['untested']} untested). "
              f"A tanh MLP 40-{a['width']}-10 on {a['n_train']} MNIST-1D training examples with weight decay λ = "
              f"{fmt(a['weight_decay'])}, per-sample norm clipping with the paper's exact factor, batch {a['batch_size']}, "
              f"a(n) = {fmt(a['a0'])}/(n + 10)^{fmt(a['power'])}, {a['steps']:,} steps, θ averaged over the second half, "
-             f"{span(a['seeds'])} seeds per τ (`paper_figures/eq22_network.png`, `results/eq22_network.csv`).", "",
+             f"{span(a['seeds'])} seeds per τ, which started at {a['minima']} distinct loss minima "
+             "(`paper_figures/eq22_network.png`, `results/eq22_network.csv`).", "",
              "Every run of a seed starts at θ_L, the minimum of the training loss with weight decay that L-BFGS reaches "
              "from the seed's initialisation (`start=loss_minimum`): without clipping, SGD has no reason to leave it; "
              "eq. (22) says that with per-sample clipping it leaves for θ_H, the zero of the clipped mean field "
              "H(θ) + λθ = mean_i ∇ℓ_i/max(1, ‖∇ℓ_i‖/τ) + λθ. From each run's averaged iterate θ̄, θ_H is found "
              "deterministically on the whole training set in float64 (`gradclip.netfield`: Anderson-accelerated "
-             "fixed-point steps of the mean-field flow, to ‖H + λθ‖ ≤ 1e-10), as θ_L is from the run's start. As a "
-             "check that needs no run, the mean-field ODE θ' = −(H(θ) + λθ) is also followed from θ_L to where it "
-             "ends (the zero the ODE method predicts for SGD started there).", "",
-             "Verdict rule, per τ, decided per seed: θ̄ lies nearer θ_H than θ_L (a seed whose zeros were not all "
-             "found counts as not nearer; Wilson interval on the fraction of seeds, above or below "
-             f"{fmt(a['most'])}), at values of τ where θ_H and θ_L lie {fmt(a['resolved_factor'])}× further apart than "
-             "θ̄ lies from the nearer of them (medians over seeds); elsewhere untested.", ""]
+             "fixed-point steps of the mean-field flow, then Newton's method, to ‖H + λθ‖ ≤ 1e-10 where a zero is "
+             "found), and θ_L is refined from the run's start by L-BFGS and Newton's method. Independently of the runs, "
+             "the mean-field ODE θ' = −(H(θ) + λθ) is followed from θ_L to the zero where it ends: the zero the ODE "
+             "method predicts for SGD started there.", "",
+             "Verdict rule, per τ: a seed is at a zero of eq. (22) where θ̄ lies nearer θ_H than θ_L (θ_L is no zero "
+             "of the clipped field, so an average that stayed there fails; a seed whose zeros were not all found "
+             "counts as not). Whether θ_H is also the zero the ODE from θ_L ends at (within "
+             f"{fmt(a['same_zero'])}) is the check made without the runs, reported beside it. Seeds that started at the same loss minimum (up to the order of the hidden units) differ only "
+             "in SGD's noise, so they are one trial: a minimum counts where all its seeds are at θ_H, and the minima "
+             f"decide (Wilson interval on the fraction, above or below {fmt(a['most'])}), at values of τ where θ_H and "
+             f"θ_L lie {fmt(a['resolved_factor'])}× further apart than θ̄ lies from the nearer of them (medians over "
+             "seeds); elsewhere untested.", ""]
     if control:
         lines.append(f"- Control, no clipping (τ = ∞, {control['seeds']} seeds): θ̄ lies {fmt(control['dist_avg_L'], 2)} "
-                     f"(median) from θ_L, the runs' own resolution, and the zero found from θ̄ is θ_L itself in "
-                     f"{control['returns_to_L']} of {control['seeds']} seeds.")
-    lines += ["", "| τ | clipped at θ_H | ‖θ_H − θ_L‖ (range) | ‖θ̄ − θ_H‖ | ‖θ̄ − θ_L‖ | θ_H = end of the ODE from θ_L "
-              "| seeds nearer θ_H | verdict | test accuracy at θ_H vs θ_L: change [95%] | train accuracy, likewise |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+                     f"(median) from θ_L, the runs' own resolution; the zero found from θ̄ is θ_L itself in "
+                     f"{control['returns_to_L']} of {control['seeds']} seeds ({control['unconverged']} searches from θ̄ "
+                     "stopped short of 1e-10).")
+    if a["started_off_L_seeds"]:
+        lines.append(f"- The runs of seeds {', '.join(str(s) for s in a['started_off_L_seeds'])} started up to "
+                     f"{fmt(a['largest_start_offset'], 2)} from their θ_L (more than the control's resolution): the "
+                     "runner's L-BFGS stops at a gradient of 1e-7, short of the minimum along the loss's flattest "
+                     "directions.")
+    lines += ["", "| τ | clipped at θ_H | ‖θ_H − θ_L‖ (range) | ‖θ̄ − θ_H‖ | ‖θ̄ − θ_L‖ | θ_H = the ODE's zero | "
+              "zeros not found | seeds at θ_H | minima at θ_H | verdict | test accuracy at θ_H vs θ_L: change [95%] | "
+              "train accuracy, likewise |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in a["points"]:
         low, high = p["dist_H_L_range"]
-        if p["verdict"] is None:  # the control: theta_H is theta_L by definition
+        if p["verdict"] is None:  # the control: the zero found from each average, against theta_L
             lines.append(f"| {fmt(p['tau'])} (none) | 0 | {fmt(p['dist_H_L'], 3)} ({fmt(low, 3)}–{fmt(high, 3)}) | "
-                         f"{fmt(p['dist_avg_H'], 2)} | {fmt(p['dist_avg_L'], 2)} | – | – | control | – | – |")
+                         f"{fmt(p['dist_avg_H'], 2)} | {fmt(p['dist_avg_L'], 2)} | – | {p['unconverged']} | – | – | "
+                         "control | – | – |")
             continue
-        lines.append(f"| {fmt(p['tau'])} | {fmt(p['clipped_at_H'], 2)} | {fmt(p['dist_H_L'], 3)} "
-                     f"({fmt(low, 3)}–{fmt(high, 3)}) | "
-                     f"{fmt(p['dist_avg_H'], 2)} | {fmt(p['dist_avg_L'], 2)} | {p['same_as_flow']}/{p['seeds']} | "
-                     f"{p['seeds_nearer']}/{p['seeds']} | {p['verdict']} | {_change(p['test'])} | {_change(p['train'])} |")
+        diverged = f" ({p['diverged']} diverged, not counted)" if p["diverged"] else ""
+        lines.append(f"| {fmt(p['tau'])}{diverged} | {fmt(p['clipped_at_H'], 2)} | {fmt(p['dist_H_L'], 3)} "
+                     f"({fmt(low, 3)}–{fmt(high, 3)}) | {fmt(p['dist_avg_H'], 2)} | {fmt(p['dist_avg_L'], 2)} | "
+                     f"{p['same_as_flow']}/{p['seeds']} | {p['unconverged']} | {p['seeds_at_H']}/{p['seeds']} | "
+                     f"{p['minima_at_H']}/{p['minima']} | {p['verdict']} | {_change(p['test'])} | {_change(p['train'])} |")
     accuracy = a["L_accuracy"]
-    lines += ["", f"Distances are medians over seeds. The network is strongly regularised: the seeds' loss minima "
-              f"have nearly the same norm ({span(a['norm_L_range'])}), and θ_L fits {fmt(accuracy['train'], 2)} of its "
+    lines += ["", f"Distances are medians over seeds. The network is strongly regularised: the loss minima have "
+              f"nearly the same norm ({span(a['norm_L_range'])}), and θ_L fits {fmt(accuracy['train'], 2)} of its "
               f"training set and {fmt(accuracy['test'], 2)} of the test set ({span(accuracy['test_range'])} over seeds). "
-              "Accuracies are means over seeds, the change per "
-              "seed with its 95% t-interval, and 'costs' or 'buys' where the interval excludes zero (reported, not "
-              "judged); 'clipped at θ_H' is the share of training examples whose gradient norm exceeds τ there."]
+              "Accuracy changes are means over the distinct loss minima (each the mean of its seeds) with the 95% "
+              "t-interval over minima, 'costs' or 'buys' where it excludes zero (reported, not judged); 'clipped at "
+              "θ_H' is the share of training examples whose gradient norm exceeds τ there."]
     return lines
 
 

@@ -723,41 +723,52 @@ def test_label_noise_settings_without_a_plain_sgd_grid_are_not_compared(tmp_path
     assert {(p["label_noise"], p["method_label"]) for p in a["accuracy"]} >= {(0.2, "none"), (0.2, "norm τ=1 (sample)")}
 
 
-def eq22_rows(tmp_path, to_h, to_l, apart, seeds=8, converged=True):
+def eq22_rows(tmp_path, to_h, to_l, apart, seeds=8, converged=True, minima=None, flow=0.0):
     """eq22_network.csv: an unclipped control (its averages 0.05 from theta_L) and one clipped
-    tau = 1 whose every seed has ||avg - theta_H|| = to_h, ||avg - theta_L|| = to_l and
-    ||theta_H - theta_L|| = apart (seed 0's zeros found or not: ``converged``)."""
+    tau = 1 whose every seed has ||avg - theta_H|| = to_h, ||avg - theta_L|| = to_l, ||theta_H -
+    theta_L|| = apart and theta_H at ``flow`` from the ODE's zero (seed 0's zeros found or not:
+    ``converged``); each seed its own loss minimum, or ``minima`` of them shared round-robin."""
     base = {"weight_decay": 0.05, "a0": 2.0, "power": 0.5, "batch_size": 64, "steps": 1000, "width": 16,
-            "n_train": 512, "status": "completed", "dist_H_flow": 0.0, "dist_late_avg": 0.01, "norm_L": 3.0,
-            "clipped_at_H": 1.0, "clipped_at_L": 1.0, "train_acc_H": 0.3, "train_acc_L": 0.35,
-            "test_acc_L": 0.27}
+            "n_train": 512, "status": "completed", "dist_late_avg": 0.01, "dist_start_L": 0.001,
+            "clipped_at_H": 1.0, "clipped_at_L": 1.0, "train_acc_H": 0.3, "train_acc_L": 0.35, "test_acc_L": 0.27}
     rows = []
     for seed in range(seeds):
-        rows.append(base | {"method_label": "none", "tau": math.inf, "seed": seed, "dist_avg_H": 0.05,
-                            "dist_avg_L": 0.05, "dist_H_L": 0.0, "converged": True, "test_acc_H": 0.27,
-                            "train_acc_H": 0.35})
-        rows.append(base | {"method_label": "norm τ=1 (sample)", "tau": 1.0, "seed": seed, "dist_avg_H": to_h,
-                            "dist_avg_L": to_l, "dist_H_L": apart, "converged": converged or seed > 0,
-                            "test_acc_H": 0.28 + 0.001 * seed})
+        minimum = {"train_loss_L": 1.7 + 0.01 * (seed % (minima or seeds)), "norm_L": 3.0}
+        rows.append(base | minimum | {"method_label": "none", "tau": math.inf, "seed": seed, "dist_avg_H": 0.05,
+                                      "dist_avg_L": 0.05, "dist_H_L": 0.0, "dist_H_flow": 0.0, "converged": True,
+                                      "test_acc_H": 0.27, "train_acc_H": 0.35})
+        rows.append(base | minimum | {"method_label": "norm τ=1 (sample)", "tau": 1.0, "seed": seed,
+                                      "dist_avg_H": to_h, "dist_avg_L": to_l, "dist_H_L": apart, "dist_H_flow": flow,
+                                      "converged": converged or seed > 0, "test_acc_H": 0.28 + 0.001 * seed})
     return assessed(tmp_path, "eq22_network", rows)
 
 
 @pytest.mark.parametrize("to_h, apart, expected", [
-    (0.1, 0.51, "holds"),       # apart just over 5x the nearer distance: resolved, every seed nearer theta_H
+    (0.1, 0.51, "holds"),       # apart just over 5x the nearer distance: resolved, every seed at theta_H
     (0.1, 0.49, "untested"),    # just under: the runs cannot tell the two zeros apart
     (0.6, 3.1, "fails"),        # resolved, every seed nearer theta_L (to_l = 0.5 < 0.6)
 ])
-def test_eq22_network_rule_is_decided_per_seed_at_resolved_points(tmp_path, to_h, apart, expected):
+def test_eq22_network_rule_is_decided_per_loss_minimum_at_resolved_points(tmp_path, to_h, apart, expected):
     a = eq22_rows(tmp_path, to_h, 0.5, apart)
     point = next(p for p in a["points"] if p["tau"] == 1.0)
-    assert point["verdict"] == a["verdict"] == expected
-    assert a["control"]["returns_to_L"] == 8 and a["control"]["dist_avg_L"] == 0.05
+    assert point["verdict"] == a["verdict"] == expected and point["minima"] == a["minima"] == 8
+    assert a["control"]["returns_to_L"] == 8 and a["resolution"] == 0.05 and not a["started_off_L_seeds"]
     assert point["test"]["words"] == "buys" and point["train"]["words"] == "costs"
 
 
-def test_eq22_network_a_seed_whose_zeros_were_not_found_counts_as_not_nearer(tmp_path):
-    """4 of 4 seeds nearer theta_H decide (holds); with one seed's zeros not found, 3 of 4 do not."""
+def test_eq22_network_a_seed_whose_zeros_were_not_found_does_not_count(tmp_path):
+    """4 of 4 minima at theta_H decide (holds); with one seed's zeros not found, 3 of 4 do not. A
+    theta_H that is not the zero the ODE from theta_L ends at still is a zero (counted apart)."""
     assert eq22_rows(tmp_path, 0.1, 0.5, 2.0, seeds=4)["verdict"] == "holds"
     a = eq22_rows(tmp_path, 0.1, 0.5, 2.0, seeds=4, converged=False)
     point = next(p for p in a["points"] if p["tau"] == 1.0)
-    assert (point["seeds_nearer"], point["unconverged"], a["verdict"]) == (3, 1, "untested")
+    assert (point["seeds_at_H"], point["unconverged"], point["minima_at_H"], a["verdict"]) == (3, 1, 3, "untested")
+    other = eq22_rows(tmp_path, 0.1, 0.5, 2.0, seeds=4, flow=verdicts.SAME_ZERO * 1.01)
+    assert other["verdict"] == "holds" and next(p for p in other["points"] if p["tau"] == 1.0)["same_as_flow"] == 0
+
+
+def test_eq22_network_seeds_of_one_loss_minimum_are_one_trial(tmp_path):
+    """8 seeds all at theta_H but from 2 loss minima are 2 trials: too few to decide."""
+    a = eq22_rows(tmp_path, 0.1, 0.5, 2.0, seeds=8, minima=2)
+    point = next(p for p in a["points"] if p["tau"] == 1.0)
+    assert (point["seeds_at_H"], point["minima_at_H"], point["minima"], a["verdict"]) == (8, 2, 2, "untested")

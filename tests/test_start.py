@@ -4,6 +4,7 @@ weight decay, found once per seed and kept for the sweep's other populations and
 import math
 
 import numpy as np
+import pytest
 
 from gradclip.data import load_dataset
 from gradclip.netfield import TanhMLPField
@@ -83,3 +84,45 @@ def test_population_members_of_a_seed_share_its_start_and_match_their_single_run
     assert all(np.array_equal(alone["initial"][n], starts[2][n]) for n in alone["initial"])
     np.testing.assert_allclose(alone["final"]["head.weight"], load_theta(tmp_path / "pop" / "2")["final"]["head.weight"],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_cache_that_cannot_be_written_costs_only_the_search(make_cfg, tmp_path, monkeypatch, caplog):
+    """A full disk or read-only folder (write_bytes_atomic's RecordWriteError) and a file where
+    the folder should be: the run completes from its own search, and the log says why the
+    next will search again; rerun=true searches again even where a kept result exists."""
+    import gradclip.start as start
+    from gradclip.records import RecordWriteError
+
+    def full_disk(path, data, in_place_on_full_disk=False):
+        raise RecordWriteError(path, OSError(28, "No space left on device"))
+
+    monkeypatch.setattr(start, "write_bytes_atomic", full_disk)
+    with caplog.at_level("WARNING", logger="gradclip.start"):
+        assert train(make_cfg(*SMALL), tmp_path / "full" / "a")["status"] == "completed"
+    assert "could not be kept" in caplog.text and "No space left" in caplog.text
+    monkeypatch.undo()
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / CACHE_FOLDER).write_text("not a folder")
+    assert train(make_cfg(*SMALL), tmp_path / "blocked" / "a")["status"] == "completed"
+    train(make_cfg(*SMALL), tmp_path / "sweep" / "a")
+    again = train(make_cfg(*SMALL, "rerun=true"), tmp_path / "sweep" / "a")
+    assert again["status"] == "completed" and "cached" not in again["start"]
+
+
+def test_a_record_from_before_start_existed_is_the_same_config(make_cfg, tmp_path):
+    """Records written before configs/train.yaml had `start` trained from the initialisation: a
+    relaunch of the same config skips them (gradclip.config.ADDED_KEYS) instead of refusing them
+    as another config's; start=loss_minimum is another config."""
+    import yaml
+
+    from gradclip.checks import ConfigError
+
+    cfg = make_cfg("steps=3", "eval_every=0")
+    train(cfg, tmp_path / "old")
+    path = tmp_path / "old" / "config.yaml"
+    recorded = yaml.safe_load(path.read_text())
+    del recorded["start"]
+    path.write_text(yaml.safe_dump(recorded))
+    assert train(cfg, tmp_path / "old")["skipped"]
+    with pytest.raises(ConfigError, match="differing keys: start"):
+        train(make_cfg("steps=3", "eval_every=0", "start=loss_minimum"), tmp_path / "old")

@@ -511,6 +511,9 @@ def _eq22_network_seed(task: dict) -> list[dict]:
             rows.append(row)
             continue
         saved = load_theta(run["run_id"])
+        if not saved["initial"]:
+            raise SystemExit(f"eq22_network: {run['run_id']}/theta.npz has no initial theta (written by runs "
+                             "since a7e88ea): rerun=true trains it again")
         start, average = field.flatten(saved["initial"]), field.flatten(saved["average"])
         late = field.flatten(saved["average_late"])
         key = start.numpy().tobytes()
@@ -538,6 +541,22 @@ def _eq22_network_seed(task: dict) -> list[dict]:
     return rows
 
 
+def _eq22_network_fits(config, run_id: str) -> None:
+    """gradclip.netfield's field is that of a one-hidden-layer tanh MLP with biases under no
+    clipping or per-sample norm clipping with the exact factor (clip.eps=0): a run of anything
+    else would be compared with the wrong field, so it stops collect, naming the run."""
+    model, clip = config.model, config.clip
+    problems = [f"model.{key}={model.get(key)!r} (needs {want!r})" for key, want in
+                (("name", "mlp"), ("depth", 1), ("activation", "tanh"), ("bias", True)) if model.get(key) != want]
+    if clip.method not in ("none", "norm"):
+        problems.append(f"clip.method={clip.method} (needs none or norm)")
+    elif clip.method == "norm" and (clip.granularity != "sample" or clip.eps != 0):
+        problems.append(f"clip.granularity={clip.granularity}, clip.eps={clip.eps} (needs sample and 0)")
+    if problems:
+        raise SystemExit(f"eq22_network: {run_id} cannot be compared with the field of gradclip.netfield: "
+                         + "; ".join(problems))
+
+
 def collect_eq22_network(source) -> None:
     """Eq. (22) on a network (docs/CLAIMS.md, experiment 11): per run, its averaged iterate
     against theta_H, the zero of the clipped mean field F_tau = H + lambda theta near it, and
@@ -553,6 +572,7 @@ def collect_eq22_network(source) -> None:
     tasks: dict[tuple, dict] = {}
     for _, run in runs.iterrows():
         config = OmegaConf.load(Path(run["run_id"]) / CONFIG_FILE)
+        _eq22_network_fits(config, run["run_id"])
         tau = float(run["clip.threshold"]) if run["clip.method"] == "norm" else math.inf
         row = {"method_label": run["method_label"], "tau": tau, "seed": int(run["seed"]),
                "weight_decay": float(run["weight_decay"]), "a0": run["schedule.a0"], "power": run["schedule.power"],

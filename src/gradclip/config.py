@@ -211,9 +211,17 @@ def _without(flat: dict, prefixes: tuple[str, ...]) -> dict:
             if not any(key == skip or key.startswith(skip + ".") for skip in prefixes)}
 
 
+# Keys added to configs/train.yaml after runs were recorded, with the value that every run
+# recorded without them trained under: such a record compares equal to a config holding that
+# value, so that a relaunch into an older sweep folder skips its finished runs rather than
+# refusing them as another config's. (Keys whose default is null need no entry.)
+ADDED_KEYS = {"start": "init"}
+
+
 def result_config(config: Mapping) -> dict:
-    """The resolved config, flattened, without NON_RESULT_KEYS (and what lies under them)."""
-    return _without(flatten(config), NON_RESULT_KEYS)
+    """The resolved config, flattened, without NON_RESULT_KEYS (and what lies under them); a key
+    of ADDED_KEYS that it lacks, at its value there."""
+    return {**ADDED_KEYS, **_without(flatten(config), NON_RESULT_KEYS)}
 
 
 def population_key(config: Mapping) -> str:

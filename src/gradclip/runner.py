@@ -243,7 +243,7 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], rerai
                 key["data"] = {name: value for name, value in key["data"].items() if name != "root"}
                 starts[cfgs[k].seed] = (models[-1], cached_loss_minimum(
                     models[-1], data.x_train, data.y_train, loss_fn, float(cfg.weight_decay), key,
-                    run_dirs[k].parent / CACHE_FOLDER))
+                    run_dirs[k].parent / CACHE_FOLDER, read=not cfgs[k].rerun))
             else:
                 models[-1].load_state_dict(starts[cfgs[k].seed][0].state_dict())
     per_sample_reason = per_sample_unsupported_reason(models[0])
