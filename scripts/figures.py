@@ -29,7 +29,7 @@ import pandas as pd  # noqa: E402
 
 from gradclip.analysis import label_setting, mean_interval  # noqa: E402
 from gradclip.labels import NOISE_LABEL  # noqa: E402
-from gradclip.verdicts import SMALL_OVER_LARGE  # noqa: E402
+from gradclip.verdicts import SMALL_OVER_LARGE, loss_minimum_ids  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "legend.fontsize": 7, "figure.dpi": 150,
@@ -638,7 +638,7 @@ def plot_eq22_network(args) -> None:
         ax.scatter(x * jitter, table[column], s=5, alpha=0.4, color=color, linewidths=0)
         medians = table.groupby(x)[column].median()
         ax.plot(medians.index, medians, color=color, marker="o", markersize=3, linewidth=1, label=label + " (median; dots: seeds)")
-    clipped = table[np.isfinite(table["tau"])]  # (without clipping theta_H is theta_L)
+    clipped = table[np.isfinite(table["tau"])]  # (at tau = inf theta_H is theta_L: 0, off a log axis)
     medians = clipped.groupby("tau")["dist_H_L"].median()
     ax.plot(medians.index, medians, color="black", linestyle="--", linewidth=1, label="‖θ_H − θ_L‖ (median)")
     ax.set_xscale("log")
@@ -650,18 +650,22 @@ def plot_eq22_network(args) -> None:
     ax.set_title("Where the averaged iterate ends: at θ_H (eq. 22) or at θ_L (loss minimum)?")
     ax.legend(loc="lower left", frameon=False, fontsize=6)
     ax = axes[1]
+    # Seeds that started at one loss minimum are one trial (gradclip.verdicts.loss_minimum_ids):
+    # each minimum's mean over its seeds, then the mean and interval over minima.
+    minima = table.assign(x=x, minimum=loss_minimum_ids(table))
     for split, style in (("test", "-"), ("train", ":")):
         for name, color in (("H", "#d62728"), ("L", "#1f77b4")):
             column = f"{split}_acc_{name}"
-            means = table.groupby(x)[column].mean()
-            low, high = np.array([mean_interval(cell) for _, cell in table.groupby(x)[column]]).T
+            per_minimum = minima.groupby(["x", "minimum"])[column].mean()
+            means = per_minimum.groupby(level="x").mean()
+            low, high = np.array([mean_interval(cell) for _, cell in per_minimum.groupby(level="x")]).T
             ax.errorbar(means.index, means, yerr=[means - low, high - means], color=color, linestyle=style, marker="o",
                         markersize=3, linewidth=1, capsize=2, label=f"{split} accuracy at θ_{name}")
     ax.set_xscale("log")
     ax.set_xticks(list(place.values()), [f"{t:g}" if math.isfinite(t) else "∞\n(none)" for t in place])
     ax.minorticks_off()
     ax.set_xlabel("clipping threshold τ")
-    ax.set_ylabel("accuracy (mean over seeds, 95% t-interval)")
+    ax.set_ylabel("accuracy (mean over the loss minima, 95% t-interval)")
     ax.set_title("Does the bias cost or buy accuracy? θ_H against θ_L")
     ax.legend(loc="best", frameon=False, fontsize=6)
     save(fig, figures / "eq22_network")

@@ -68,9 +68,9 @@ NAMES = ("hidden.0.weight", "hidden.0.bias", "head.weight", "head.bias")
 
 @dataclass
 class Zero:
-    """Where an iteration ended: theta, ||F(theta)||, Newton steps, Jacobian-vector products
-    (and L-BFGS iterations for a minimum, Euler steps of the flow for :func:`refine`);
-    ``converged``: ||F|| <= ZERO_TOLERANCE."""
+    """Where an iteration ended: theta, ||F(theta)||, Newton steps, Jacobian-vector products,
+    L-BFGS iterations (a minimum) and evaluations of F by Anderson acceleration and the flow
+    (``flow_steps``); ``converged``: ||F|| <= ZERO_TOLERANCE."""
 
     theta: Tensor
     residual: float
