@@ -549,3 +549,33 @@ def test_a_job_file_that_holds_its_text_already_is_not_rewritten(tmp_path):
     assert path.stat().st_mtime_ns == 0
     _write_text(path, "a: 2\n")
     assert path.read_text() == "a: 2\n" and path.stat().st_mtime_ns != 0
+
+
+@pytest.mark.parametrize("jobs", [
+    # a value set, then its key deleted: the template (eps deleted) must not take job 2's eps
+    [["clip=norm", f"clip.eps={eps}", "~clip.eps"] for eps in (1, 2, 3)],
+    # a value, then the same key forced: Hydra keeps the later one, a template would not
+    [["clip=norm", f"clip.eps={eps}", "++clip.eps=5"] for eps in (1, 2, 3)],
+])
+def test_sweep_configs_compose_overrides_that_do_not_commute_with_a_value_as_hydra_does(jobs):
+    """A value override followed by a ~ or ++ override of the same node cannot be re-applied on
+    a template after it: each job's config is Hydra's own (the first raised on the template path;
+    the second, where a template would take the job's own value and Hydra keeps the later one,
+    the comparison of each signature's second job caught already)."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from gradclip.config import CONFIG_DIR
+    from hydra_plugins.gradclip_launcher.sweep_configs import SweepConfigs
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("train", overrides=[], run_mode=RunMode.MULTIRUN)
+        configs = SweepConfigs(loader)
+        for checking in (True, False):
+            configs.checking = checking
+            for overrides in jobs:
+                ours, hydras = configs(master, overrides), configs.compose(master, overrides)
+                assert OmegaConf.to_yaml(ours) == OmegaConf.to_yaml(hydras), overrides

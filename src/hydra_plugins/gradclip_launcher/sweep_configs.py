@@ -77,6 +77,8 @@ class SweepConfigs:
         parsed = self._parse(sweep_overrides)
         values = [override for override, is_value in parsed if is_value]
         others = [override for override, is_value in parsed if not is_value]
+        if not self._commutes(parsed):  # a template would apply this job's values after what undoes them
+            return self.compose(master_config, list(sweep_overrides)), None
         parsed = [override for override, _ in parsed]
         signature = (tuple(o.input_line for o in others), tuple(sorted(o.key_or_group for o in values)))
         template = self.templates.get(signature)
@@ -115,6 +117,21 @@ class SweepConfigs:
                 and not override.is_hydra_override() and not override.is_sweep_override()
                 and not isinstance(override.value(), dict)
                 and not self.loader.repository.group_exists(override.key_or_group))
+
+    def _commutes(self, parsed: list[tuple[Any, bool]]) -> bool:
+        """Whether a job's value overrides can be applied after its other overrides, as a
+        template applies them: no ``+``/``~``/``++`` override after a value touches its node,
+        above it or below it (``clip.eps=1 ~clip.eps`` deletes what was set, ``clip.eps=1
+        ++clip.eps=5`` sets it again). Config groups commute: Hydra applies them first anyway."""
+        set_before: list[str] = []
+        for override, is_value in parsed:
+            key = override.key_or_group
+            if is_value:
+                set_before.append(key)
+            elif not self.loader.repository.group_exists(key) and any(
+                    key == k or k.startswith(key + ".") or key.startswith(k + ".") for k in set_before):
+                return False
+        return True
 
     @staticmethod
     def _from_template(template: bytes, master_config: DictConfig, parsed, values) -> DictConfig:
