@@ -29,7 +29,7 @@ import pandas as pd  # noqa: E402
 
 from gradclip.analysis import label_setting, mean_interval  # noqa: E402
 from gradclip.labels import NOISE_LABEL  # noqa: E402
-from gradclip.verdicts import SMALL_OVER_LARGE, loss_minimum_ids  # noqa: E402
+from gradclip.verdicts import SMALL_OVER_LARGE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "legend.fontsize": 7, "figure.dpi": 150,
@@ -650,9 +650,9 @@ def plot_eq22_network(args) -> None:
     ax.set_title("Where the averaged iterate ends: at θ_H (eq. 22) or at θ_L (loss minimum)?")
     ax.legend(loc="lower left", frameon=False, fontsize=6)
     ax = axes[1]
-    # Seeds that started at one loss minimum are one trial (gradclip.verdicts.loss_minimum_ids):
-    # each minimum's mean over its seeds, then the mean and interval over minima.
-    minima = table.assign(x=x, minimum=loss_minimum_ids(table))
+    # Seeds that started at one loss minimum (collect's ``minimum``) are one trial: each
+    # minimum's mean over its seeds, then the mean and interval over minima.
+    minima = table.assign(x=x)
     for split, style in (("test", "-"), ("train", ":")):
         for name, color in (("H", "#d62728"), ("L", "#1f77b4")):
             column = f"{split}_acc_{name}"

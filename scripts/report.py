@@ -595,7 +595,7 @@ def _change(c: dict) -> str:
 def render_eq22_network(a: dict) -> list[str]:
     t, control = a["tally"], a["control"]
     lines = [f"**Verdict: {a['verdict']}** (the averaged iterates lie at a zero of eq. (22), not at the loss "
-             f"minimum, at {t['holds']} values of τ, at the loss minimum at {t['fails']}, {t['untested']} untested). "
+             f"minimum, at {t['holds']} values of τ; not at {t['fails']}; {t['untested']} untested). "
              f"A tanh MLP 40-{a['width']}-10 on {a['n_train']} MNIST-1D training examples with weight decay λ = "
              f"{fmt(a['weight_decay'])}, per-sample norm clipping with the paper's exact factor, batch {a['batch_size']}, "
              f"a(n) = {fmt(a['a0'])}/(n + 10)^{fmt(a['power'])}, {a['steps']:,} steps, θ averaged over the second half, "
@@ -611,9 +611,9 @@ def render_eq22_network(a: dict) -> list[str]:
              "the mean-field ODE θ' = −(H(θ) + λθ) is followed from θ_L to the zero where it ends: the zero the ODE "
              "method predicts for SGD started there.", "",
              "Verdict rule, per τ: a seed is at a zero of eq. (22) where θ̄ lies nearer θ_H than θ_L (θ_L is no zero "
-             "of the clipped field, so an average that stayed there fails; a seed whose zeros were not all found "
+             "of the clipped field, so an average that stayed there fails; a seed where θ_H or θ_L was not found "
              "counts as not). Whether θ_H is also the zero the ODE from θ_L ends at (within "
-             f"{fmt(a['same_zero'])}) is the check made without the runs, reported beside it. Seeds that started at the same loss minimum (up to the order of the hidden units) differ only "
+             f"{fmt(a['same_zero'])}) is the check made without the runs, reported beside it. Seeds that started at the same loss minimum (up to the order and signs of the hidden units) differ only "
              "in SGD's noise, so they are one trial: a minimum counts where all its seeds are at θ_H, and the minima "
              f"decide (Wilson interval on the fraction, above or below {fmt(a['most'])}), at values of τ where θ_H and "
              f"θ_L lie {fmt(a['resolved_factor'])}× further apart than θ̄ lies from the nearer of them (medians over "

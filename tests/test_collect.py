@@ -165,7 +165,8 @@ def test_eq22_network_table_compares_each_average_with_the_zeros_found_from_it(m
     collect("eq22_network", Source(runs=tmp_path, results=tmp_path))
     table = pd.read_csv(tmp_path / "eq22_network.csv").set_index("method_label")
     assert list(table.index) == ["none", "norm τ=0.25 (sample)"] and list(table["tau"]) == [math.inf, 0.25]
-    assert table["converged"].all() and (table["dist_start_L"] < 1e-3).all()
+    assert table[["H_found", "L_found", "flow_found"]].all().all() and (table["dist_start_L"] < 1e-3).all()
+    assert list(table["minimum"]) == [0, 0]  # both runs started at the one loss minimum
     none, clipped = table.loc["none"], table.loc["norm τ=0.25 (sample)"]
     assert none["dist_H_L"] < 1e-6 and none["dist_avg_H"] == pytest.approx(none["dist_avg_L"], abs=1e-6)
     assert clipped["clipped_at_H"] == 1 and clipped["dist_H_L"] > 0.1 and clipped["residual_H_flow"] <= 1e-10

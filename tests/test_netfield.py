@@ -101,3 +101,20 @@ def test_anderson_refine_and_the_flow_reach_the_zero_newton_finds():
     assert (along.theta - newton.theta).norm() > 0.1  # another zero of the same field
     unclipped = refine(field, loss_minimum.theta + 1e-3, math.inf)  # tau = inf: back to the loss minimum
     assert unclipped.converged and (unclipped.theta - loss_minimum.theta).norm() < 1e-7
+
+
+def test_the_canonical_form_is_the_same_for_permuted_and_sign_flipped_units_and_only_for_them():
+    """Permuting the hidden units and negating some of them (tanh is odd) leaves the network's
+    function, the field's norm and the canonical vector unchanged; another theta's differs."""
+    x, y, model = small_problem()
+    field = TanhMLPField(x.numpy(), y.numpy(), hidden=5, classes=3, lam=0.1)
+    theta = field.flatten({n: p.detach() for n, p in model.named_parameters()})
+    w1, b1, w2, b2 = (t.clone() for t in field.unflatten(theta))
+    order, sign = torch.tensor([3, 0, 4, 1, 2]), torch.tensor([1.0, -1.0, -1.0, 1.0, -1.0], dtype=torch.float64)
+    w1, b1, w2 = w1[order] * sign[:, None], b1[order] * sign, w2[:, order] * sign[None, :]
+    other = torch.cat([w1.reshape(-1), b1, w2.reshape(-1), b2])
+    assert (other - theta).norm() > 0.1
+    torch.testing.assert_close(field.logits(other), field.logits(theta), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(field(other, 0.5).norm(), field(theta, 0.5).norm(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(field.canonical(other), field.canonical(theta), rtol=0, atol=1e-15)
+    assert (field.canonical(theta + 1e-3) - field.canonical(theta)).norm() > 1e-3

@@ -528,8 +528,8 @@ def _eq22_network_seed(task: dict) -> list[dict]:
                 "dist_late_avg": (late - average).norm().item(), "dist_start_L": (start - theta_l).norm().item(),
                 "norm_L": theta_l.norm().item(), "residual_avg": field(average, tau).norm().item(),
                 "residual_H": zero.residual, "residual_L": loss_minimum.residual,
-                "residual_H_flow": predicted.residual,
-                "converged": zero.converged and loss_minimum.converged and predicted.converged,
+                "residual_H_flow": predicted.residual, "H_found": zero.converged,
+                "L_found": loss_minimum.converged, "flow_found": predicted.converged,
                 "field_evaluations": zero.flow_steps + predicted.flow_steps, "newton_steps": zero.newton_steps,
                 "clipped_at_H": (field.sample_norms(theta_h) > tau).double().mean().item(),
                 "clipped_at_L": (field.sample_norms(theta_l) > tau).double().mean().item()}
@@ -537,17 +537,40 @@ def _eq22_network_seed(task: dict) -> list[dict]:
             for split, (x, y) in splits.items():
                 scores = field.scores(theta, x, y)
                 row |= {f"{split}_acc_{name}": scores["acc"], f"{split}_loss_{name}": scores["loss"]}
-        rows.append(row)
+        rows.append(row | {"_canonical_L": field.canonical(theta_l).numpy()})
     return rows
+
+
+# Two seeds' loss minima are one where their canonical forms (TanhMLPField.canonical: hidden
+# units in a standard order and sign) lie within this: both are found to ||F|| <= 1e-10, which
+# leaves them ~1e-7 apart along the flattest directions; distinct minima measured 1e-3 and more.
+SAME_MINIMUM = 1e-4
+
+
+def _number_minima(rows: list[dict]) -> None:
+    """Give each completed row ``minimum``, the number of its loss minimum (0, 1, ... in order of
+    the first seed that reached it): seeds of one minimum differ only in SGD's noise."""
+    representatives: list[np.ndarray] = []
+    for row in sorted(rows, key=lambda r: (r["seed"], -r["tau"])):
+        canonical = row.pop("_canonical_L", None)
+        if canonical is None:
+            continue
+        same = [k for k, rep in enumerate(representatives) if np.linalg.norm(canonical - rep) <= SAME_MINIMUM]
+        if not same:
+            representatives.append(canonical)
+        row["minimum"] = same[0] if same else len(representatives) - 1
 
 
 def _eq22_network_fits(config, run_id: str) -> None:
     """gradclip.netfield's field is that of a one-hidden-layer tanh MLP with biases under no
-    clipping or per-sample norm clipping with the exact factor (clip.eps=0): a run of anything
-    else would be compared with the wrong field, so it stops collect, naming the run."""
+    clipping or per-sample norm clipping with the exact factor (clip.eps=0), and theta_L is where
+    the run started (start=loss_minimum): a run of anything else would be compared with the
+    wrong field or minimum, so it stops collect, naming the run."""
     model, clip = config.model, config.clip
     problems = [f"model.{key}={model.get(key)!r} (needs {want!r})" for key, want in
                 (("name", "mlp"), ("depth", 1), ("activation", "tanh"), ("bias", True)) if model.get(key) != want]
+    if config.get("start") != "loss_minimum":
+        problems.append(f"start={config.get('start')!r} (needs 'loss_minimum': theta_L is where the run began)")
     if clip.method not in ("none", "norm"):
         problems.append(f"clip.method={clip.method} (needs none or norm)")
     elif clip.method == "norm" and (clip.granularity != "sample" or clip.eps != 0):
@@ -588,6 +611,7 @@ def collect_eq22_network(source) -> None:
     else:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             rows = [row for seed_rows in pool.map(_eq22_network_seed, tasks.values()) for row in seed_rows]
+    _number_minima(rows)
     table = pd.DataFrame(rows).sort_values(["tau", "seed"], ascending=[False, True])
     results = Path(source.results)
     table.to_csv(results / "eq22_network.csv", index=False)

@@ -136,6 +136,19 @@ class TanhMLPField:
         mean = torch.cat([(d1.T @ self.x).reshape(-1), d1.sum(0), (d2.T @ h).reshape(-1), d2.sum(0)])
         return mean + self.lam * theta
 
+    def canonical(self, theta: Tensor) -> Tensor:
+        """theta with its hidden units in a standard order and sign: the network computes the same
+        function with its units permuted, and with a unit's incoming weights, bias and outgoing
+        weights all negated (tanh is odd). Each unit is flipped so that its bias is >= 0 (its
+        first incoming weight where the bias is 0), then the units are sorted by (bias, incoming
+        weights): two thetas of one minimum reached from different seeds become one vector."""
+        w1, b1, w2, b2 = self.unflatten(theta)
+        first = torch.where(b1 != 0, b1, w1[:, 0])
+        sign = torch.where(first < 0, -1.0, 1.0).to(theta.dtype)
+        w1, b1, w2 = w1 * sign[:, None], b1 * sign, w2 * sign[None, :]
+        order = sorted(range(self.hidden), key=lambda j: (b1[j].item(), *w1[j].tolist()))
+        return torch.cat([w1[order].reshape(-1), b1[order], w2[:, order].reshape(-1), b2])
+
     def objective(self, theta: Tensor) -> Tensor:
         """L(theta) + lambda/2 ||theta||^2, whose gradient is F_inf."""
         return torch.nn.functional.cross_entropy(self.logits(theta), self.y) + 0.5 * self.lam * theta.dot(theta)

@@ -109,13 +109,13 @@ def cached_loss_minimum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss
         if not read:
             raise FileNotFoundError(path)
         saved = torch.load(path, map_location=x.device, weights_only=True)
-        theta = saved["theta"]
+        theta, info = saved["theta"], dict(saved["info"])  # (read whole before anything is copied)
         if saved["key"] == key and list(theta) == [name for name, _ in trainable] and all(
                 theta[name].shape == p.shape and theta[name].dtype == p.dtype for name, p in trainable):
             with torch.no_grad():  # (every shape checked first: a half-copied model cannot happen)
                 for name, p in trainable:
                     p.copy_(theta[name])
-            return saved["info"] | {"cached": str(path)}
+            return info | {"cached": str(path)}
     except FileNotFoundError:
         pass
     except Exception as error:  # noqa: BLE001 - a damaged cache file is searched again

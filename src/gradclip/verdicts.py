@@ -834,25 +834,17 @@ def assess_label_noise(results: Path) -> dict:
 SAME_ZERO = 1e-4
 
 
-def loss_minimum_ids(table: pd.DataFrame) -> pd.Series:
-    """Which of a table's runs started at the same loss minimum theta_L, up to the order of the
-    hidden units: the same training loss (to 1e-6) and norm (to 1e-4) there. Different seeds
-    often reach the same one (on the 40-16-10 MLP with lambda = 0.05, 21 of 32 seeds the same):
-    their runs differ only in SGD's noise, so intervals and tallies count minima, not seeds."""
-    signature = table["train_loss_L"].round(6).astype(str) + "/" + table["norm_L"].round(4).astype(str)
-    return signature.map({value: k for k, value in enumerate(sorted(signature.unique()))})
-
-
 def _accuracy_change(rows: pd.DataFrame, split: str) -> dict:
-    """Accuracy at theta_H less accuracy at theta_L: its mean over distinct loss minima (each the
-    mean of its seeds), the 95% interval over minima, and in words: 'costs' or 'buys' where the
-    interval excludes 0, else 'neither'."""
-    change = (rows[f"{split}_acc_H"] - rows[f"{split}_acc_L"]).groupby(rows["minimum"]).mean()
+    """Accuracy at theta_H and at theta_L, and their difference, as means over the distinct loss
+    minima (each the mean of its seeds: collect's ``minimum``), the difference's 95% interval
+    over minima, and in words: 'costs' or 'buys' where the interval excludes 0, else 'neither'."""
+    per_minimum = rows.groupby("minimum")[[f"{split}_acc_H", f"{split}_acc_L"]].mean()
+    change = per_minimum[f"{split}_acc_H"] - per_minimum[f"{split}_acc_L"]
     low, high = mean_interval(change)
     words = "costs" if high < 0 else "buys" if low > 0 else "neither"
     return {"change": change.mean(), "interval": [low, high], "minima_up": int((change > 0).sum()),
-            "minima_down": int((change < 0).sum()), "words": words, "acc_H": rows[f"{split}_acc_H"].mean(),
-            "acc_L": rows[f"{split}_acc_L"].mean()}
+            "minima_down": int((change < 0).sum()), "words": words,
+            "acc_H": per_minimum[f"{split}_acc_H"].mean(), "acc_L": per_minimum[f"{split}_acc_L"].mean()}
 
 
 def assess_eq22_network(results: Path) -> dict:
@@ -860,10 +852,11 @@ def assess_eq22_network(results: Path) -> dict:
     a zero of eq. (22) where its averaged iterate lies nearer theta_H (the zero of H + lambda
     theta found from it) than theta_L (the loss minimum it started at): an average that stayed
     at theta_L fails this, since theta_L is no zero of the clipped field; a seed whose zeros were
-    not all found counts as not. Whether theta_H is the zero that the mean-field ODE from theta_L
-    ends at (SAME_ZERO), a prediction made without the run, is reported beside it: the paper's
-    claim is the zero set, and F_tau can have several zeros. The seeds of one loss minimum (:func:`loss_minimum_ids`) are
-    one trial: a minimum counts where all its seeds do, and the minima decide through
+    not found (theta_H or theta_L: collect's H_found, L_found) counts as not. Whether theta_H is
+    the zero that the mean-field ODE from theta_L ends at (SAME_ZERO), a prediction made without
+    the run, is reported beside it: the paper's claim is the zero set, and F_tau can have several
+    zeros. The seeds of one loss minimum (collect's ``minimum``: the same up to the order and
+    signs of the hidden units) are one trial: a minimum counts where all its seeds do, and the minima decide through
     :func:`seeds_verdict`, at points resolved by the rule of the closed-form problems
     (||theta_H - theta_L||, median over seeds, more than RESOLVED times the median distance from
     the average to the nearer of the two); elsewhere untested. Reported beside it: how far the
@@ -873,13 +866,12 @@ def assess_eq22_network(results: Path) -> dict:
     table = _read(results, "eq22_network.csv")
     if table is None:
         return {"verdict": NOT_MEASURED}
-    done = table[table["status"] == "completed"].copy()
-    done["minimum"] = loss_minimum_ids(done)
+    done = table[table["status"] == "completed"]
     control = done[~np.isfinite(done["tau"])]
     resolution = control["dist_avg_L"].median() if len(control) else math.nan
     points = []
     for tau, rows in done.groupby("tau", sort=True):
-        converged = rows["converged"].astype(bool)
+        converged = rows["H_found"].astype(bool) & rows["L_found"].astype(bool)
         point = {"tau": tau, "seeds": len(rows), "minima": int(rows["minimum"].nunique()),
                  "diverged": int(((table["tau"] == tau) & (table["status"] == "diverged")).sum()),
                  "unconverged": int((~converged).sum()), "dist_avg_H": rows["dist_avg_H"].median(),
