@@ -626,8 +626,7 @@ def render_eq22_network(a: dict) -> list[str]:
     if a["started_off_L_seeds"]:
         lines.append(f"- The runs of seeds {', '.join(str(s) for s in a['started_off_L_seeds'])} started up to "
                      f"{fmt(a['largest_start_offset'], 2)} from their θ_L (more than the control's resolution): the "
-                     "runner's L-BFGS stops at a gradient of 1e-7, short of the minimum along the loss's flattest "
-                     "directions.")
+                     "runner's L-BFGS, which stops at a gradient of 1e-7, ended short of those minima.")
     lines += ["", "| τ | clipped at θ_H | ‖θ_H − θ_L‖ (range) | ‖θ̄ − θ_H‖ | ‖θ̄ − θ_L‖ | θ_H = the ODE's zero | "
               "zeros not found | seeds at θ_H | minima at θ_H | verdict | test accuracy at θ_H vs θ_L: change [95%] | "
               "train accuracy, likewise |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
