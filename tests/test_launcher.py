@@ -553,9 +553,9 @@ def test_a_job_file_that_holds_its_text_already_is_not_rewritten(tmp_path):
 
 @pytest.mark.parametrize("jobs", [
     # a value set, then its key deleted: the template (eps deleted) must not take job 2's eps
-    [["clip=norm", f"clip.eps={eps}", "~clip.eps"] for eps in (1, 2, 3)],
+    [["clip=norm", f"clip.eps={eps}", "~clip.eps"] for eps in (1, 2)],
     # a value, then the same key forced: Hydra keeps the later one, a template would not
-    [["clip=norm", f"clip.eps={eps}", "++clip.eps=5"] for eps in (1, 2, 3)],
+    [["clip=norm", f"clip.eps={eps}", "++clip.eps=5"] for eps in (1, 2)],
 ])
 def test_sweep_configs_compose_overrides_that_do_not_commute_with_a_value_as_hydra_does(jobs):
     """A value override followed by a ~ or ++ override of the same node cannot be re-applied on
@@ -574,8 +574,7 @@ def test_sweep_configs_compose_overrides_that_do_not_commute_with_a_value_as_hyd
         loader = GlobalHydra.instance().config_loader()
         master = loader.load_configuration("train", overrides=[], run_mode=RunMode.MULTIRUN)
         configs = SweepConfigs(loader)
-        for checking in (True, False):
-            configs.checking = checking
-            for overrides in jobs:
-                ours, hydras = configs(master, overrides), configs.compose(master, overrides)
-                assert OmegaConf.to_yaml(ours) == OmegaConf.to_yaml(hydras), overrides
+        configs.checking = False  # (the launcher's calls; the second job is where the template is first used)
+        for overrides in jobs:
+            ours, hydras = configs(master, overrides), configs.compose(master, overrides)
+            assert OmegaConf.to_yaml(ours) == OmegaConf.to_yaml(hydras), overrides
