@@ -630,6 +630,13 @@ def plot_eq22_network(args) -> None:
     # tau = inf (no clipping) drawn one step past the largest tau, on the same log axis.
     place = {t: t for t in finite} | {math.inf: (finite[-1] * 2 if finite else 1.0)}
     x = table["tau"].map(place)
+
+    def tau_axis(ax, label: str) -> None:
+        ax.set_xscale("log")
+        ax.set_xticks(list(place.values()), [f"{t:g}" if math.isfinite(t) else "∞\n(none)" for t in place])
+        ax.minorticks_off()
+        ax.set_xlabel(label)
+
     jitter = np.exp(np.random.default_rng(0).uniform(-0.06, 0.06, len(table)))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
     ax = axes[0]
@@ -641,11 +648,8 @@ def plot_eq22_network(args) -> None:
     clipped = table[np.isfinite(table["tau"])]  # (at tau = inf theta_H is theta_L: 0, off a log axis)
     medians = clipped.groupby("tau")["dist_H_L"].median()
     ax.plot(medians.index, medians, color="black", linestyle="--", linewidth=1, label="‖θ_H − θ_L‖ (median)")
-    ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xticks(list(place.values()), [f"{t:g}" if math.isfinite(t) else "∞\n(none)" for t in place])
-    ax.minorticks_off()
-    ax.set_xlabel("clipping threshold τ (per-sample norm clipping)")
+    tau_axis(ax, "clipping threshold τ (per-sample norm clipping)")
     ax.set_ylabel("distance in parameter space")
     ax.set_title("Where the averaged iterate ends: at θ_H (eq. 22) or at θ_L (loss minimum)?")
     ax.legend(loc="lower left", frameon=False, fontsize=6)
@@ -661,10 +665,7 @@ def plot_eq22_network(args) -> None:
             low, high = np.array([mean_interval(cell) for _, cell in per_minimum.groupby(level="x")]).T
             ax.errorbar(means.index, means, yerr=[means - low, high - means], color=color, linestyle=style, marker="o",
                         markersize=3, linewidth=1, capsize=2, label=f"{split} accuracy at θ_{name}")
-    ax.set_xscale("log")
-    ax.set_xticks(list(place.values()), [f"{t:g}" if math.isfinite(t) else "∞\n(none)" for t in place])
-    ax.minorticks_off()
-    ax.set_xlabel("clipping threshold τ")
+    tau_axis(ax, "clipping threshold τ")
     ax.set_ylabel("accuracy (mean over the loss minima, 95% t-interval)")
     ax.set_title("Does the bias cost or buy accuracy? θ_H against θ_L")
     ax.legend(loc="best", frameon=False, fontsize=6)

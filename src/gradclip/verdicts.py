@@ -879,14 +879,14 @@ def assess_eq22_network(results: Path) -> dict:
                  "dist_H_L_range": pair(rows["dist_H_L"]), "clipped_at_H": rows["clipped_at_H"].median(),
                  "drift": rows["dist_late_avg"].median(),
                  "train": _accuracy_change(rows, "train"), "test": _accuracy_change(rows, "test")}
-        if math.isfinite(tau):
-            at_h = converged & (rows["dist_avg_H"] < rows["dist_avg_L"])
-            minima = at_h.groupby(rows["minimum"]).all()
-            near = float(np.median(np.minimum(rows["dist_avg_H"].where(converged, math.inf), rows["dist_avg_L"])))
-            resolved = bool(point["dist_H_L"] > RESOLVED * near)
-            point |= {"same_as_flow": int((rows["dist_H_flow"] <= SAME_ZERO).sum()), "seeds_at_H": int(at_h.sum()),
-                      "minima_at_H": int(minima.sum()), "resolved": resolved,
-                      "verdict": seeds_verdict(int(minima.sum()), len(minima))[0] if resolved else UNTESTED}
+        if math.isfinite(tau):  # the closed-form rule per seed (_nearer), then decided over minima
+            to_h = rows["dist_avg_H"].where(converged, math.inf)
+            nearer = _nearer(to_h, rows["dist_avg_L"], point["dist_H_L"])
+            minima = (to_h < rows["dist_avg_L"]).groupby(rows["minimum"]).all()
+            point |= {"same_as_flow": int((rows["dist_H_flow"] <= SAME_ZERO).sum()),
+                      "seeds_at_H": nearer["seeds_nearer"], "minima_at_H": int(minima.sum()),
+                      "resolved": nearer["resolved"], "verdict": seeds_verdict(int(minima.sum()), len(minima))[0]
+                      if nearer["resolved"] else UNTESTED}
         else:  # the control: the unclipped runs' averages against the minimum they started at
             point |= {"verdict": None, "returns_to_L": int((converged & (rows["dist_H_L"] <= SAME_ZERO)).sum())}
         points.append(point)
