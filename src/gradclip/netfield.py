@@ -53,6 +53,8 @@ import torch
 from torch import Tensor
 from torch.func import jacfwd
 
+from gradclip.start import lbfgs
+
 # ||F(theta)|| accepted as a zero: float64 sums over a few hundred examples reach ~1e-15; at
 # 1e-10 a zero is within ~1e-6 even along the field's slowest directions, while SGD's averaged
 # iterates lie 0.02-0.2 from it: far below anything the runs can resolve.
@@ -205,19 +207,9 @@ def minimum_near(field: TanhMLPField, theta0: Tensor, max_iter: int = 20_000) ->
     """theta_L: a minimum of L + lambda/2 ||theta||^2 reached by descent from theta0 (L-BFGS with
     a strong Wolfe line search, to ||F_inf|| ~ 1e-8), then polished by :func:`zero_near`."""
     theta = theta0.detach().to(torch.float64).clone().requires_grad_(True)
-    optimiser = torch.optim.LBFGS([theta], lr=1, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=0,
-                                  history_size=50, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimiser.zero_grad()
-        value = field.objective(theta)
-        value.backward()
-        return value
-
-    optimiser.step(closure)
-    iterations = optimiser.state[optimiser._params[0]]["n_iter"]
+    iterations = lbfgs([theta], lambda: field.objective(theta), tolerance_grad=1e-9, max_iter=max_iter)
     polished = zero_near(field, theta.detach(), math.inf)
-    polished.lbfgs_steps = int(iterations)
+    polished.lbfgs_steps = iterations
     return polished
 
 

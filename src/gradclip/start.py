@@ -49,6 +49,24 @@ SEARCH_VERSION = 2
 CACHE_FOLDER = ".loss_minima"
 
 
+def lbfgs(params: list[torch.Tensor], objective, tolerance_grad: float = GRADIENT_TOLERANCE,
+          max_iter: int = MAX_ITERATIONS) -> int:
+    """Minimise ``objective()`` over ``params`` (leaf tensors) in place by L-BFGS with a strong
+    Wolfe line search, until the gradient's largest component is below ``tolerance_grad``;
+    return the iterations. The one setting of the search, here and in gradclip.netfield."""
+    optimiser = torch.optim.LBFGS(params, lr=1, max_iter=max_iter, tolerance_grad=tolerance_grad,
+                                  tolerance_change=0, history_size=50, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        value = objective()
+        value.backward()
+        return value
+
+    optimiser.step(closure)
+    return int(optimiser.state[params[0]]["n_iter"])
+
+
 def descend_to_loss_minimum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
                             weight_decay: float) -> dict:
     """Move ``model``'s parameters (in place) to the minimum of mean(loss_fn(model(x), y)) +
@@ -58,8 +76,6 @@ def descend_to_loss_minimum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     params = [p for p in work.parameters() if p.requires_grad]
     x64 = x.double() if x.is_floating_point() else x
     y64 = y.double() if y.is_floating_point() else y
-    optimiser = torch.optim.LBFGS(params, lr=1, max_iter=MAX_ITERATIONS, tolerance_grad=GRADIENT_TOLERANCE,
-                                  tolerance_change=0, history_size=50, line_search_fn="strong_wolfe")
 
     def objective() -> torch.Tensor:
         value = loss_fn(work(x64), y64).mean()
@@ -67,19 +83,16 @@ def descend_to_loss_minimum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
             value = value + 0.5 * weight_decay * sum(p.pow(2).sum() for p in params)
         return value
 
-    def closure() -> torch.Tensor:
-        optimiser.zero_grad()
-        value = objective()
-        value.backward()
-        return value
-
-    optimiser.step(closure)
-    value = closure()
+    iterations = lbfgs(params, objective)
+    for p in params:
+        p.grad = None
+    value = objective()
+    value.backward()
     gradient_norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in params)).item()
     with torch.no_grad():
         for target, source in zip((p for p in model.parameters() if p.requires_grad), params):
             target.copy_(source.to(target.dtype))
-    return {"start": "loss_minimum", "lbfgs_iterations": int(optimiser.state[params[0]]["n_iter"]),
+    return {"start": "loss_minimum", "lbfgs_iterations": iterations,
             "objective": value.item(), "gradient_norm": gradient_norm}
 
 
