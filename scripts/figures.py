@@ -29,7 +29,7 @@ import pandas as pd  # noqa: E402
 
 from gradclip.analysis import label_setting, mean_interval  # noqa: E402
 from gradclip.labels import NOISE_LABEL  # noqa: E402
-from gradclip.verdicts import SMALL_OVER_LARGE  # noqa: E402
+from gradclip.verdicts import SMALL_OVER_LARGE, eq22_tau_grid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "legend.fontsize": 7, "figure.dpi": 150,
@@ -624,7 +624,7 @@ def plot_eq22_network(args) -> None:
     it) and to theta_L (the loss minimum the run started at), and ||theta_H - theta_L||, against
     tau (no clipping at the right). Right: test and training accuracy at theta_H and theta_L."""
     results, figures = Path(args.results), Path(args.figures)
-    table = pd.read_csv(results / "eq22_network.csv")
+    table = eq22_tau_grid(pd.read_csv(results / "eq22_network.csv"))
     table = table[table["status"] == "completed"]
     finite = sorted(t for t in table["tau"].unique() if math.isfinite(t))
     # tau = inf (no clipping) drawn one step past the largest tau, on the same log axis.
@@ -672,11 +672,49 @@ def plot_eq22_network(args) -> None:
     save(fig, figures / "eq22_network")
 
 
+def plot_batch_network(args) -> None:
+    """Where batch and per-sample clipping end on the network against the batch size: position
+    along the segment from theta_L (0) to theta_H (1), the averaged iterates (median; dots: seeds)
+    and theta_B, batch clipping's own fixed point (median over loss minima, with its Monte Carlo
+    error; at B = 1 it is theta_H)."""
+    results, figures = Path(args.results), Path(args.figures)
+    table = pd.read_csv(results / "eq22_network.csv")
+    if "granularity" not in table or not (table["granularity"] == "batch").any():
+        return
+    table = table[table["status"] == "completed"]
+    tau = table.loc[table["granularity"] == "batch", "tau"].min()
+    arm = table[(table["tau"] == tau) & (table["granularity"] != "none")]
+    fig, ax = plt.subplots(figsize=(6.2, 4.0), constrained_layout=True)
+    batch = arm[arm["granularity"] == "batch"]
+    fixed = batch.groupby(["batch_size", "minimum"])[["position_B", "B_error", "dist_H_L"]].first()
+    fixed = fixed.assign(error=fixed["B_error"] / fixed["dist_H_L"]).groupby(level="batch_size").median()
+    # (at B = 1 batch clipping is per-sample clipping: theta_B is theta_H, position 1, by definition)
+    ax.plot([1, *fixed.index], [1.0, *fixed["position_B"]], color="black", linestyle="--", linewidth=1, label="θ_B: batch clipping's fixed point "
+            "(median over minima; at B = 1, θ_H)")
+    ax.errorbar(fixed.index, fixed["position_B"], yerr=fixed["error"], color="black", linestyle="none", capsize=2)
+    ax.axhline(1.0, color="#1f77b4", linewidth=0.8, linestyle=":", label="θ_H: zero of eq. (22), per-sample clipping")
+    ax.axhline(0.0, color="grey", linewidth=0.8, linestyle=":", label="θ_L: the loss minimum every run started at")
+    for granularity, color, marker, shift in (("batch", "#d62728", "o", 1 / 1.06), ("sample", "#1f77b4", "s", 1.06)):
+        mine = arm[arm["granularity"] == granularity]
+        ax.scatter(mine["batch_size"] * shift, mine["position_avg"], s=5, alpha=0.35, color=color, linewidths=0)
+        medians = mine.groupby("batch_size")["position_avg"].median()
+        ax.plot(medians.index * shift, medians.values, color=color, marker=marker, markersize=4, linewidth=1,
+                label=f"{'per-sample' if granularity == 'sample' else 'batch'} clipping: averaged iterates "
+                "(median; dots: seeds)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size B")
+    ax.set_ylabel("position: 0 = θ_L, 1 = θ_H")
+    ax.set_title(f"The network of eq22_network at τ = {tau:g}: where clipped SGD ends against B "
+                 f"({int(arm['steps'].max()):,} steps)", fontsize=9)
+    ax.legend(loc="best", frameon=False, fontsize=6)
+    save(fig, figures / "batch_network")
+
+
 PLOT = {"stability": [plot_stability, plot_increments], "agc_small_weights": [plot_agc_small_weights],
         "convergence": [plot_convergence], "step_sizes": [plot_step_sizes], "limit_set": [plot_limit_set],
         "ode_tracking": [plot_ode_tracking], "clipping_bias": [plot_clipping_bias],
         "batch_fixed_point": [plot_batch_fixed_point], "label_noise": [plot_label_noise],
-        "eq22_network": [plot_eq22_network]}
+        "eq22_network": [plot_eq22_network, plot_batch_network]}
 
 
 def main() -> None:

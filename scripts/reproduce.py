@@ -195,13 +195,18 @@ def eq22_network_sweeps(scale: str) -> list[list[str]]:
     0.25} and 32 seeds (at 12,000 steps and batch 64 the unclipped averages lie 0.05 from theta_L;
     with 8,000 steps and batch 32, twice that)."""
     sample = ["clip=norm", "clip.eps=0", "clip.granularity=sample"]
+    batch = ["clip=norm", "clip.eps=0", "clip.granularity=batch", "clip.threshold=0.5"]
     if scale == "smoke":
         smoke = ["seed=0", "steps=300", "eval_every=300", "data.n_train=128"]
-        return [smoke, smoke + sample + ["clip.threshold=0.5"]]
+        return [smoke, smoke + sample + ["clip.threshold=0.5"], smoke + batch + ["batch_size=4,16"]]
     if scale == "default":
-        return [[], sample + ["clip.threshold=1,0.5"]]
+        return [[], sample + ["clip.threshold=1,0.5"], batch + ["batch_size=4,16,64"]]
     seeds = ["seed=range(0,32)"]
-    return [seeds, seeds + sample + ["clip.threshold=4,2,1,0.5,0.25"]]
+    # The batch-size arm (experiment 12) at tau = 0.5: per-sample clipping at B = 1, 4, 16 and 256
+    # beside the tau grid's B = 64, batch clipping at B = 4 to 256 (at B = 1 the two are one algorithm:
+    # tests/test_netfield.py).
+    return [seeds, seeds + sample + ["clip.threshold=4,2,1,0.5,0.25"],
+            seeds + sample + ["clip.threshold=0.5", "batch_size=1,4,16,256"], seeds + batch + ["batch_size=4,16,64,256"]]
 
 
 EXPERIMENTS = {"stability": stability_sweeps, "agc_small_weights": agc_small_weights_sweeps,

@@ -160,29 +160,38 @@ def test_eq22_network_table_compares_each_average_with_the_zeros_found_from_it(m
     small = ["+experiment=eq22_network", "steps=200", "eval_every=200", "data.n_train=64", "model.width=6",
              "batch_size=16", "logger=none"]
     sample = ["clip=norm", "clip.eps=0", "clip.granularity=sample", "clip.threshold=0.25"]
-    for name, extra in (("none", []), ("clipped", sample)):
+    batch = ["clip=norm", "clip.eps=0", "clip.granularity=batch", "clip.threshold=0.25", "batch_size=8"]
+    for name, extra in (("none", []), ("clipped", sample), ("batch", batch)):
         assert train(make_cfg(*small, *extra, tiny=False), tmp_path / "eq22_network" / name)["status"] == "completed"
     collect("eq22_network", Source(runs=tmp_path, results=tmp_path))
     table = pd.read_csv(tmp_path / "eq22_network.csv").set_index("method_label")
-    assert list(table.index) == ["none", "norm τ=0.25 (sample)"] and list(table["tau"]) == [math.inf, 0.25]
-    assert table[["H_found", "L_found", "flow_found"]].all().all() and (table["dist_start_L"] < 1e-3).all()
-    assert list(table["minimum"]) == [0, 0]  # both runs started at the one loss minimum
-    none, clipped = table.loc["none"], table.loc["norm τ=0.25 (sample)"]
+    assert list(table.index) == ["norm τ=0.25 (batch)", "none", "norm τ=0.25 (sample)"]
+    assert list(table["tau"]) == [0.25, math.inf, 0.25] and list(table["batch_size"]) == [8, 16, 16]
+    assert table[["H_found", "L_found", "flow_found"]].iloc[1:].all().all() and (table["dist_start_L"] < 1e-3).all()
+    assert list(table["minimum"]) == [0, 0, 0]  # every run started at the one loss minimum
+    none, clipped, batched = table.loc["none"], table.loc["norm τ=0.25 (sample)"], table.loc["norm τ=0.25 (batch)"]
     assert none["dist_H_L"] < 1e-6 and none["dist_avg_H"] == pytest.approx(none["dist_avg_L"], abs=1e-6)
     assert clipped["clipped_at_H"] == 1 and clipped["dist_H_L"] > 0.1 and clipped["residual_H_flow"] <= 1e-10
-    for column in ("train_acc_H", "test_acc_L", "train_acc_avg"):
-        assert table[column].between(0, 1).all()
+    # Batch clipping: theta_H is where per-sample clipping's ODE from theta_L ends (here not the zero
+    # found from the clipped run's short average: the field has several), theta_B batch clipping's
+    # own zero, between theta_L and theta_H.
+    assert batched["dist_H_L"] > 0.1 and batched["H_found"]
+    assert batched["B_found"] and 0 < batched["B_error"] < 0.1 * batched["dist_B_L"]
+    assert 0 < batched["position_B"] < 1 and batched["dist_B_L"] > 0.1 and batched["dist_B_H"] > 0.1
+    assert batched["B_draws"] == 64 * 64 // 8 and batched["clipped_batches_at_B"] > 0
+    for column in ("train_acc_H", "test_acc_L", "train_acc_avg", "test_acc_B"):
+        assert table[column].dropna().between(0, 1).all()
 
 
 def test_eq22_network_refuses_a_run_its_field_does_not_describe(make_cfg, tmp_path):
-    """Batch clipping (or another model) would be compared with the wrong field: collect stops,
-    naming the run and what it needs, before any work."""
+    """torch's clipping factor (eps > 0), batches drawn in epochs (or another model) would be
+    compared with the wrong field: collect stops, naming the run and what it needs, before any work."""
     from gradclip.runner import train
 
     cfg = make_cfg("+experiment=eq22_network", "steps=4", "eval_every=0", "data.n_train=32", "model.width=4",
-                   "batch_size=8", "logger=none", "clip=norm", "clip.granularity=batch", tiny=False)
+                   "batch_size=8", "logger=none", "clip=norm", "clip.granularity=batch", "sampling=shuffle", tiny=False)
     train(cfg, tmp_path / "eq22_network" / "batch")
-    with pytest.raises(SystemExit, match=r"eq22_network: .*batch cannot be compared .*clip.granularity=batch, "
-                                         r"clip.eps=1e-06 \(needs sample and 0\)"):
+    with pytest.raises(SystemExit, match=r"eq22_network: .*batch cannot be compared .*clip.eps=1e-06 \(needs 0, "
+                                         r"the exact factor\); sampling=shuffle \(.*needs iid\)"):
         collect("eq22_network", Source(runs=tmp_path, results=tmp_path))
     assert not (tmp_path / "eq22_network.csv").exists()

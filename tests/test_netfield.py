@@ -118,3 +118,74 @@ def test_the_canonical_form_is_the_same_for_permuted_and_sign_flipped_units_and_
     torch.testing.assert_close(field(other, 0.5).norm(), field(theta, 0.5).norm(), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(field.canonical(other), field.canonical(theta), rtol=0, atol=1e-15)
     assert (field.canonical(theta + 1e-3) - field.canonical(theta)).norm() > 1e-3
+
+
+def test_the_batch_field_is_the_mean_of_the_models_own_clipped_batch_gradients_plus_weight_decay():
+    """BatchClippedField against brute force on the model itself: for batches in which every
+    example is drawn equally often (two rounds of a permutation cut into batches of 4, and one in
+    which each batch holds two examples twice), its field equals the mean over the batches of
+    each batch's mean per-example gradient (torch.func), divided by max(1, ||mean|| / tau), plus
+    lambda theta; with such batches the ratio estimate of each example's clipping factor is that
+    mean exactly. Some batches are clipped, some not."""
+    from gradclip.netfield import BatchClippedField
+
+    x, y, model = small_problem()
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss(p, xi, yi):
+        return torch.nn.functional.cross_entropy(functional_call(model, p, (xi[None].double(),)), yi[None])
+
+    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    flat = torch.cat([grads[name].reshape(len(y), -1) for name in NAMES], dim=1)
+    generator = torch.Generator().manual_seed(3)
+    rounds = [torch.randperm(48, generator=generator).view(-1, 4) for _ in range(2)]
+    pairs = torch.randperm(48, generator=generator).view(-1, 2)
+    batches = torch.cat([*rounds, pairs.repeat_interleave(2, dim=1)])  # (i, i, j, j): repeats, as iid draws make
+    field = TanhMLPField(x.numpy(), y.numpy(), hidden=5, classes=3, lam=0.03)
+    theta = field.flatten(params)
+    means = flat[batches].mean(1)
+    norms = means.norm(dim=1)
+    tau = float(norms.median())
+    assert (norms > tau).any() and (norms <= tau).any()
+    expected = (means / torch.clamp(norms / tau, min=1.0).unsqueeze(1)).mean(0) + 0.03 * theta
+    batch_field = BatchClippedField(field, 4, batches=batches.numpy())
+    torch.testing.assert_close(batch_field.batch_norms(theta)[0], norms, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(batch_field(theta, tau), expected, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("batch_size,tau", [(1, 0.3), (6, math.inf)])
+def test_the_batch_field_is_the_per_sample_field_at_batch_one_and_the_loss_gradient_unclipped(batch_size, tau):
+    """From i.i.d. draws: with batches of one, batch clipping is per-sample clipping and the
+    field is F_tau exactly (each batch's factor is its example's); where no batch is clipped
+    (tau = inf) every example keeps its weight 1/n, so it is F_inf, the gradient of the loss
+    with weight decay, exactly: the draws add no noise where nothing is clipped."""
+    from gradclip.netfield import BatchClippedField
+
+    x, y, model = small_problem()
+    field = TanhMLPField(x.numpy(), y.numpy(), hidden=5, classes=3, lam=0.03)
+    theta = field.flatten({name: p.detach() for name, p in model.named_parameters()})
+    batch_field = BatchClippedField(field, batch_size, draws=4000 // batch_size, seed=1)
+    torch.testing.assert_close(batch_field(theta, tau), field(theta, tau), rtol=1e-12, atol=1e-14)
+
+
+def test_the_fields_commute_with_the_order_and_signs_of_the_hidden_units():
+    """collect computes the zeros of one loss minimum once, in its canonical frame, and compares
+    every seed of that minimum there: that needs F(T theta) = T F(theta) for the map T that
+    orders and signs the hidden units (TanhMLPField.transform), for both fields. A zero found
+    from T theta_L is then T of the zero found from theta_L."""
+    from gradclip.netfield import BatchClippedField, zero_along_flow
+
+    x, y, model = small_problem()
+    field = TanhMLPField(x.numpy(), y.numpy(), hidden=5, classes=3, lam=0.1)
+    theta = field.flatten({name: p.detach() for name, p in model.named_parameters()})
+    symmetry = field.symmetry(theta + torch.randn(field.size, generator=torch.Generator().manual_seed(4),
+                                                  dtype=torch.float64))
+    assert symmetry[1] != sorted(symmetry[1]) and (symmetry[0] < 0).any()  # a real permutation and flip
+    moved = field.transform(theta, symmetry)
+    batch_field = BatchClippedField(field, 4, draws=200, seed=0)
+    for f in (field, batch_field):
+        torch.testing.assert_close(f(moved, 0.5), field.transform(f(theta, 0.5), symmetry), rtol=1e-12, atol=1e-14)
+    loss_minimum = minimum_near(field, theta)
+    zero = zero_along_flow(field, loss_minimum.theta, 0.5)
+    moved_zero = zero_along_flow(field, field.transform(loss_minimum.theta, symmetry), 0.5)
+    assert zero.converged and (moved_zero.theta - field.transform(zero.theta, symmetry)).norm() < 1e-8

@@ -550,12 +550,14 @@ def test_batch_clipping_fixed_point_must_stand_apart_from_the_root_and_the_mean(
     assert b["resolved_verdicts"]["holds"] == expected_resolved
 
 
-def assessed(tmp_path, experiment: str, rows: list[dict]) -> dict:
-    """Write ``rows`` as the experiment's table, assess it (gradclip.verdicts), check that its
-    section renders from the JSON-ready verdicts with the verdict first, and return them."""
+def assessed(tmp_path, experiment: str, rows: list[dict], section: str | None = None) -> dict:
+    """Write ``rows`` as the experiment's table, assess it (gradclip.verdicts) for its section (or
+    for ``section``, another read of the same table), check that the section renders from the
+    JSON-ready verdicts with the verdict first, and return them."""
     pd.DataFrame(rows).to_csv(tmp_path / f"{experiment}.csv", index=False)
-    a = getattr(verdicts, f"assess_{experiment}")(tmp_path)
-    assert getattr(report, f"render_{experiment}")(json.loads(json.dumps(verdicts.plain(a))))[0].startswith(
+    section = section or experiment
+    a = getattr(verdicts, f"assess_{section}")(tmp_path)
+    assert getattr(report, f"render_{section}")(json.loads(json.dumps(verdicts.plain(a))))[0].startswith(
         f"**Verdict: {a['verdict']}**")
     return a
 
@@ -734,10 +736,11 @@ def eq22_rows(tmp_path, to_h, to_l, apart, seeds=8, converged=True, minima=None,
     rows = []
     for seed in range(seeds):
         minimum = {"minimum": seed % (minima or seeds), "norm_L": 3.0, "L_found": True, "flow_found": True}
-        rows.append(base | minimum | {"method_label": "none", "tau": math.inf, "seed": seed, "dist_avg_H": 0.05,
+        rows.append(base | minimum | {"method_label": "none", "granularity": "none", "tau": math.inf, "seed": seed,
+                                      "dist_avg_H": 0.05,
                                       "dist_avg_L": 0.05, "dist_H_L": 0.0, "dist_H_flow": 0.0, "H_found": True,
                                       "test_acc_H": 0.27, "train_acc_H": 0.35})
-        rows.append(base | minimum | {"method_label": "norm τ=1 (sample)", "tau": 1.0, "seed": seed,
+        rows.append(base | minimum | {"method_label": "norm τ=1 (sample)", "granularity": "sample", "tau": 1.0, "seed": seed,
                                       "dist_avg_H": to_h, "dist_avg_L": to_l, "dist_H_L": apart, "dist_H_flow": flow,
                                       "H_found": converged or seed > 0, "test_acc_H": 0.28 + 0.001 * seed})
     return assessed(tmp_path, "eq22_network", rows)
@@ -765,6 +768,65 @@ def test_eq22_network_a_seed_whose_zeros_were_not_found_does_not_count(tmp_path)
     assert (point["seeds_at_H"], point["unconverged"], point["minima_at_H"], a["verdict"]) == (3, 1, 3, "untested")
     other = eq22_rows(tmp_path, 0.1, 0.5, 2.0, seeds=4, flow=verdicts.SAME_ZERO * 1.01)
     assert other["verdict"] == "holds" and next(p for p in other["points"] if p["tau"] == 1.0)["same_as_flow"] == 0
+
+
+def batch_network_rows(tmp_path, to_b, apart, error=0.0, seeds=8, found=True):
+    """eq22_network.csv with the batch-size arm at tau = 0.5 (beside section 11's control and a
+    per-sample run at B = 64): batch clipping at B = 4 and 16, each seed's average to_b from theta_B,
+    2.0 from theta_H and from theta_L, theta_B ``apart`` from both with Monte Carlo ``error``
+    (seed 0's theta_B found or not), its position 0.8 at B = 4 and 0.3 at B = 16; the per-sample run
+    0.1 from theta_H, 1.9 from theta_L, theta_H 2.0 from theta_L. Each seed its own loss minimum."""
+    base = {"weight_decay": 0.05, "a0": 2.0, "power": 0.5, "steps": 1000, "width": 16, "n_train": 512,
+            "status": "completed", "dist_late_avg": 0.01, "dist_start_L": 0.001, "norm_L": 3.0, "L_found": True,
+            "H_found": True, "flow_found": True, "test_acc_avg": 0.27, "test_acc_L": 0.27, "train_acc_L": 0.35,
+            "clipped_at_H": 1.0, "clipped_at_L": 1.0}
+    rows = []
+    for seed in range(seeds):
+        rows.append(base | {"granularity": "none", "method_label": "none", "tau": math.inf, "batch_size": 64,
+                            "seed": seed, "minimum": seed, "dist_avg_H": 0.05, "dist_avg_L": 0.05, "dist_H_L": 0.0,
+                            "dist_H_flow": 0.0, "test_acc_H": 0.27, "train_acc_H": 0.35})
+        rows.append(base | {"granularity": "sample", "method_label": "norm τ=0.5 (sample)", "tau": 0.5,
+                            "batch_size": 64, "seed": seed, "minimum": seed, "dist_avg_H": 0.1, "dist_avg_L": 1.9,
+                            "dist_H_L": 2.0, "dist_H_flow": 0.0, "position_avg": 0.95, "test_acc_H": 0.27,
+                            "train_acc_H": 0.3})
+        for batch, position in ((4, 0.8), (16, 0.3)):
+            rows.append(base | {"granularity": "batch", "method_label": "norm τ=0.5 (batch)", "tau": 0.5,
+                                "batch_size": batch, "seed": seed, "minimum": seed, "dist_avg_B": to_b,
+                                "dist_avg_H": 2.0, "dist_avg_L": 2.0, "dist_H_L": 2.0, "dist_B_H": apart,
+                                "dist_B_L": apart, "B_error": error, "B_found": found or seed > 0,
+                                "B_draws": 64 * 512 // batch, "position_B": position, "position_avg": position,
+                                "clipped_batches_at_B": 0.5, "test_acc_B": 0.27})
+    return assessed(tmp_path, "eq22_network", rows, section="batch_network")
+
+
+@pytest.mark.parametrize("to_b, apart, error, expected", [
+    (0.1, 0.51, 0.0, "holds"),      # apart just over 5x the averages' distance to theta_B: resolved
+    (0.1, 0.49, 0.0, "untested"),   # just under
+    (0.01, 0.51, 0.1, "holds"),     # apart just over 5x theta_B's Monte Carlo error
+    (0.01, 0.49, 0.1, "untested"),  # just under: theta_B is not known well enough to tell
+    (2.5, 13.0, 0.0, "fails"),      # resolved, every seed nearer theta_H and theta_L than theta_B
+])
+def test_batch_network_rule_is_decided_per_loss_minimum_at_resolved_points(tmp_path, to_b, apart, error, expected):
+    a = batch_network_rows(tmp_path, to_b, apart, error)
+    assert a["parts"]["batch: θ_B, not θ_H"] == a["parts"]["batch: θ_B, not θ_L"] == expected
+    assert a["parts"]["per-sample: θ_H at every B"] == "holds" and a["tau"] == 0.5
+    assert a["batch_sizes"] == [4, 16, 64] and a["moves_towards_L"] and a["draws_per_example"] == 64
+    batch = [p for p in a["points"] if p["granularity"] == "batch"]
+    assert [p["position_B"] for p in batch] == [0.8, 0.3] and all(p["B_vs_H"]["minima"] == 8 for p in batch)
+    # Section 11 reads only its own tau grid: the batch arm changes nothing there.
+    assert verdicts.assess_eq22_network(tmp_path)["seeds"] == [8, 8]
+
+
+def test_batch_network_a_seed_whose_batch_fixed_point_was_not_found_does_not_count(tmp_path):
+    """8 of 8 minima at theta_B decide; with one seed's theta_B not found, 7 of 8 still do (Wilson
+    interval above one half), and that seed is counted as not; with no batch runs the section is
+    not measured."""
+    a = batch_network_rows(tmp_path, 0.1, 2.0, found=False)
+    point = next(p for p in a["points"] if p["granularity"] == "batch")
+    assert (point["unfound"], point["B_vs_H"]["minima_nearer"], point["B_vs_H"]["seeds_nearer"]) == (1, 7, 7)
+    a = batch_network_rows(tmp_path, 0.1, 2.0, seeds=4, found=False)
+    assert a["parts"]["batch: θ_B, not θ_H"] == "untested"  # 3 of 4 cannot decide
+    assert eq22_rows(tmp_path, 0.1, 0.5, 2.0) and verdicts.assess_batch_network(tmp_path)["verdict"] == "not measured"
 
 
 def test_eq22_network_seeds_of_one_loss_minimum_are_one_trial(tmp_path):

@@ -15,7 +15,7 @@ _spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "
 REPRODUCE = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(REPRODUCE)
 FIGURES = ["stability", "increments", "agc_small_weights", "convergence", "step_sizes", "limit_set", "ode_tracking",
-           "clipping_bias", "batch_fixed_point", "label_noise", "eq22_network"]
+           "clipping_bias", "batch_fixed_point", "label_noise", "eq22_network", "batch_network"]
 TABLES = ["stability.csv", "increments.csv", "stability_trajectories.csv", "agc_units_step1.csv",
           "agc_unit_ratios.csv", "agc_settings.csv", "convergence.csv", "convergence_summary.csv",
           "step_sizes.csv", "step_sizes_paths.csv", "step_sizes_distance.csv", "limit_set.csv", "ode_paths.csv",
@@ -59,14 +59,15 @@ def test_smoke_reproduce_writes_every_figure_and_the_report(tmp_path):
         if name.endswith(".csv"):
             assert len(pd.read_csv(results / name)) > 0, name
     report = (results / "REPORT.md").read_text()
-    for number in range(1, 12):  # predictions 1-7, the bias (8), the batch fixed point (9), label noise (10), eq. 22 (11)
+    for number in range(1, 13):  # predictions 1-7, the bias (8), the batch fixed point (9), label noise (10), eq. 22
+        # on a network (11) and batch clipping there (12)
         assert f"## {number}. " in report
         section = report.split(f"## {number}. ")[1].split("\n## ")[0]
         assert "**Verdict: " in section, f"section {number} has no verdict"
     # It says how far it got, and keeps each sweep's time for the time-left estimate of the next run.
-    assert "reproduce: sweep 18 of 18 (eq22_network)" in first.stdout
-    timing = json.loads((runs / "reproduce_timing.json").read_text())  # 18 sweeps and the tables
-    assert len(timing) == 19 and all(seconds > 0 for seconds in timing.values())
+    assert "reproduce: sweep 19 of 19 (eq22_network)" in first.stdout
+    timing = json.loads((runs / "reproduce_timing.json").read_text())  # 19 sweeps and the tables
+    assert len(timing) == 20 and all(seconds > 0 for seconds in timing.values())
     increments = report.split("## 1. ")[1].split("## 2. ")[0]
     assert increments.splitlines()[2].startswith("**Verdict: holds.**")  # bounded increments hold at any scale
     # A second launch trains nothing: every job finds its finished record (checked on one sweep,

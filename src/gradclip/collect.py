@@ -490,13 +490,14 @@ def _eq22_network_seed(task: dict) -> list[dict]:
     """The rows of one seed's runs of eq22_network (in a worker process: one thread, its own
     copy of the training set). theta_L: the loss minimum the runs started at (each run's initial
     theta, the runner's L-BFGS result in float32), refined in float64 by L-BFGS and Newton's method
-    (gradclip.netfield.minimum_near: descent, so a minimum); theta_H: the zero of F_tau
-    at or near the run's averaged iterate (gradclip.netfield.refine); theta_H_flow: where the
-    mean-field ODE from theta_L ends (gradclip.netfield.zero_along_flow), the zero the ODE method
-    predicts for SGD started at theta_L, found without the runs."""
+    (gradclip.netfield.minimum_near: descent, so a minimum); theta_H, for the unclipped and
+    per-sample runs: the zero of F_tau at or near the run's averaged iterate
+    (gradclip.netfield.refine). Each row also carries, for :func:`_eq22_network_minimum`, its
+    thetas in the canonical frame of its theta_L (the hidden units ordered and signed by
+    TanhMLPField.symmetry), where the zeros computed once per loss minimum are compared with it."""
     import torch
 
-    from gradclip.netfield import TanhMLPField, minimum_near, refine, zero_along_flow
+    from gradclip.netfield import TanhMLPField, minimum_near, refine
     from gradclip.records import load_theta
 
     torch.set_num_threads(1)
@@ -519,25 +520,29 @@ def _eq22_network_seed(task: dict) -> list[dict]:
         key = start.numpy().tobytes()
         if key not in minima:
             minima[key] = minimum_near(field, start)
-        loss_minimum, zero = minima[key], refine(field, average, tau)
-        predicted = zero_along_flow(field, loss_minimum.theta, tau) if math.isfinite(tau) else loss_minimum
-        theta_l, theta_h = loss_minimum.theta, zero.theta
-        row |= {"dist_avg_H": (average - theta_h).norm().item(), "dist_avg_L": (average - theta_l).norm().item(),
-                "dist_H_L": (theta_h - theta_l).norm().item(),
-                "dist_H_flow": (theta_h - predicted.theta).norm().item(),
-                "dist_late_avg": (late - average).norm().item(), "dist_start_L": (start - theta_l).norm().item(),
-                "norm_L": theta_l.norm().item(), "residual_avg": field(average, tau).norm().item(),
-                "residual_H": zero.residual, "residual_L": loss_minimum.residual,
-                "residual_H_flow": predicted.residual, "H_found": zero.converged,
-                "L_found": loss_minimum.converged, "flow_found": predicted.converged,
-                "field_evaluations": zero.flow_steps + predicted.flow_steps, "newton_steps": zero.newton_steps,
-                "clipped_at_H": (field.sample_norms(theta_h) > tau).double().mean().item(),
+        loss_minimum = minima[key]
+        theta_l = loss_minimum.theta
+        symmetry = field.symmetry(theta_l)
+        row |= {"dist_avg_L": (average - theta_l).norm().item(), "dist_late_avg": (late - average).norm().item(),
+                "dist_start_L": (start - theta_l).norm().item(), "norm_L": theta_l.norm().item(),
+                "residual_avg": field(average, tau).norm().item(), "residual_L": loss_minimum.residual,
+                "L_found": loss_minimum.converged,
                 "clipped_at_L": (field.sample_norms(theta_l) > tau).double().mean().item()}
-        for name, theta in (("H", theta_h), ("L", theta_l), ("avg", average)):
+        named = {"L": theta_l, "avg": average}
+        if row["granularity"] != "batch":  # theta_H from the average: per-sample clipping's zero
+            zero = refine(field, average, tau)
+            theta_h = named["H"] = zero.theta
+            row |= {"dist_avg_H": (average - theta_h).norm().item(), "dist_H_L": (theta_h - theta_l).norm().item(),
+                    "residual_H": zero.residual, "H_found": zero.converged, "field_evaluations": zero.flow_steps,
+                    "newton_steps": zero.newton_steps,
+                    "clipped_at_H": (field.sample_norms(theta_h) > tau).double().mean().item(),
+                    "_canonical_H": field.transform(theta_h, symmetry).numpy()}
+        for name, theta in named.items():
             for split, (x, y) in splits.items():
                 scores = field.scores(theta, x, y)
                 row |= {f"{split}_acc_{name}": scores["acc"], f"{split}_loss_{name}": scores["loss"]}
-        rows.append(row | {"_canonical_L": field.canonical(theta_l).numpy()})
+        rows.append(row | {"_canonical_L": field.canonical(theta_l).numpy(),
+                           "_canonical_avg": field.transform(average, symmetry).numpy()})
     return rows
 
 
@@ -547,25 +552,82 @@ def _eq22_network_seed(task: dict) -> list[dict]:
 SAME_MINIMUM = 1e-4
 
 
-def _number_minima(rows: list[dict]) -> None:
+def _number_minima(rows: list[dict]) -> dict[int, np.ndarray]:
     """Give each completed row ``minimum``, the number of its loss minimum (0, 1, ... in order of
-    the first seed that reached it): seeds of one minimum differ only in SGD's noise."""
+    the first seed that reached it): seeds of one minimum differ only in SGD's noise. Returns
+    each minimum's canonical theta_L (its first seed's)."""
     representatives: list[np.ndarray] = []
-    for row in sorted(rows, key=lambda r: (r["seed"], -r["tau"])):
-        canonical = row.pop("_canonical_L", None)
+    for row in sorted(rows, key=lambda r: (r["seed"], -r["tau"], r["granularity"], r["batch_size"])):
+        canonical = row.get("_canonical_L")
         if canonical is None:
             continue
         same = [k for k, rep in enumerate(representatives) if np.linalg.norm(canonical - rep) <= SAME_MINIMUM]
         if not same:
             representatives.append(canonical)
         row["minimum"] = same[0] if same else len(representatives) - 1
+    return dict(enumerate(representatives))
+
+
+# Batch clipping's fixed point (gradclip.netfield.BatchClippedField) is estimated twice, from
+# two sets of batches, each of BATCH_DRAWS_PER_EXAMPLE x n example draws (B = 4: 8,192 batches of
+# the 512 examples): the two estimates' mean is theta_B, half their distance its error, Monte
+# Carlo and solver together. In a pilot on one minimum at tau = 0.5 with 8x these draws, the two
+# sets' zeros lay 0.024 (B = 4), 0.013 (16) and 0.002 (64) apart, and took 20-75 s a set where
+# these take a few. Anderson acceleration stops after BATCH_ZERO_STEPS evaluations: the batch
+# field has a kink wherever a batch's norm crosses tau, and at B = 4 it crawls from ||F|| ~ 2e-6
+# (1,200 more evaluations moved that zero by 0.03, within that error); a zero counts as found
+# at ||F|| <= BATCH_ZERO_FOUND.
+BATCH_DRAWS_PER_EXAMPLE = 64
+BATCH_SETS = (0, 1)
+BATCH_ZERO_STEPS = 400
+BATCH_ZERO_FOUND = 1e-5
+
+
+def _eq22_network_minimum(task: dict) -> dict:
+    """The zeros computed once per loss minimum (in a worker process), in its canonical frame,
+    from its representative theta_L: for each tau of per-sample clipping, theta_H_flow, where the
+    mean-field ODE from theta_L ends (gradclip.netfield.zero_along_flow: the zero the ODE method
+    predicts for SGD started there, found without the runs); for each (tau, B) of batch clipping,
+    theta_B, the zero that the batch field's ODE from theta_L reaches, from each set of batches,
+    with the training and test accuracy there. The seeds of a minimum share these exactly: F_tau
+    and the batch field are equivariant under the order and signs of the hidden units."""
+    import torch
+
+    from gradclip.netfield import BatchClippedField, TanhMLPField, zero_along_flow
+
+    torch.set_num_threads(1)
+    data = load_dataset(task["data"])
+    field = TanhMLPField(data.x_train.numpy(), data.y_train.numpy(), task["width"], data.num_outputs,
+                         task["weight_decay"])
+    theta_l = torch.as_tensor(task["theta_L"], dtype=torch.float64)
+    flows = {}
+    for tau in task["taus"]:
+        zero = zero_along_flow(field, theta_l, tau) if math.isfinite(tau) else None
+        flows[tau] = None if zero is None else {"theta": zero.theta.numpy(), "residual": zero.residual,
+                                               "found": zero.converged, "evaluations": zero.flow_steps}
+    batches = {}
+    for tau, batch in task["batch_points"]:
+        draws = max(1, BATCH_DRAWS_PER_EXAMPLE * field.n // batch)
+        found = []
+        for seed in BATCH_SETS:
+            batch_field = BatchClippedField(field, batch, draws, seed=seed)
+            found.append(zero_along_flow(batch_field, theta_l, tau, max_steps=BATCH_ZERO_STEPS))
+        theta_b = torch.stack([z.theta for z in found]).mean(0)
+        entry = {"theta": theta_b.numpy(), "error": (found[0].theta - found[1].theta).norm().item() / 2,
+                 "residual": max(z.residual for z in found), "found": all(z.residual <= BATCH_ZERO_FOUND for z in found),
+                 "evaluations": sum(z.flow_steps for z in found), "draws": draws,
+                 "clipped_batches": (batch_field.batch_norms(theta_b)[0] > tau).double().mean().item()}
+        for split, (x, y) in {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test)}.items():
+            entry[f"{split}_acc_B"] = field.scores(theta_b, x.numpy(), y.numpy())["acc"]
+        batches[(tau, batch)] = entry
+    return {"minimum": task["minimum"], "flows": flows, "batches": batches}
 
 
 def _eq22_network_fits(config, run_id: str) -> None:
-    """gradclip.netfield's field is that of a one-hidden-layer tanh MLP with biases under no
-    clipping or per-sample norm clipping with the exact factor (clip.eps=0), and theta_L is where
-    the run started (start=loss_minimum): a run of anything else would be compared with the
-    wrong field or minimum, so it stops collect, naming the run."""
+    """gradclip.netfield's fields are those of a one-hidden-layer tanh MLP with biases under no
+    clipping or norm clipping (per sample or per batch, drawn i.i.d.) with the exact factor
+    (clip.eps=0), and theta_L is where the run started (start=loss_minimum): a run of anything
+    else would be compared with the wrong field or minimum, so it stops collect, naming the run."""
     model, clip = config.model, config.clip
     problems = [f"model.{key}={model.get(key)!r} (needs {want!r})" for key, want in
                 (("name", "mlp"), ("depth", 1), ("activation", "tanh"), ("bias", True)) if model.get(key) != want]
@@ -573,22 +635,43 @@ def _eq22_network_fits(config, run_id: str) -> None:
         problems.append(f"start={config.get('start')!r} (needs 'loss_minimum': theta_L is where the run began)")
     if clip.method not in ("none", "norm"):
         problems.append(f"clip.method={clip.method} (needs none or norm)")
-    elif clip.method == "norm" and (clip.granularity != "sample" or clip.eps != 0):
-        problems.append(f"clip.granularity={clip.granularity}, clip.eps={clip.eps} (needs sample and 0)")
+    elif clip.method == "norm" and clip.eps != 0:
+        problems.append(f"clip.eps={clip.eps} (needs 0, the exact factor)")
+    if clip.method == "norm" and clip.granularity == "batch" and config.get("sampling") != "iid":
+        problems.append(f"sampling={config.get('sampling')} (batch clipping's field is over i.i.d. batches: needs iid)")
     if problems:
         raise SystemExit(f"eq22_network: {run_id} cannot be compared with the field of gradclip.netfield: "
                          + "; ".join(problems))
 
 
-def collect_eq22_network(source) -> None:
-    """Eq. (22) on a network (docs/CLAIMS.md, experiment 11): per run, its averaged iterate
-    against theta_H, the zero of the clipped mean field F_tau = H + lambda theta near it, and
-    against theta_L, the minimum of the loss with weight decay that it started at, with the
-    training and test accuracy at each (gradclip.netfield). The seeds are solved side by side in
-    one worker process per core."""
+def _position(theta: np.ndarray, theta_l: np.ndarray, theta_h: np.ndarray) -> float:
+    """theta's coordinate along the segment from theta_L (0) to theta_H (1)."""
+    axis = theta_h - theta_l
+    return float((theta - theta_l) @ axis / (axis @ axis))
+
+
+def _pool_map(function, tasks: list) -> list:
+    """``function`` over ``tasks`` in one worker process per core (spawned: each imports torch
+    once), or here for a single task (a process costs seconds to start)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    workers = max(1, min(len(tasks), os.cpu_count() or 1))
+    if workers == 1:
+        return [function(task) for task in tasks]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(function, tasks))
+
+
+def collect_eq22_network(source) -> None:
+    """Eq. (22) on a network (docs/CLAIMS.md, experiments 11 and 12): per run, its averaged
+    iterate against theta_H, the zero of the clipped mean field F_tau = H + lambda theta near it,
+    against theta_L, the minimum of the loss with weight decay that it started at, and, for batch
+    clipping, against theta_B, the zero of batch clipping's own mean field; with the training and
+    test accuracy at each (gradclip.netfield). Two passes, each in one worker process per core:
+    the seeds (theta_L and theta_H from each average), then the loss minima the seeds reached
+    (the zeros that depend on theta_L only: the ODE's end and theta_B), compared in the canonical
+    frame of each seed's theta_L."""
     needs_local_records(source, "eq22_network")
     runs, _ = load(source, "eq22_network")
     runs = with_labels(runs)
@@ -598,6 +681,7 @@ def collect_eq22_network(source) -> None:
         _eq22_network_fits(config, run["run_id"])
         tau = float(run["clip.threshold"]) if run["clip.method"] == "norm" else math.inf
         row = {"method_label": run["method_label"], "tau": tau, "seed": int(run["seed"]),
+               "granularity": run["clip.granularity"] if run["clip.method"] == "norm" else "none",
                "weight_decay": float(run["weight_decay"]), "a0": run["schedule.a0"], "power": run["schedule.power"],
                "batch_size": int(run["batch_size"]), "steps": int(run["steps"]), "width": int(run["model.width"]),
                "n_train": run["data.n_train"], "status": run["summary.status"]}
@@ -605,14 +689,49 @@ def collect_eq22_network(source) -> None:
         task = tasks.setdefault(key, {"data": OmegaConf.to_container(config.data, resolve=True),
                                       "width": row["width"], "weight_decay": row["weight_decay"], "runs": []})
         task["runs"].append({"run_id": run["run_id"], "row": row})
-    workers = max(1, min(len(tasks), os.cpu_count() or 1))
-    if workers == 1:  # (a process costs seconds to start: not for one seed)
-        rows = [row for task in tasks.values() for row in _eq22_network_seed(task)]
-    else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows = [row for seed_rows in pool.map(_eq22_network_seed, tasks.values()) for row in seed_rows]
-    _number_minima(rows)
-    table = pd.DataFrame(rows).sort_values(["tau", "seed"], ascending=[False, True])
+    rows = [row for seed_rows in _pool_map(_eq22_network_seed, list(tasks.values())) for row in seed_rows]
+    representatives = _number_minima(rows)
+    first = next(iter(tasks.values()), None)
+    done = [row for row in rows if "minimum" in row]
+    minimum_tasks = [{"minimum": m, "theta_L": theta, "data": first["data"], "width": first["width"],
+                      "weight_decay": first["weight_decay"],
+                      "taus": sorted({r["tau"] for r in done if r["minimum"] == m}),
+                      "batch_points": sorted({(r["tau"], r["batch_size"]) for r in done
+                                              if r["minimum"] == m and r["granularity"] == "batch"})}
+                     for m, theta in representatives.items()]
+    if len({(t["data"] and str(t["data"]), t["width"], t["weight_decay"]) for t in tasks.values()}) > 1:
+        raise SystemExit("eq22_network: the runs differ in data, width or weight decay; collect compares one design")
+    zeros = {result["minimum"]: result for result in _pool_map(_eq22_network_minimum, minimum_tasks)}
+    for row in rows:
+        if "minimum" not in row:
+            continue
+        mine, average, tau = zeros[row["minimum"]], row.pop("_canonical_avg"), row["tau"]
+        theta_l = representatives[row["minimum"]]
+        flow = mine["flows"].get(tau)
+        canonical_h = row.pop("_canonical_H", None)
+        if canonical_h is not None and flow is not None:
+            row |= {"dist_H_flow": float(np.linalg.norm(canonical_h - flow["theta"])),
+                    "residual_H_flow": flow["residual"], "flow_found": flow["found"]}
+        elif canonical_h is not None:  # tau = inf: the flow of F_inf from theta_L stays there
+            row |= {"dist_H_flow": float(np.linalg.norm(canonical_h - theta_l)), "flow_found": row["L_found"],
+                    "residual_H_flow": row["residual_L"]}
+        if row["granularity"] == "batch":
+            point = mine["batches"][(tau, row["batch_size"])]
+            theta_h, theta_b = mine["flows"][tau], point["theta"]
+            row |= {"dist_avg_B": float(np.linalg.norm(average - theta_b)),
+                    "dist_B_L": float(np.linalg.norm(theta_b - theta_l)), "B_error": point["error"],
+                    "B_found": point["found"], "residual_B": point["residual"], "B_draws": point["draws"],
+                    "B_evaluations": point["evaluations"], "clipped_batches_at_B": point["clipped_batches"],
+                    "train_acc_B": point["train_acc_B"], "test_acc_B": point["test_acc_B"]}
+            row |= {"dist_avg_H": float(np.linalg.norm(average - theta_h["theta"])),
+                    "dist_H_L": float(np.linalg.norm(theta_h["theta"] - theta_l)),
+                    "dist_B_H": float(np.linalg.norm(theta_b - theta_h["theta"])), "H_found": theta_h["found"],
+                    "position_B": _position(theta_b, theta_l, theta_h["theta"])}
+        if flow is not None:  # where the average lies between theta_L (0) and the ODE's zero (1)
+            row["position_avg"] = _position(average, theta_l, flow["theta"])
+        row.pop("_canonical_L", None)
+    table = pd.DataFrame(rows).sort_values(["granularity", "batch_size", "tau", "seed"],
+                                           ascending=[True, True, False, True])
     results = Path(source.results)
     table.to_csv(results / "eq22_network.csv", index=False)
     print(f"eq22_network: {len(table)} runs -> {results}/eq22_network.csv")

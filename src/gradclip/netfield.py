@@ -133,10 +133,30 @@ class TanhMLPField:
     def __call__(self, theta: Tensor, tau: float) -> Tensor:
         """F_tau(theta); tau = inf: the gradient of L + lambda/2 ||theta||^2."""
         h, d2, d1, norms = self._pieces(theta)
-        weight = (1.0 / torch.clamp(norms / tau, min=1.0)).unsqueeze(1) / self.n  # 1 / (n c_i)
-        d2, d1 = d2 * weight, d1 * weight
-        mean = torch.cat([(d1.T @ self.x).reshape(-1), d1.sum(0), (d2.T @ h).reshape(-1), d2.sum(0)])
-        return mean + self.lam * theta
+        return self.weighted_sum(h, d2, d1, 1.0 / torch.clamp(norms / tau, min=1.0) / self.n) + self.lam * theta
+
+    def weighted_sum(self, h: Tensor, d2: Tensor, d1: Tensor, weight: Tensor) -> Tensor:
+        """sum_i weight_i g_i from the pieces of :meth:`_pieces`: two weighted matrix products."""
+        d2, d1 = d2 * weight.unsqueeze(1), d1 * weight.unsqueeze(1)
+        return torch.cat([(d1.T @ self.x).reshape(-1), d1.sum(0), (d2.T @ h).reshape(-1), d2.sum(0)])
+
+    def symmetry(self, theta: Tensor) -> tuple[Tensor, list[int]]:
+        """The sign and order of the hidden units that bring theta to its canonical form
+        (:meth:`canonical`)."""
+        w1, b1, _, _ = self.unflatten(theta)
+        first = torch.where(b1 != 0, b1, w1[:, 0])
+        sign = torch.where(first < 0, -1.0, 1.0).to(theta.dtype)
+        w1, b1 = w1 * sign[:, None], b1 * sign
+        return sign, sorted(range(self.hidden), key=lambda j: (b1[j].item(), *w1[j].tolist()))
+
+    def transform(self, theta: Tensor, symmetry: tuple[Tensor, list[int]]) -> Tensor:
+        """theta with its hidden units flipped and ordered by ``symmetry`` (another theta's
+        :meth:`symmetry`): an orthogonal map that leaves distances and the network's function
+        unchanged, and under which F_tau is equivariant."""
+        sign, order = symmetry
+        w1, b1, w2, b2 = self.unflatten(theta)
+        w1, b1, w2 = w1 * sign[:, None], b1 * sign, w2 * sign[None, :]
+        return torch.cat([w1[order].reshape(-1), b1[order], w2[:, order].reshape(-1), b2])
 
     def canonical(self, theta: Tensor) -> Tensor:
         """theta with its hidden units in a standard order and sign: the network computes the same
@@ -144,12 +164,7 @@ class TanhMLPField:
         weights all negated (tanh is odd). Each unit is flipped so that its bias is >= 0 (its
         first incoming weight where the bias is 0), then the units are sorted by (bias, incoming
         weights): two thetas of one minimum reached from different seeds become one vector."""
-        w1, b1, w2, b2 = self.unflatten(theta)
-        first = torch.where(b1 != 0, b1, w1[:, 0])
-        sign = torch.where(first < 0, -1.0, 1.0).to(theta.dtype)
-        w1, b1, w2 = w1 * sign[:, None], b1 * sign, w2 * sign[None, :]
-        order = sorted(range(self.hidden), key=lambda j: (b1[j].item(), *w1[j].tolist()))
-        return torch.cat([w1[order].reshape(-1), b1[order], w2[:, order].reshape(-1), b2])
+        return self.transform(theta, self.symmetry(theta))
 
     def objective(self, theta: Tensor) -> Tensor:
         """L(theta) + lambda/2 ||theta||^2, whose gradient is F_inf."""
@@ -162,6 +177,59 @@ class TanhMLPField:
         logits = self.logits(theta, x)
         return {"loss": torch.nn.functional.cross_entropy(logits, y).item(),
                 "acc": (logits.argmax(1) == y).double().mean().item()}
+
+
+class BatchClippedField:
+    """SGD's mean field under *batch* norm clipping on the same network and data (docs/CLAIMS.md,
+    experiment 12): the mini-batch's mean gradient is clipped, not each example's,
+
+        F^B_tau(theta) = E_b[ gbar_b / max(1, ||gbar_b|| / tau) ] + lambda theta,
+        gbar_b = (1/B) sum_{i in b} g_i,
+
+    over batches b of B examples drawn i.i.d. with replacement (the runner's ``sampling=iid``).
+    By exchangeability of the draws, E_b[gbar_b / c_b] = (1/n) sum_i g_i E[1/c_b | i in b]: the
+    field is the full-batch sum of the g_i weighted by each example's mean clipping factor over
+    the batches that hold it. That mean is estimated over ``draws`` batches fixed by ``seed`` (the
+    sample-average approximation) as a ratio, sum_b count_b(i) / c_b over sum_b count_b(i), so
+    every example keeps its weight 1/n where no batch is clipped: the field is then F_inf exactly,
+    and the estimate's noise is only the spread of 1/c_b among the batches that hold an example
+    (with B = 1 none: it is F_tau exactly, per-sample clipping's field). A plain mean
+    over batches would weight each example by how often it happened to be drawn, noise that the
+    field's flattest directions (curvature ~2e-4 at theta_L) amplify ~1e4-fold.
+
+    ||gbar_b||^2 = (1/B^2) sum_{i,j in b} g_i . g_j, from the per-example Gram matrix in closed
+    form, g_i . g_j = (d2_i . d2_j)(h_i . h_j + 1) + (d1_i . d1_j)(x_i . x_j + 1): no batch or
+    per-example gradient is ever formed. ``batches`` [draws, B] may be given instead (tests)."""
+
+    def __init__(self, field: TanhMLPField, batch_size: int, draws: int = 0, seed: int = 0, batches=None) -> None:
+        self.field, self.size, self.lam = field, field.size, field.lam
+        if batches is None:
+            batches = np.random.default_rng(seed).integers(field.n, size=(draws, batch_size))
+        self.batches = torch.as_tensor(np.asarray(batches), dtype=torch.int64)
+        self.draws, self.batch_size = self.batches.shape
+        counts = torch.zeros(self.draws, field.n, dtype=torch.float64)
+        counts.scatter_add_(1, self.batches, torch.ones_like(self.batches, dtype=torch.float64))
+        self.counts, self.appearances = counts, counts.sum(0)
+        if (self.appearances == 0).any():
+            raise ValueError(f"{int((self.appearances == 0).sum())} examples are in none of the {self.draws} "
+                             "batches: draw more")
+        self.x_gram = field.x @ field.x.T + 1
+
+    def batch_norms(self, theta: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """||gbar_b|| of every batch, and the pieces h, d2, d1 of :meth:`TanhMLPField._pieces`."""
+        h, d2, d1, _ = self.field._pieces(theta)
+        gram = (d2 @ d2.T) * (h @ h.T + 1) + (d1 @ d1.T) * self.x_gram
+        if self.batch_size ** 2 * 4 <= self.field.n ** 2:  # gathering B^2 entries a batch is cheaper
+            squared = gram[self.batches[:, :, None], self.batches[:, None, :]].sum((1, 2))
+        else:  # than the product with the counts, n^2 a batch (in BLAS)
+            squared = ((self.counts @ gram) * self.counts).sum(1)
+        return squared.clamp(min=0).sqrt() / self.batch_size, (h, d2, d1)
+
+    def __call__(self, theta: Tensor, tau: float) -> Tensor:
+        norms, (h, d2, d1) = self.batch_norms(theta)
+        factor = 1.0 / torch.clamp(norms / tau, min=1.0)  # 1 / c_b
+        weight = (self.counts.T @ factor) / self.appearances / self.field.n
+        return self.field.weighted_sum(h, d2, d1, weight) + self.lam * theta
 
 
 def zero_near(field: TanhMLPField, theta0: Tensor, tau: float, max_steps: int = 60) -> Zero:
@@ -302,11 +370,16 @@ def refine(field: TanhMLPField, theta0: Tensor, tau: float) -> Zero:
     return again if again.residual <= zero.residual else zero
 
 
-def zero_along_flow(field: TanhMLPField, theta0: Tensor, tau: float) -> Zero:
+def zero_along_flow(field: TanhMLPField | BatchClippedField, theta0: Tensor, tau: float,
+                    max_steps: int = 2_000) -> Zero:
     """Where the mean-field ODE theta' = -F_tau(theta) from theta0 ends: the flow (:func:`flow`)
     to ||F|| <= 1e-3, then Anderson acceleration to the zero it is approaching (what the ODE
-    method predicts for SGD started at theta0)."""
+    method predicts for SGD started at theta0). A BatchClippedField is not polished by Newton's
+    method: its Jacobian would be formed through every batch's Gram entries, P times.
+    ``max_steps``: Anderson's evaluations of F at most."""
     theta, _, steps = flow(field, theta0, tau)
-    zero = _polish(field, anderson(field, theta, tau), tau)
+    zero = anderson(field, theta, tau, max_steps=max_steps)
+    if isinstance(field, TanhMLPField):
+        zero = _polish(field, zero, tau)
     zero.flow_steps += steps
     return zero

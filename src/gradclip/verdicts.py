@@ -847,6 +847,27 @@ def _accuracy_change(rows: pd.DataFrame, split: str) -> dict:
             "acc_H": per_minimum[f"{split}_acc_H"].mean(), "acc_L": per_minimum[f"{split}_acc_L"].mean()}
 
 
+def _over_minima(to_candidate: pd.Series, to_other: pd.Series, minimum: pd.Series, apart: float,
+                 error: float = 0.0) -> dict:
+    """:func:`_nearer` per seed, then decided over the loss minima the seeds reached (collect's
+    ``minimum``): the seeds of one minimum differ only in SGD's noise, so the minima are the
+    trials, and a minimum counts where all its seeds are nearer the candidate (pass a seed whose
+    candidate was not found at distance inf: it counts as not)."""
+    nearer = _nearer(to_candidate, to_other, apart, error)
+    minima = (to_candidate < to_other).groupby(minimum).all()
+    return nearer | {"minima_nearer": int(minima.sum()), "minima": len(minima),
+                     "verdict": seeds_verdict(int(minima.sum()), len(minima))[0] if nearer["resolved"] else UNTESTED}
+
+
+def eq22_tau_grid(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of experiment 11's tau grid: the unclipped and per-sample runs at the batch size
+    of the unclipped control (experiment 12's other batch sizes and batch clipping excluded)."""
+    table = table[table["granularity"] != "batch"]
+    control = table[~np.isfinite(table["tau"])]
+    batch = (control if len(control) else table)["batch_size"].mode().iloc[0]
+    return table[table["batch_size"] == batch]
+
+
 def assess_eq22_network(results: Path) -> dict:
     """Eq. (22) on a network, at a converged point. Per tau of per-sample clipping: a seed is at
     a zero of eq. (22) where its averaged iterate lies nearer theta_H (the zero of H + lambda
@@ -866,6 +887,7 @@ def assess_eq22_network(results: Path) -> dict:
     table = _read(results, "eq22_network.csv")
     if table is None:
         return {"verdict": NOT_MEASURED}
+    table = eq22_tau_grid(table)
     done = table[table["status"] == "completed"]
     control = done[~np.isfinite(done["tau"])]
     resolution = control["dist_avg_L"].median() if len(control) else math.nan
@@ -879,14 +901,12 @@ def assess_eq22_network(results: Path) -> dict:
                  "dist_H_L_range": pair(rows["dist_H_L"]), "clipped_at_H": rows["clipped_at_H"].median(),
                  "drift": rows["dist_late_avg"].median(),
                  "train": _accuracy_change(rows, "train"), "test": _accuracy_change(rows, "test")}
-        if math.isfinite(tau):  # the closed-form rule per seed (_nearer), then decided over minima
-            to_h = rows["dist_avg_H"].where(converged, math.inf)
-            nearer = _nearer(to_h, rows["dist_avg_L"], point["dist_H_L"])
-            minima = (to_h < rows["dist_avg_L"]).groupby(rows["minimum"]).all()
+        if math.isfinite(tau):  # the closed-form rule per seed, then decided over minima
+            nearer = _over_minima(rows["dist_avg_H"].where(converged, math.inf), rows["dist_avg_L"],
+                                  rows["minimum"], point["dist_H_L"])
             point |= {"same_as_flow": int((rows["dist_H_flow"] <= SAME_ZERO).sum()),
-                      "seeds_at_H": nearer["seeds_nearer"], "minima_at_H": int(minima.sum()),
-                      "resolved": nearer["resolved"], "verdict": seeds_verdict(int(minima.sum()), len(minima))[0]
-                      if nearer["resolved"] else UNTESTED}
+                      "seeds_at_H": nearer["seeds_nearer"], "minima_at_H": nearer["minima_nearer"],
+                      "resolved": nearer["resolved"], "verdict": nearer["verdict"]}
         else:  # the control: the unclipped runs' averages against the minimum they started at
             point |= {"verdict": None, "returns_to_L": int((converged & (rows["dist_H_L"] <= SAME_ZERO)).sum())}
         points.append(point)
@@ -907,6 +927,75 @@ def assess_eq22_network(results: Path) -> dict:
                            "test_range": pair(done["test_acc_L"])}}
 
 
+def assess_batch_network(results: Path) -> dict:
+    """Batch clipping's fixed point against the batch size B on the network of experiment 11
+    (its table, at the tau of its batch-clipped runs), per (granularity, B), decided per seed and
+    then over loss minima (:func:`_over_minima`) at points resolved as in section 9:
+
+    * per-sample clipping at every B: the average nearer theta_H than theta_L (theta_H found from
+      the average; its limit should not move with B);
+    * batch clipping (B > 1): the average nearer theta_B, the zero of batch clipping's own field
+      (gradclip.netfield.BatchClippedField), than theta_H (the ODE's zero of per-sample clipping
+      from theta_L), and than theta_L, where the two lie RESOLVED times further apart than the
+      averages lie from the nearer and than theta_B's Monte Carlo error; a seed whose theta_B
+      was not found counts as not.
+
+    Reported, not judged: where theta_B lies between theta_L (0) and theta_H (1) at each B (the
+    expectation: from theta_H at B = 1 towards theta_L, the mean's answer, as B grows), and the
+    test accuracy there."""
+    table = _read(results, "eq22_network.csv")
+    if table is None or "granularity" not in table or not (table["granularity"] == "batch").any():
+        return {"verdict": NOT_MEASURED}
+    done = table[table["status"] == "completed"]
+    tau = float(done.loc[done["granularity"] == "batch", "tau"].min())
+    arm = done[(done["tau"] == tau) & (done["granularity"] != "none")]
+    points = []
+    for (granularity, batch), rows in arm.groupby(["granularity", "batch_size"], sort=True):
+        found_h, found_l = rows["H_found"].astype(bool), rows["L_found"].astype(bool)
+        point = {"granularity": granularity, "batch_size": int(batch), "seeds": len(rows),
+                 "minima": int(rows["minimum"].nunique()),
+                 "diverged": int(((table["tau"] == tau) & (table["granularity"] == granularity)
+                                  & (table["batch_size"] == batch) & (table["status"] == "diverged")).sum()),
+                 "dist_avg_H": rows["dist_avg_H"].median(), "dist_avg_L": rows["dist_avg_L"].median(),
+                 "dist_H_L": rows["dist_H_L"].median(), "position_avg": rows["position_avg"].median(),
+                 "test_acc_avg": rows["test_acc_avg"].mean()}
+        if granularity == "sample":
+            point["H_vs_L"] = _over_minima(rows["dist_avg_H"].where(found_h & found_l, math.inf), rows["dist_avg_L"],
+                                           rows["minimum"], point["dist_H_L"])
+        else:
+            found = rows["B_found"].astype(bool) & found_h & found_l
+            to_b, error = rows["dist_avg_B"].where(found, math.inf), float(rows["B_error"].max())
+            per_minimum = rows.groupby("minimum")[["position_B", "dist_B_L", "dist_B_H", "test_acc_B",
+                                                   "clipped_batches_at_B"]].first()
+            point |= {"dist_avg_B": rows["dist_avg_B"].median(), "B_error": error,
+                      "unfound": int((~found).sum()), "position_B": per_minimum["position_B"].median(),
+                      "position_B_range": pair(per_minimum["position_B"]), "dist_B_L": per_minimum["dist_B_L"].median(),
+                      "dist_B_H": per_minimum["dist_B_H"].median(), "test_acc_B": per_minimum["test_acc_B"].mean(),
+                      "clipped_batches_at_B": per_minimum["clipped_batches_at_B"].median(),
+                      "draws": int(rows["B_draws"].iloc[0]),
+                      "B_vs_H": _over_minima(to_b, rows["dist_avg_H"], rows["minimum"], float(rows["dist_B_H"].median()), error),
+                      "B_vs_L": _over_minima(to_b, rows["dist_avg_L"], rows["minimum"], float(rows["dist_B_L"].median()), error)}
+        points.append(point)
+    sample = [p for p in points if p["granularity"] == "sample"]
+    batch = [p for p in points if p["granularity"] == "batch"]
+    parts = {"per-sample: θ_H at every B": combine([p["H_vs_L"]["verdict"] for p in sample]),
+             "batch: θ_B, not θ_H": combine([p["B_vs_H"]["verdict"] for p in batch]),
+             "batch: θ_B, not θ_L": combine([p["B_vs_L"]["verdict"] for p in batch])}
+    positions = [p["position_B"] for p in batch]
+    first = arm.iloc[0]
+    return {"verdict": combine(list(parts.values())), "parts": parts, "tau": tau, "resolved_factor": RESOLVED,
+            "points": points, "steps": int(arm["steps"].max()), "seeds": pair([p["seeds"] for p in points]),
+            "minima": int(arm["minimum"].nunique()), "batch_sizes": sorted(int(b) for b in arm["batch_size"].unique()),
+            "n_train": None if pd.isna(first["n_train"]) else int(first["n_train"]),
+            "moves_towards_L": bool(len(positions) > 1 and all(b < a for a, b in zip(positions, positions[1:]))),
+            "largest_error": max((p["B_error"] for p in batch), default=math.nan),
+            "draws_per_example": max((p["draws"] * p["batch_size"] / (first["n_train"] if pd.notna(first["n_train"])
+                                                                       else math.nan) for p in batch), default=math.nan),
+            "tallies": {"sample": tally(p["H_vs_L"]["verdict"] for p in sample),
+                        "batch_vs_H": tally(p["B_vs_H"]["verdict"] for p in batch),
+                        "batch_vs_L": tally(p["B_vs_L"]["verdict"] for p in batch)}}
+
+
 SECTIONS = {  # key: (number, title, assess)
     "bounded_increments": (1, "Bounded increments", assess_increments),
     "stability": (2, "Stability with high probability", assess_stability),
@@ -919,6 +1008,7 @@ SECTIONS = {  # key: (number, title, assess)
     "batch_fixed_point": (9, "Batch clipping's fixed point against the batch size", assess_batch_fixed_point),
     "label_noise": (10, "Label noise: per-sample clipping as a robust loss", assess_label_noise),
     "eq22_network": (11, "Eq. (22) on a network, at a converged point", assess_eq22_network),
+    "batch_network": (12, "Batch clipping's fixed point on the network", assess_batch_network),
 }
 
 
