@@ -682,17 +682,19 @@ def plot_batch_network(args) -> None:
     if "granularity" not in table or not (table["granularity"] == "batch").any():
         return
     table = table[table["status"] == "completed"]
+    if not (table["granularity"] == "batch").any():
+        return
     tau = table.loc[table["granularity"] == "batch", "tau"].min()
     arm = table[(table["tau"] == tau) & (table["granularity"] != "none")]
     fig, ax = plt.subplots(figsize=(6.2, 4.0), constrained_layout=True)
     batch = arm[arm["granularity"] == "batch"]
-    fixed = batch.groupby(["batch_size", "minimum"])[["position_B", "B_error", "dist_H_L"]].first()
-    fixed = fixed.assign(error=fixed["B_error"] / fixed["dist_H_L"]).groupby(level="batch_size").median()
+    fixed = batch.groupby(["batch_size", "minimum"])[["position_B", "B_error", "dist_flow_L"]].first()
+    fixed = fixed.assign(error=fixed["B_error"] / fixed["dist_flow_L"]).groupby(level="batch_size").median()
     # (at B = 1 batch clipping is per-sample clipping: theta_B is theta_H, position 1, by definition)
     ax.plot([1, *fixed.index], [1.0, *fixed["position_B"]], color="black", linestyle="--", linewidth=1, label="θ_B: batch clipping's fixed point "
             "(median over minima; at B = 1, θ_H)")
     ax.errorbar(fixed.index, fixed["position_B"], yerr=fixed["error"], color="black", linestyle="none", capsize=2)
-    ax.axhline(1.0, color="#1f77b4", linewidth=0.8, linestyle=":", label="θ_H: zero of eq. (22), per-sample clipping")
+    ax.axhline(1.0, color="#1f77b4", linewidth=0.8, linestyle=":", label="θ_H: zero of eq. (22) where its ODE from θ_L ends")
     ax.axhline(0.0, color="grey", linewidth=0.8, linestyle=":", label="θ_L: the loss minimum every run started at")
     for granularity, color, marker, shift in (("batch", "#d62728", "o", 1 / 1.06), ("sample", "#1f77b4", "s", 1.06)):
         mine = arm[arm["granularity"] == granularity]
@@ -706,7 +708,7 @@ def plot_batch_network(args) -> None:
     ax.set_ylabel("position: 0 = θ_L, 1 = θ_H")
     ax.set_title(f"The network of eq22_network at τ = {tau:g}: where clipped SGD ends against B "
                  f"({int(arm['steps'].max()):,} steps)", fontsize=9)
-    ax.legend(loc="best", frameon=False, fontsize=6)
+    ax.legend(loc="lower left", frameon=False, fontsize=6)
     save(fig, figures / "batch_network")
 
 

@@ -654,61 +654,62 @@ def render_eq22_network(a: dict) -> list[str]:
 
 def render_batch_network(a: dict) -> list[str]:
     t = a["tallies"]
-    lines = [f"**Verdict: {a['verdict']}** (" + "; ".join(f"{k}: {v}" for k, v in a["parts"].items()) + "). "
+    batch = [p for p in a["points"] if p["granularity"] == "batch"]
+    moves = {None: "is computed at one B only", True: "moves from θ_H towards θ_L as B grows, never back",
+             False: "does not move steadily from θ_H towards θ_L as B grows"}[a["moves_towards_L"]]
+    lines = [f"**Verdict: {a['verdict']}** (" + "; ".join(f"{k}: {v}" for k, v in a["parts"].items()) + "; untested "
+             "unless both rules of batch clipping are decided somewhere). "
              f"The network, data, start and schedule of section 11, norm clipping at τ = {fmt(a['tau'])} per sample "
              "and per batch, B ∈ {" + ", ".join(str(b) for b in a["batch_sizes"]) + f"}}, {a['steps']:,} steps, "
              f"{span(a['seeds'])} seeds per point at {a['minima']} distinct loss minima, θ averaged over the second half "
-             "(`paper_figures/batch_network.png`, `results/eq22_network.csv`, the rows of this τ).", "",
+             "(`paper_figures/batch_network.png`; `results/eq22_network.csv`, its rows at this τ)"
+             + (f"; {a['diverged']} runs diverged and are not counted" if a["diverged"] else "") + ".", "",
              "Three answers per loss minimum, each found without the runs: θ_L, where every run started; θ_H, the zero "
-             "of per-sample clipping's field where its ODE from θ_L ends (section 11); and θ_B, the zero of batch "
-             "clipping's own mean field E_b[ḡ_b/max(1, ‖ḡ_b‖/τ)] + λθ over batches b of B examples drawn with "
-             "replacement, where its ODE from θ_L ends. That field is the full-batch sum of the per-example "
-             "gradients, each weighted by its mean clipping factor over the batches that hold it, estimated over "
-             f"two independent sets of batches ({fmt(a['draws_per_example'])} draws per example each; batch norms from the per-example Gram "
-             "matrix in closed form, `gradclip.netfield.BatchClippedField`): θ_B is the mean of the two zeros, half "
-             f"their distance its Monte Carlo error (at most {fmt(a['largest_error'], 2)}). At B = 1 the two "
-             "algorithms are one, and θ_B = θ_H exactly.", "",
+             "of per-sample clipping's field H(θ) + λθ where its ODE from θ_L ends (section 11); and θ_B, the zero of "
+             "batch clipping's own mean field E_b[ḡ_b/max(1, ‖ḡ_b‖/τ)] + λθ over batches b of B examples drawn with "
+             "replacement (ḡ_b their mean gradient), where its ODE from θ_L ends. That field is the full-batch sum of "
+             "the per-example gradients, each weighted by its clipping factor averaged over the batches that hold it "
+             "(counted as often as they hold it), estimated over two independent sets of batches "
+             f"({fmt(a['draws_per_example'])} draws per example each; batch norms from the per-example Gram matrix in "
+             "closed form, `gradclip.netfield.BatchClippedField`): θ_B is the mean of the two zeros; its error is half "
+             "their distance (Monte Carlo, at most "
+             f"{fmt(a['largest_monte_carlo_error'], 2)}) plus how far the solver still moved each (at most "
+             f"{fmt(a['largest_error'], 2)} in all). At B = 1 the two algorithms are one, and θ_B = θ_H exactly.", "",
              "Verdict rule per point, as in sections 9 and 11: per seed, is θ̄ nearer the candidate than the other "
              f"answer, where the two lie {fmt(a['resolved_factor'])}× further apart than θ̄ lies from the nearer (median "
-             "over seeds) and than θ_B's Monte Carlo error; then over loss minima (a minimum counts where all its "
-             "seeds do; Wilson interval on the fraction above or below one half).", "",
+             "over seeds) and than θ_B's error; then over loss minima (a minimum counts where all its seeds do; "
+             "Wilson interval on the fraction above or below one half); a seed whose θ_B was not found counts as not.",
+             "",
              f"- Per-sample clipping ends nearer θ_H than θ_L at {t['sample']['holds']} batch sizes "
-             f"({t['sample']['fails']} nearer θ_L; {t['sample']['untested']} untested).",
+             f"({t['sample']['fails']} nearer θ_L; {t['sample']['untested']} untested): its limit does not move with B.",
              f"- Batch clipping ends nearer θ_B than θ_H at {t['batch_vs_H']['holds']} batch sizes "
              f"({t['batch_vs_H']['fails']} nearer θ_H; {t['batch_vs_H']['untested']} untested), and nearer θ_B than θ_L "
              f"at {t['batch_vs_L']['holds']} ({t['batch_vs_L']['fails']} nearer θ_L; {t['batch_vs_L']['untested']} "
-             "untested: there θ_B lies too near θ_L for the runs to tell them apart).",
-             "- As B grows, θ_B " + ("moves from θ_H towards θ_L at every step of B" if a["moves_towards_L"] else
-                                     "does not move monotonically from θ_H towards θ_L")
-             + " (position on the segment from θ_L, 0, to θ_H, 1: "
-             + ", ".join(f"B = {p['batch_size']}: {fmt(p['position_B'], 3)}" for p in a["points"]
-                         if p["granularity"] == "batch") + "; medians over minima).", "",
-             "| B | batch: θ_B's position (range over minima) | ‖θ_B − θ_L‖ | batches clipped at θ_B | Monte Carlo error "
+             "untested: where θ_B lies too near θ_L for the runs to tell them apart).",
+             f"- θ_B {moves} (position on the segment from θ_L, 0, to θ_H, 1: "
+             + ", ".join(f"B = {p['batch_size']}: {fmt(p['position_B'], 3)}" for p in batch) + "; medians over minima).",
+             "", "| B | batch: θ_B's position (range over minima) | ‖θ_B − θ_L‖ | batches clipped at θ_B | θ_B's error "
              "| θ̄'s position | ‖θ̄ − θ_B‖ | vs θ_H | vs θ_L | per-sample: θ̄'s position | ‖θ̄ − θ_H‖ | vs θ_L | "
              "test accuracy: θ_B; per-sample θ̄ |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by = {(p["granularity"], p["batch_size"]): p for p in a["points"]}
-    for batch in a["batch_sizes"]:
-        b, s_ = by.get(("batch", batch)), by.get(("sample", batch))
+    for size in a["batch_sizes"]:
+        b, s_ = by.get(("batch", size)), by.get(("sample", size))
+
+        def versus(v: dict, seeds: int) -> str:
+            return f"{v['minima_nearer']}/{v['minima']} minima ({v['seeds_nearer']}/{seeds} seeds): {v['verdict']}"
+
         if b is None:
-            cells = ["1 (θ_B = θ_H)" if batch == 1 else "–"] + ["–"] * 7
+            cells = ["1 (θ_B = θ_H)" if size == 1 else "–"] + ["–"] * 7
         else:
             low, high = b["position_B_range"]
-
-            def versus(v: dict) -> str:
-                return f"{v['minima_nearer']}/{v['minima']} minima ({v['seeds_nearer']}/{b['seeds']} seeds): {v['verdict']}"
-
             cells = [f"{fmt(b['position_B'], 3)} ({fmt(low, 3)}–{fmt(high, 3)})", fmt(b["dist_B_L"], 3),
                      fmt(b["clipped_batches_at_B"], 2), fmt(b["B_error"], 2), fmt(b["position_avg"], 3),
-                     fmt(b["dist_avg_B"], 2) + (f" ({b['unfound']} θ_B not found)" if b["unfound"] else ""),
-                     versus(b["B_vs_H"]), versus(b["B_vs_L"])]
-        if s_ is None:
-            cells += ["–"] * 3
-        else:
-            v = s_["H_vs_L"]
-            cells += [fmt(s_["position_avg"], 3), fmt(s_["dist_avg_H"], 2),
-                      f"{v['minima_nearer']}/{v['minima']} minima ({v['seeds_nearer']}/{s_['seeds']} seeds): {v['verdict']}"]
+                     fmt(b["dist_avg_B"], 2) + (f" ({b['unfound']} seeds' zeros not found)" if b["unfound"] else ""),
+                     versus(b["B_vs_H"], b["seeds"]), versus(b["B_vs_L"], b["seeds"])]
+        cells += ["–"] * 3 if s_ is None else [fmt(s_["position_avg"], 3), fmt(s_["dist_avg_H"], 2),
+                                               versus(s_["H_vs_L"], s_["seeds"])]
         accuracy = [fmt(b["test_acc_B"], 3) if b else "–", fmt(s_["test_acc_avg"], 3) if s_ else "–"]
-        lines.append(f"| {batch} | " + " | ".join(cells) + f" | {'; '.join(accuracy)} |")
+        lines.append(f"| {size} | " + " | ".join(cells) + f" | {'; '.join(accuracy)} |")
     lines += ["", "Positions are the coordinate along the segment from θ_L (0) to θ_H (1); distances and θ̄'s "
               "position are medians over seeds; 'batches clipped' is the share of the sampled batches whose mean "
               "gradient is longer than τ at θ_B."]

@@ -198,7 +198,7 @@ def eq22_network_sweeps(scale: str) -> list[list[str]]:
     batch = ["clip=norm", "clip.eps=0", "clip.granularity=batch", "clip.threshold=0.5"]
     if scale == "smoke":
         smoke = ["seed=0", "steps=300", "eval_every=300", "data.n_train=128"]
-        return [smoke, smoke + sample + ["clip.threshold=0.5"], smoke + batch + ["batch_size=4,16"]]
+        return [smoke, smoke + sample + ["clip.threshold=0.5"], smoke + batch + ["batch_size=16"]]
     if scale == "default":
         return [[], sample + ["clip.threshold=1,0.5"], batch + ["batch_size=4,16,64"]]
     seeds = ["seed=range(0,32)"]

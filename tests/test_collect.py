@@ -175,9 +175,10 @@ def test_eq22_network_table_compares_each_average_with_the_zeros_found_from_it(m
     # Batch clipping: theta_H is where per-sample clipping's ODE from theta_L ends (here not the zero
     # found from the clipped run's short average: the field has several), theta_B batch clipping's
     # own zero, between theta_L and theta_H.
-    assert batched["dist_H_L"] > 0.1 and batched["H_found"]
-    assert batched["B_found"] and 0 < batched["B_error"] < 0.1 * batched["dist_B_L"]
-    assert 0 < batched["position_B"] < 1 and batched["dist_B_L"] > 0.1 and batched["dist_B_H"] > 0.1
+    assert batched["dist_flow_L"] > 0.1 and batched["flow_found"] and pd.isna(batched["dist_avg_H"])
+    assert batched["B_found"] and 0 < batched["B_monte_carlo_error"] <= batched["B_error"] < 0.1 * batched["dist_B_L"]
+    assert 0 < batched["position_B"] < 1 and batched["dist_B_L"] > 0.1 and batched["dist_B_flow"] > 0.1
+    assert clipped["dist_flow_L"] == pytest.approx(batched["dist_flow_L"], abs=1e-12)  # one minimum: one ODE zero
     assert batched["B_draws"] == 64 * 64 // 8 and batched["clipped_batches_at_B"] > 0
     for column in ("train_acc_H", "test_acc_L", "train_acc_avg", "test_acc_B"):
         assert table[column].dropna().between(0, 1).all()

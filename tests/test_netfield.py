@@ -120,13 +120,15 @@ def test_the_canonical_form_is_the_same_for_permuted_and_sign_flipped_units_and_
     assert (field.canonical(theta + 1e-3) - field.canonical(theta)).norm() > 1e-3
 
 
-def test_the_batch_field_is_the_mean_of_the_models_own_clipped_batch_gradients_plus_weight_decay():
+def test_the_batch_field_is_the_mean_of_the_models_own_clipped_batch_gradients_plus_weight_decay(monkeypatch):
     """BatchClippedField against brute force on the model itself: for batches in which every
     example is drawn equally often (two rounds of a permutation cut into batches of 4, and one in
     which each batch holds two examples twice), its field equals the mean over the batches of
     each batch's mean per-example gradient (torch.func), divided by max(1, ||mean|| / tau), plus
     lambda theta; with such batches the ratio estimate of each example's clipping factor is that
-    mean exactly. Some batches are clipped, some not."""
+    mean exactly. Some batches are clipped, some not; the Gram entries gathered a few batches at
+    a time give the same norms."""
+    from gradclip import netfield
     from gradclip.netfield import BatchClippedField
 
     x, y, model = small_problem()
@@ -151,6 +153,10 @@ def test_the_batch_field_is_the_mean_of_the_models_own_clipped_batch_gradients_p
     batch_field = BatchClippedField(field, 4, batches=batches.numpy())
     torch.testing.assert_close(batch_field.batch_norms(theta)[0], norms, rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(batch_field(theta, tau), expected, rtol=1e-10, atol=1e-14)
+    monkeypatch.setattr(netfield, "GATHER_CHUNK", 5 * 16)  # 5 batches of 4 at a time: of 48, the last chunk short
+    chunked = BatchClippedField(field, 4, batches=batches.numpy())
+    assert chunked.chunk == 5 and len(batches) == 48
+    torch.testing.assert_close(chunked.batch_norms(theta)[0], batch_field.batch_norms(theta)[0], rtol=1e-14, atol=0)
 
 
 @pytest.mark.parametrize("batch_size,tau", [(1, 0.3), (6, math.inf)])

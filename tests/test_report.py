@@ -770,16 +770,18 @@ def test_eq22_network_a_seed_whose_zeros_were_not_found_does_not_count(tmp_path)
     assert other["verdict"] == "holds" and next(p for p in other["points"] if p["tau"] == 1.0)["same_as_flow"] == 0
 
 
-def batch_network_rows(tmp_path, to_b, apart, error=0.0, seeds=8, found=True):
+def batch_network_rows(tmp_path, to_b, apart, error=0.0, seeds=8, found=True, large_b=None):
     """eq22_network.csv with the batch-size arm at tau = 0.5 (beside section 11's control and a
-    per-sample run at B = 64): batch clipping at B = 4 and 16, each seed's average to_b from theta_B,
-    2.0 from theta_H and from theta_L, theta_B ``apart`` from both with Monte Carlo ``error``
-    (seed 0's theta_B found or not), its position 0.8 at B = 4 and 0.3 at B = 16; the per-sample run
-    0.1 from theta_H, 1.9 from theta_L, theta_H 2.0 from theta_L. Each seed its own loss minimum."""
+    per-sample run at B = 64, 0.1 from theta_H and 1.9 from theta_L, theta_H 2.0 from theta_L).
+    Batch clipping at B = 4: each seed's average to_b from theta_B and 1.5 from theta_H, 2.5 from
+    theta_L; theta_B ``apart`` from theta_H and apart + 0.5 from theta_L, with error ``error``
+    (seed 0's theta_B found or not), position 0.8. At B = 16 the same, or ``large_b`` =
+    (to_b, apart from theta_H, apart from theta_L): theta_B near theta_L, position 0.1. Each seed
+    its own loss minimum."""
     base = {"weight_decay": 0.05, "a0": 2.0, "power": 0.5, "steps": 1000, "width": 16, "n_train": 512,
-            "status": "completed", "dist_late_avg": 0.01, "dist_start_L": 0.001, "norm_L": 3.0, "L_found": True,
-            "H_found": True, "flow_found": True, "test_acc_avg": 0.27, "test_acc_L": 0.27, "train_acc_L": 0.35,
-            "clipped_at_H": 1.0, "clipped_at_L": 1.0}
+            "n_examples": 512, "status": "completed", "dist_late_avg": 0.01, "dist_start_L": 0.001, "norm_L": 3.0,
+            "L_found": True, "H_found": True, "flow_found": True, "test_acc_avg": 0.27, "test_acc_L": 0.27,
+            "train_acc_L": 0.35, "clipped_at_H": 1.0, "clipped_at_L": 1.0}
     rows = []
     for seed in range(seeds):
         rows.append(base | {"granularity": "none", "method_label": "none", "tau": math.inf, "batch_size": 64,
@@ -787,34 +789,50 @@ def batch_network_rows(tmp_path, to_b, apart, error=0.0, seeds=8, found=True):
                             "dist_H_flow": 0.0, "test_acc_H": 0.27, "train_acc_H": 0.35})
         rows.append(base | {"granularity": "sample", "method_label": "norm τ=0.5 (sample)", "tau": 0.5,
                             "batch_size": 64, "seed": seed, "minimum": seed, "dist_avg_H": 0.1, "dist_avg_L": 1.9,
-                            "dist_H_L": 2.0, "dist_H_flow": 0.0, "position_avg": 0.95, "test_acc_H": 0.27,
-                            "train_acc_H": 0.3})
-        for batch, position in ((4, 0.8), (16, 0.3)):
+                            "dist_H_L": 2.0, "dist_H_flow": 0.0, "dist_avg_flow": 0.1, "dist_flow_L": 2.0,
+                            "position_avg": 0.95, "test_acc_H": 0.27, "train_acc_H": 0.3})
+        for batch, position, (near, to_h, apart_h, apart_l) in (
+                (4, 0.8, (to_b, 1.5, apart, apart + 0.5)),
+                (16, 0.1, (large_b[0], 2.0, large_b[1], large_b[2]) if large_b else (to_b, 1.5, apart, apart + 0.5))):
             rows.append(base | {"granularity": "batch", "method_label": "norm τ=0.5 (batch)", "tau": 0.5,
-                                "batch_size": batch, "seed": seed, "minimum": seed, "dist_avg_B": to_b,
-                                "dist_avg_H": 2.0, "dist_avg_L": 2.0, "dist_H_L": 2.0, "dist_B_H": apart,
-                                "dist_B_L": apart, "B_error": error, "B_found": found or seed > 0,
-                                "B_draws": 64 * 512 // batch, "position_B": position, "position_avg": position,
-                                "clipped_batches_at_B": 0.5, "test_acc_B": 0.27})
+                                "batch_size": batch, "seed": seed, "minimum": seed, "dist_avg_B": near,
+                                "dist_avg_flow": to_h, "dist_avg_L": 2.5, "dist_flow_L": 2.0, "dist_B_flow": apart_h,
+                                "dist_B_L": apart_l, "B_error": error, "B_monte_carlo_error": error / 2,
+                                "B_found": found or seed > 0, "B_draws": 64 * 512 // batch, "position_B": position,
+                                "position_avg": position, "clipped_batches_at_B": 0.5, "test_acc_B": 0.27})
     return assessed(tmp_path, "eq22_network", rows, section="batch_network")
 
 
 @pytest.mark.parametrize("to_b, apart, error, expected", [
     (0.1, 0.51, 0.0, "holds"),      # apart just over 5x the averages' distance to theta_B: resolved
-    (0.1, 0.49, 0.0, "untested"),   # just under
-    (0.01, 0.51, 0.1, "holds"),     # apart just over 5x theta_B's Monte Carlo error
+    (0.1, 0.49, 0.0, "untested"),   # just under (theta_L, 0.99 from theta_B, still resolved: see below)
+    (0.01, 0.51, 0.1, "holds"),     # apart just over 5x theta_B's error
     (0.01, 0.49, 0.1, "untested"),  # just under: theta_B is not known well enough to tell
-    (2.5, 13.0, 0.0, "fails"),      # resolved, every seed nearer theta_H and theta_L than theta_B
+    (7.6, 7.6, 0.0, "fails"),       # resolved (5 x 1.5 < 7.6, a triangle with 7.6 and 1.5): every seed nearer theta_H
 ])
 def test_batch_network_rule_is_decided_per_loss_minimum_at_resolved_points(tmp_path, to_b, apart, error, expected):
     a = batch_network_rows(tmp_path, to_b, apart, error)
-    assert a["parts"]["batch: θ_B, not θ_H"] == a["parts"]["batch: θ_B, not θ_L"] == expected
+    assert a["parts"]["batch: θ_B, not θ_H"] == expected
     assert a["parts"]["per-sample: θ_H at every B"] == "holds" and a["tau"] == 0.5
     assert a["batch_sizes"] == [4, 16, 64] and a["moves_towards_L"] and a["draws_per_example"] == 64
     batch = [p for p in a["points"] if p["granularity"] == "batch"]
-    assert [p["position_B"] for p in batch] == [0.8, 0.3] and all(p["B_vs_H"]["minima"] == 8 for p in batch)
+    assert [p["position_B"] for p in batch] == [0.8, 0.1] and all(p["B_vs_H"]["minima"] == 8 for p in batch)
     # Section 11 reads only its own tau grid: the batch arm changes nothing there.
     assert verdicts.assess_eq22_network(tmp_path)["seeds"] == [8, 8]
+
+
+def test_batch_network_is_untested_unless_both_batch_rules_are_decided(tmp_path):
+    """Per-sample clipping alone repeats section 11. At B = 4 (the averages 0.2 from theta_B,
+    theta_B 0.49 from theta_H and 0.99 from theta_L) nothing is resolved; at B = 16 theta_B is
+    2.0 from theta_H but 0.3 from theta_L, just under 5x the averages' 0.061: the theta_L rule is
+    untested everywhere, so is the section; 0.31 from theta_L (just over) decides it."""
+    a = batch_network_rows(tmp_path, 0.2, 0.49, large_b=(0.061, 2.0, 0.3))
+    assert a["parts"]["batch: θ_B, not θ_L"] == "untested" and a["parts"]["batch: θ_B, not θ_H"] == "holds"
+    assert a["verdict"] == "untested"
+    a = batch_network_rows(tmp_path, 0.2, 0.49, large_b=(0.061, 2.0, 0.31))
+    assert a["parts"]["batch: θ_B, not θ_L"] == "holds" and a["verdict"] == "holds"
+    large = next(p for p in a["points"] if p["batch_size"] == 16)
+    assert large["B_vs_L"]["apart"] == 0.31 and large["B_vs_H"]["apart"] == 2.0  # each rule its own distance
 
 
 def test_batch_network_a_seed_whose_batch_fixed_point_was_not_found_does_not_count(tmp_path):

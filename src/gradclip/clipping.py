@@ -6,9 +6,11 @@ Each method works at two granularities:
 * ``sample``: clip every example's gradient g_i first, then average, as in the update rule of
   Ramaswamy (2023), theta <- theta - a(n) * grad l(theta, x, y) / c(theta, x, y).
 
-The two are different algorithms with different fixed points: batch clipping rescales a
-zero-mean-gradient point by a positive number, so its rest points are those of plain SGD;
-per-sample clipping has rest points where mean_i g_i / c_i = 0 (eq. 22 of the paper).
+The two are different algorithms with different fixed points: per-sample clipping has rest
+points where mean_i g_i / c_i = 0 (eq. 22 of the paper); batch clipping's, where the mean over
+batches of the clipped batch means is zero, which is plain SGD's rest point only as the batch
+means stop being clipped (large B), and per-sample clipping's at B = 1 (docs/CLAIMS.md,
+experiments 9 and 12).
 
 Semantics follow the reference implementations named below (docs/CLAIMS.md gives the clipping
 factor of each method in the paper's terms):

@@ -523,13 +523,13 @@ def _eq22_network_seed(task: dict) -> list[dict]:
         loss_minimum = minima[key]
         theta_l = loss_minimum.theta
         symmetry = field.symmetry(theta_l)
-        row |= {"dist_avg_L": (average - theta_l).norm().item(), "dist_late_avg": (late - average).norm().item(),
-                "dist_start_L": (start - theta_l).norm().item(), "norm_L": theta_l.norm().item(),
-                "residual_avg": field(average, tau).norm().item(), "residual_L": loss_minimum.residual,
-                "L_found": loss_minimum.converged,
-                "clipped_at_L": (field.sample_norms(theta_l) > tau).double().mean().item()}
+        row |= {"n_examples": field.n, "dist_avg_L": (average - theta_l).norm().item(),
+                "dist_late_avg": (late - average).norm().item(), "dist_start_L": (start - theta_l).norm().item(),
+                "norm_L": theta_l.norm().item(), "residual_L": loss_minimum.residual, "L_found": loss_minimum.converged}
         named = {"L": theta_l, "avg": average}
         if row["granularity"] != "batch":  # theta_H from the average: per-sample clipping's zero
+            row |= {"residual_avg": field(average, tau).norm().item(),
+                    "clipped_at_L": (field.sample_norms(theta_l) > tau).double().mean().item()}
             zero = refine(field, average, tau)
             theta_h = named["H"] = zero.theta
             row |= {"dist_avg_H": (average - theta_h).norm().item(), "dist_H_L": (theta_h - theta_l).norm().item(),
@@ -570,13 +570,15 @@ def _number_minima(rows: list[dict]) -> dict[int, np.ndarray]:
 
 # Batch clipping's fixed point (gradclip.netfield.BatchClippedField) is estimated twice, from
 # two sets of batches, each of BATCH_DRAWS_PER_EXAMPLE x n example draws (B = 4: 8,192 batches of
-# the 512 examples): the two estimates' mean is theta_B, half their distance its error, Monte
-# Carlo and solver together. In a pilot on one minimum at tau = 0.5 with 8x these draws, the two
-# sets' zeros lay 0.024 (B = 4), 0.013 (16) and 0.002 (64) apart, and took 20-75 s a set where
-# these take a few. Anderson acceleration stops after BATCH_ZERO_STEPS evaluations: the batch
-# field has a kink wherever a batch's norm crosses tau, and at B = 4 it crawls from ||F|| ~ 2e-6
-# (1,200 more evaluations moved that zero by 0.03, within that error); a zero counts as found
-# at ||F|| <= BATCH_ZERO_FOUND.
+# the 512 examples): the two estimates' mean is theta_B. In a pilot on one minimum at tau = 0.5
+# with 8x these draws, the two sets' zeros lay 0.024 (B = 4), 0.013 (16) and 0.002 (64) apart,
+# and took 20-75 s a set where these take a few. Anderson acceleration stops after
+# BATCH_ZERO_STEPS evaluations: the batch field has a kink wherever a batch's norm crosses tau,
+# and at B = 4 it crawls from ||F|| ~ 2e-6 (1,200 more evaluations moved that zero by 0.03). So
+# each set's zero is then given BATCH_ZERO_STEPS / 2 more, and theta_B's error is half the two
+# sets' distance (Monte Carlo) plus the larger of their last moves (the solver: both sets start
+# from theta_L and stop alike, an error the two would share). A zero counts as found at
+# ||F|| <= BATCH_ZERO_FOUND.
 BATCH_DRAWS_PER_EXAMPLE = 64
 BATCH_SETS = (0, 1)
 BATCH_ZERO_STEPS = 400
@@ -593,7 +595,7 @@ def _eq22_network_minimum(task: dict) -> dict:
     and the batch field are equivariant under the order and signs of the hidden units."""
     import torch
 
-    from gradclip.netfield import BatchClippedField, TanhMLPField, zero_along_flow
+    from gradclip.netfield import BatchClippedField, TanhMLPField, anderson, zero_along_flow
 
     torch.set_num_threads(1)
     data = load_dataset(task["data"])
@@ -608,13 +610,19 @@ def _eq22_network_minimum(task: dict) -> dict:
     batches = {}
     for tau, batch in task["batch_points"]:
         draws = max(1, BATCH_DRAWS_PER_EXAMPLE * field.n // batch)
-        found = []
+        found, moves = [], []
         for seed in BATCH_SETS:
             batch_field = BatchClippedField(field, batch, draws, seed=seed)
-            found.append(zero_along_flow(batch_field, theta_l, tau, max_steps=BATCH_ZERO_STEPS))
+            first = zero_along_flow(batch_field, theta_l, tau, max_steps=BATCH_ZERO_STEPS)
+            more = anderson(batch_field, first.theta, tau, max_steps=BATCH_ZERO_STEPS // 2)
+            more.flow_steps += first.flow_steps
+            found.append(more)
+            moves.append((more.theta - first.theta).norm().item())
         theta_b = torch.stack([z.theta for z in found]).mean(0)
-        entry = {"theta": theta_b.numpy(), "error": (found[0].theta - found[1].theta).norm().item() / 2,
-                 "residual": max(z.residual for z in found), "found": all(z.residual <= BATCH_ZERO_FOUND for z in found),
+        monte_carlo = (found[0].theta - found[1].theta).norm().item() / 2
+        entry = {"theta": theta_b.numpy(), "error": monte_carlo + max(moves), "monte_carlo_error": monte_carlo,
+                 "solver_move": max(moves), "residual": max(z.residual for z in found),
+                 "found": all(z.residual <= BATCH_ZERO_FOUND for z in found),
                  "evaluations": sum(z.flow_steps for z in found), "draws": draws,
                  "clipped_batches": (batch_field.batch_norms(theta_b)[0] > tau).double().mean().item()}
         for split, (x, y) in {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test)}.items():
@@ -633,6 +641,8 @@ def _eq22_network_fits(config, run_id: str) -> None:
                 (("name", "mlp"), ("depth", 1), ("activation", "tanh"), ("bias", True)) if model.get(key) != want]
     if config.get("start") != "loss_minimum":
         problems.append(f"start={config.get('start')!r} (needs 'loss_minimum': theta_L is where the run began)")
+    if config.get("momentum", 0) != 0:
+        problems.append(f"momentum={config.get('momentum')} (needs 0: the fields are plain SGD's)")
     if clip.method not in ("none", "norm"):
         problems.append(f"clip.method={clip.method} (needs none or norm)")
     elif clip.method == "norm" and clip.eps != 0:
@@ -689,6 +699,9 @@ def collect_eq22_network(source) -> None:
         task = tasks.setdefault(key, {"data": OmegaConf.to_container(config.data, resolve=True),
                                       "width": row["width"], "weight_decay": row["weight_decay"], "runs": []})
         task["runs"].append({"run_id": run["run_id"], "row": row})
+    if len({key[:3] for key in tasks}) > 1:  # (the zeros of a loss minimum are shared by its seeds)
+        raise SystemExit("eq22_network: the runs differ in data, width or weight decay; collect compares one design "
+                         "(" + "; ".join(sorted({str(key[:3]) for key in tasks})) + ")")
     rows = [row for seed_rows in _pool_map(_eq22_network_seed, list(tasks.values())) for row in seed_rows]
     representatives = _number_minima(rows)
     first = next(iter(tasks.values()), None)
@@ -699,36 +712,35 @@ def collect_eq22_network(source) -> None:
                       "batch_points": sorted({(r["tau"], r["batch_size"]) for r in done
                                               if r["minimum"] == m and r["granularity"] == "batch"})}
                      for m, theta in representatives.items()]
-    if len({(t["data"] and str(t["data"]), t["width"], t["weight_decay"]) for t in tasks.values()}) > 1:
-        raise SystemExit("eq22_network: the runs differ in data, width or weight decay; collect compares one design")
     zeros = {result["minimum"]: result for result in _pool_map(_eq22_network_minimum, minimum_tasks)}
     for row in rows:
         if "minimum" not in row:
             continue
         mine, average, tau = zeros[row["minimum"]], row.pop("_canonical_avg"), row["tau"]
         theta_l = representatives[row["minimum"]]
-        flow = mine["flows"].get(tau)
+        flow = mine["flows"].get(tau)  # theta_H_flow: where the ODE from theta_L ends (none at tau = inf)
         canonical_h = row.pop("_canonical_H", None)
-        if canonical_h is not None and flow is not None:
-            row |= {"dist_H_flow": float(np.linalg.norm(canonical_h - flow["theta"])),
-                    "residual_H_flow": flow["residual"], "flow_found": flow["found"]}
+        if flow is not None:  # the average against it, and its place between theta_L (0) and it (1)
+            row |= {"dist_avg_flow": float(np.linalg.norm(average - flow["theta"])),
+                    "dist_flow_L": float(np.linalg.norm(flow["theta"] - theta_l)), "residual_H_flow": flow["residual"],
+                    "flow_found": flow["found"], "flow_evaluations": flow["evaluations"],
+                    "position_avg": _position(average, theta_l, flow["theta"])}
+            if canonical_h is not None:
+                row["dist_H_flow"] = float(np.linalg.norm(canonical_h - flow["theta"]))
         elif canonical_h is not None:  # tau = inf: the flow of F_inf from theta_L stays there
             row |= {"dist_H_flow": float(np.linalg.norm(canonical_h - theta_l)), "flow_found": row["L_found"],
                     "residual_H_flow": row["residual_L"]}
         if row["granularity"] == "batch":
             point = mine["batches"][(tau, row["batch_size"])]
-            theta_h, theta_b = mine["flows"][tau], point["theta"]
+            theta_b = point["theta"]
             row |= {"dist_avg_B": float(np.linalg.norm(average - theta_b)),
-                    "dist_B_L": float(np.linalg.norm(theta_b - theta_l)), "B_error": point["error"],
+                    "dist_B_L": float(np.linalg.norm(theta_b - theta_l)),
+                    "dist_B_flow": float(np.linalg.norm(theta_b - flow["theta"])),
+                    "position_B": _position(theta_b, theta_l, flow["theta"]), "B_error": point["error"],
+                    "B_monte_carlo_error": point["monte_carlo_error"], "B_solver_move": point["solver_move"],
                     "B_found": point["found"], "residual_B": point["residual"], "B_draws": point["draws"],
                     "B_evaluations": point["evaluations"], "clipped_batches_at_B": point["clipped_batches"],
                     "train_acc_B": point["train_acc_B"], "test_acc_B": point["test_acc_B"]}
-            row |= {"dist_avg_H": float(np.linalg.norm(average - theta_h["theta"])),
-                    "dist_H_L": float(np.linalg.norm(theta_h["theta"] - theta_l)),
-                    "dist_B_H": float(np.linalg.norm(theta_b - theta_h["theta"])), "H_found": theta_h["found"],
-                    "position_B": _position(theta_b, theta_l, theta_h["theta"])}
-        if flow is not None:  # where the average lies between theta_L (0) and the ODE's zero (1)
-            row["position_avg"] = _position(average, theta_l, flow["theta"])
         row.pop("_canonical_L", None)
     table = pd.DataFrame(rows).sort_values(["granularity", "batch_size", "tau", "seed"],
                                            ascending=[True, True, False, True])

@@ -64,6 +64,8 @@ ZERO_TOLERANCE = 1e-10
 ANDERSON_MEMORY = 30
 # Newton's method finishes an unconverged Anderson result from this ||F|| on.
 NEWTON_FROM = 1e-6
+# BatchClippedField gathers at most this many Gram entries at a time (32 MB of float64).
+GATHER_CHUNK = 4_000_000
 # The parameters of gradclip.models.MLP with depth 1, in its order (theta's layout).
 NAMES = ("hidden.0.weight", "hidden.0.bias", "head.weight", "head.bias")
 
@@ -187,19 +189,21 @@ class BatchClippedField:
         gbar_b = (1/B) sum_{i in b} g_i,
 
     over batches b of B examples drawn i.i.d. with replacement (the runner's ``sampling=iid``).
-    By exchangeability of the draws, E_b[gbar_b / c_b] = (1/n) sum_i g_i E[1/c_b | i in b]: the
-    field is the full-batch sum of the g_i weighted by each example's mean clipping factor over
-    the batches that hold it. That mean is estimated over ``draws`` batches fixed by ``seed`` (the
-    sample-average approximation) as a ratio, sum_b count_b(i) / c_b over sum_b count_b(i), so
-    every example keeps its weight 1/n where no batch is clipped: the field is then F_inf exactly,
-    and the estimate's noise is only the spread of 1/c_b among the batches that hold an example
-    (with B = 1 none: it is F_tau exactly, per-sample clipping's field). A plain mean
-    over batches would weight each example by how often it happened to be drawn, noise that the
-    field's flattest directions (curvature ~2e-4 at theta_L) amplify ~1e4-fold.
+    By exchangeability of the draws, E_b[gbar_b / c_b] = (1/n) sum_i g_i w_i with w_i =
+    E[count_b(i) / c_b] / E[count_b(i)] (count_b(i): how often example i is in batch b): each
+    example's mean clipping factor over the batches that hold it, counted as often as they hold
+    it. w_i is estimated over ``draws`` batches fixed by ``seed`` (the sample-average
+    approximation) as that ratio, sum_b count_b(i) / c_b over sum_b count_b(i), so every example
+    keeps its weight 1/n where no batch is clipped: the field is then F_inf exactly, and the
+    estimate's noise is only the spread of 1/c_b among the batches that hold an example (with
+    B = 1 none: it is F_tau exactly, per-sample clipping's field). A plain mean over batches
+    would weight each example by how often it happened to be drawn, noise that the field's
+    flattest directions (curvature ~2e-4 at theta_L) amplify ~1e4-fold.
 
     ||gbar_b||^2 = (1/B^2) sum_{i,j in b} g_i . g_j, from the per-example Gram matrix in closed
-    form, g_i . g_j = (d2_i . d2_j)(h_i . h_j + 1) + (d1_i . d1_j)(x_i . x_j + 1): no batch or
-    per-example gradient is ever formed. ``batches`` [draws, B] may be given instead (tests)."""
+    form, g_i . g_j = (d2_i . d2_j)(h_i . h_j + 1) + (d1_i . d1_j)(x_i . x_j + 1), gathered B^2
+    entries a batch (a chunk of batches at a time): no batch or per-example gradient is ever
+    formed. ``batches`` [draws, B] may be given instead (tests)."""
 
     def __init__(self, field: TanhMLPField, batch_size: int, draws: int = 0, seed: int = 0, batches=None) -> None:
         self.field, self.size, self.lam = field, field.size, field.lam
@@ -207,29 +211,28 @@ class BatchClippedField:
             batches = np.random.default_rng(seed).integers(field.n, size=(draws, batch_size))
         self.batches = torch.as_tensor(np.asarray(batches), dtype=torch.int64)
         self.draws, self.batch_size = self.batches.shape
-        counts = torch.zeros(self.draws, field.n, dtype=torch.float64)
-        counts.scatter_add_(1, self.batches, torch.ones_like(self.batches, dtype=torch.float64))
-        self.counts, self.appearances = counts, counts.sum(0)
+        self.flat = self.batches.reshape(-1)
+        self.appearances = torch.bincount(self.flat, minlength=field.n).to(torch.float64)  # sum_b count_b(i)
         if (self.appearances == 0).any():
             raise ValueError(f"{int((self.appearances == 0).sum())} examples are in none of the {self.draws} "
                              "batches: draw more")
         self.x_gram = field.x @ field.x.T + 1
+        self.chunk = max(1, GATHER_CHUNK // self.batch_size ** 2)  # batches gathered at a time
 
     def batch_norms(self, theta: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
         """||gbar_b|| of every batch, and the pieces h, d2, d1 of :meth:`TanhMLPField._pieces`."""
         h, d2, d1, _ = self.field._pieces(theta)
         gram = (d2 @ d2.T) * (h @ h.T + 1) + (d1 @ d1.T) * self.x_gram
-        if self.batch_size ** 2 * 4 <= self.field.n ** 2:  # gathering B^2 entries a batch is cheaper
-            squared = gram[self.batches[:, :, None], self.batches[:, None, :]].sum((1, 2))
-        else:  # than the product with the counts, n^2 a batch (in BLAS)
-            squared = ((self.counts @ gram) * self.counts).sum(1)
+        squared = torch.cat([gram[part[:, :, None], part[:, None, :]].sum((1, 2))
+                             for part in self.batches.split(self.chunk)])
         return squared.clamp(min=0).sqrt() / self.batch_size, (h, d2, d1)
 
     def __call__(self, theta: Tensor, tau: float) -> Tensor:
         norms, (h, d2, d1) = self.batch_norms(theta)
         factor = 1.0 / torch.clamp(norms / tau, min=1.0)  # 1 / c_b
-        weight = (self.counts.T @ factor) / self.appearances / self.field.n
-        return self.field.weighted_sum(h, d2, d1, weight) + self.lam * theta
+        per_draw = factor.repeat_interleave(self.batch_size)  # each example draw's batch factor
+        totals = torch.zeros(self.field.n, dtype=torch.float64).index_add_(0, self.flat, per_draw)
+        return self.field.weighted_sum(h, d2, d1, totals / self.appearances / self.field.n) + self.lam * theta
 
 
 def zero_near(field: TanhMLPField, theta0: Tensor, tau: float, max_steps: int = 60) -> Zero:

@@ -862,10 +862,12 @@ def _over_minima(to_candidate: pd.Series, to_other: pd.Series, minimum: pd.Serie
 def eq22_tau_grid(table: pd.DataFrame) -> pd.DataFrame:
     """The rows of experiment 11's tau grid: the unclipped and per-sample runs at the batch size
     of the unclipped control (experiment 12's other batch sizes and batch clipping excluded)."""
+    if "granularity" not in table:  # (a table from before experiment 12: the grid alone)
+        return table
     table = table[table["granularity"] != "batch"]
     control = table[~np.isfinite(table["tau"])]
-    batch = (control if len(control) else table)["batch_size"].mode().iloc[0]
-    return table[table["batch_size"] == batch]
+    sizes = (control if len(control) else table)["batch_size"]
+    return table[table["batch_size"] == sizes.mode().iloc[0]] if len(sizes) else table
 
 
 def assess_eq22_network(results: Path) -> dict:
@@ -929,68 +931,82 @@ def assess_eq22_network(results: Path) -> dict:
 
 def assess_batch_network(results: Path) -> dict:
     """Batch clipping's fixed point against the batch size B on the network of experiment 11
-    (its table, at the tau of its batch-clipped runs), per (granularity, B), decided per seed and
-    then over loss minima (:func:`_over_minima`) at points resolved as in section 9:
+    (its table, at the tau of its batch-clipped runs). Three answers per loss minimum, found
+    without the runs: theta_L (where every run started), theta_H (where per-sample clipping's
+    mean-field ODE from theta_L ends: collect's ``flow``) and theta_B (batch clipping's own zero,
+    where its ODE from theta_L ends: gradclip.netfield.BatchClippedField). Per (granularity, B),
+    decided per seed and then over loss minima (:func:`_over_minima`) at points resolved as in
+    section 9:
 
-    * per-sample clipping at every B: the average nearer theta_H than theta_L (theta_H found from
-      the average; its limit should not move with B);
-    * batch clipping (B > 1): the average nearer theta_B, the zero of batch clipping's own field
-      (gradclip.netfield.BatchClippedField), than theta_H (the ODE's zero of per-sample clipping
-      from theta_L), and than theta_L, where the two lie RESOLVED times further apart than the
-      averages lie from the nearer and than theta_B's Monte Carlo error; a seed whose theta_B
-      was not found counts as not.
+    * per-sample clipping at every B: the average nearer theta_H than theta_L (its limit should
+      not move with B);
+    * batch clipping (B > 1): the average nearer theta_B than theta_H, and than theta_L, where the
+      two lie RESOLVED times further apart than the averages lie from the nearer and than
+      theta_B's error (Monte Carlo and solver); a seed whose theta_B, theta_H or theta_L was not
+      found counts as not.
 
-    Reported, not judged: where theta_B lies between theta_L (0) and theta_H (1) at each B (the
-    expectation: from theta_H at B = 1 towards theta_L, the mean's answer, as B grows), and the
-    test accuracy there."""
+    The section is untested unless both batch rules are decided somewhere: per-sample clipping
+    alone repeats section 11. Reported, not judged: where theta_B lies between theta_L (0) and
+    theta_H (1) at each B (the expectation: from theta_H at B = 1 towards theta_L, the mean's
+    answer, as B grows), and the test accuracy there."""
     table = _read(results, "eq22_network.csv")
-    if table is None or "granularity" not in table or not (table["granularity"] == "batch").any():
+    if table is None or "granularity" not in table:
         return {"verdict": NOT_MEASURED}
     done = table[table["status"] == "completed"]
+    if not (done["granularity"] == "batch").any():
+        return {"verdict": NOT_MEASURED}
     tau = float(done.loc[done["granularity"] == "batch", "tau"].min())
     arm = done[(done["tau"] == tau) & (done["granularity"] != "none")]
+    everything = table[(table["tau"] == tau) & (table["granularity"] != "none")]
     points = []
     for (granularity, batch), rows in arm.groupby(["granularity", "batch_size"], sort=True):
-        found_h, found_l = rows["H_found"].astype(bool), rows["L_found"].astype(bool)
+        found = rows["flow_found"].astype(bool) & rows["L_found"].astype(bool)
         point = {"granularity": granularity, "batch_size": int(batch), "seeds": len(rows),
                  "minima": int(rows["minimum"].nunique()),
-                 "diverged": int(((table["tau"] == tau) & (table["granularity"] == granularity)
-                                  & (table["batch_size"] == batch) & (table["status"] == "diverged")).sum()),
-                 "dist_avg_H": rows["dist_avg_H"].median(), "dist_avg_L": rows["dist_avg_L"].median(),
-                 "dist_H_L": rows["dist_H_L"].median(), "position_avg": rows["position_avg"].median(),
+                 "diverged": int(((everything["granularity"] == granularity) & (everything["batch_size"] == batch)
+                                  & (everything["status"] != "completed")).sum()),
+                 "dist_avg_H": rows["dist_avg_flow"].median(), "dist_avg_L": rows["dist_avg_L"].median(),
+                 "dist_H_L": rows["dist_flow_L"].median(), "position_avg": rows["position_avg"].median(),
                  "test_acc_avg": rows["test_acc_avg"].mean()}
         if granularity == "sample":
-            point["H_vs_L"] = _over_minima(rows["dist_avg_H"].where(found_h & found_l, math.inf), rows["dist_avg_L"],
+            point["H_vs_L"] = _over_minima(rows["dist_avg_flow"].where(found, math.inf), rows["dist_avg_L"],
                                            rows["minimum"], point["dist_H_L"])
         else:
-            found = rows["B_found"].astype(bool) & found_h & found_l
+            found &= rows["B_found"].astype(bool)
             to_b, error = rows["dist_avg_B"].where(found, math.inf), float(rows["B_error"].max())
-            per_minimum = rows.groupby("minimum")[["position_B", "dist_B_L", "dist_B_H", "test_acc_B",
+            per_minimum = rows.groupby("minimum")[["position_B", "dist_B_L", "dist_B_flow", "test_acc_B",
                                                    "clipped_batches_at_B"]].first()
             point |= {"dist_avg_B": rows["dist_avg_B"].median(), "B_error": error,
+                      "B_monte_carlo_error": float(rows["B_monte_carlo_error"].max()),
                       "unfound": int((~found).sum()), "position_B": per_minimum["position_B"].median(),
                       "position_B_range": pair(per_minimum["position_B"]), "dist_B_L": per_minimum["dist_B_L"].median(),
-                      "dist_B_H": per_minimum["dist_B_H"].median(), "test_acc_B": per_minimum["test_acc_B"].mean(),
+                      "dist_B_H": per_minimum["dist_B_flow"].median(), "test_acc_B": per_minimum["test_acc_B"].mean(),
                       "clipped_batches_at_B": per_minimum["clipped_batches_at_B"].median(),
-                      "draws": int(rows["B_draws"].iloc[0]),
-                      "B_vs_H": _over_minima(to_b, rows["dist_avg_H"], rows["minimum"], float(rows["dist_B_H"].median()), error),
-                      "B_vs_L": _over_minima(to_b, rows["dist_avg_L"], rows["minimum"], float(rows["dist_B_L"].median()), error)}
+                      "draws_per_example": float((rows["B_draws"] * rows["batch_size"] / rows["n_examples"]).iloc[0]),
+                      "B_vs_H": _over_minima(to_b, rows["dist_avg_flow"], rows["minimum"],
+                                             float(rows["dist_B_flow"].median()), error),
+                      "B_vs_L": _over_minima(to_b, rows["dist_avg_L"], rows["minimum"],
+                                             float(rows["dist_B_L"].median()), error)}
         points.append(point)
     sample = [p for p in points if p["granularity"] == "sample"]
     batch = [p for p in points if p["granularity"] == "batch"]
     parts = {"per-sample: θ_H at every B": combine([p["H_vs_L"]["verdict"] for p in sample]),
              "batch: θ_B, not θ_H": combine([p["B_vs_H"]["verdict"] for p in batch]),
              "batch: θ_B, not θ_L": combine([p["B_vs_L"]["verdict"] for p in batch])}
+    decided = UNTESTED not in (parts["batch: θ_B, not θ_H"], parts["batch: θ_B, not θ_L"])
     positions = [p["position_B"] for p in batch]
     first = arm.iloc[0]
-    return {"verdict": combine(list(parts.values())), "parts": parts, "tau": tau, "resolved_factor": RESOLVED,
-            "points": points, "steps": int(arm["steps"].max()), "seeds": pair([p["seeds"] for p in points]),
-            "minima": int(arm["minimum"].nunique()), "batch_sizes": sorted(int(b) for b in arm["batch_size"].unique()),
-            "n_train": None if pd.isna(first["n_train"]) else int(first["n_train"]),
-            "moves_towards_L": bool(len(positions) > 1 and all(b < a for a, b in zip(positions, positions[1:]))),
+    return {"verdict": combine(list(parts.values())) if decided else UNTESTED, "parts": parts, "tau": tau,
+            "resolved_factor": RESOLVED, "points": points, "steps": int(arm["steps"].max()),
+            "seeds": pair([p["seeds"] for p in points]), "minima": int(arm["minimum"].nunique()),
+            "batch_sizes": sorted(int(b) for b in everything["batch_size"].unique()), "n_train": int(first["n_examples"]),
+            "diverged": int((everything["status"] != "completed").sum()),
+            # None with one batch size; else whether theta_B never moves back towards theta_H as B grows
+            "moves_towards_L": None if len(positions) < 2 else bool(
+                all(b <= a for a, b in zip(positions, positions[1:])) and positions[-1] < positions[0]),
             "largest_error": max((p["B_error"] for p in batch), default=math.nan),
-            "draws_per_example": max((p["draws"] * p["batch_size"] / (first["n_train"] if pd.notna(first["n_train"])
-                                                                       else math.nan) for p in batch), default=math.nan),
+            "largest_monte_carlo_error": max((p["B_monte_carlo_error"] for p in batch), default=math.nan),
+            "draws_per_example": batch[0]["draws_per_example"] if batch else math.nan,
             "tallies": {"sample": tally(p["H_vs_L"]["verdict"] for p in sample),
                         "batch_vs_H": tally(p["B_vs_H"]["verdict"] for p in batch),
                         "batch_vs_L": tally(p["B_vs_L"]["verdict"] for p in batch)}}
