@@ -42,8 +42,8 @@ def leet_screen(wandb_dir: Path, until: str, seconds: float = 20.0) -> str:
                     screen += os.read(fd, 1 << 16)
                 except OSError:
                     break
-    finally:
-        os.kill(pid, signal.SIGKILL)
+    finally:  # the whole group: `wandb leet` draws through a wandb-core child, which a kill of the
+        os.killpg(pid, signal.SIGKILL)  # CLI alone left running (pty.fork's child leads its own session)
         os.waitpid(pid, 0)
     return text()
 

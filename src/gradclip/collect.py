@@ -494,7 +494,10 @@ def _eq22_network_seed(task: dict) -> list[dict]:
     per-sample runs: the zero of F_tau at or near the run's averaged iterate
     (gradclip.netfield.refine). Each row also carries, for :func:`_eq22_network_minimum`, its
     thetas in the canonical frame of its theta_L (the hidden units ordered and signed by
-    TanhMLPField.symmetry), where the zeros computed once per loss minimum are compared with it."""
+    TanhMLPField.symmetry), where the zeros computed once per loss minimum are compared with it.
+    theta_H from the average is found for the runs of section 11's tau grid (``tau_grid``: no
+    clipping or per-sample clipping at the unclipped runs' batch size); section 12 compares
+    every run with the ODE's zero instead."""
     import torch
 
     from gradclip.netfield import TanhMLPField, minimum_near, refine
@@ -527,7 +530,7 @@ def _eq22_network_seed(task: dict) -> list[dict]:
                 "dist_late_avg": (late - average).norm().item(), "dist_start_L": (start - theta_l).norm().item(),
                 "norm_L": theta_l.norm().item(), "residual_L": loss_minimum.residual, "L_found": loss_minimum.converged}
         named = {"L": theta_l, "avg": average}
-        if row["granularity"] != "batch":  # theta_H from the average: per-sample clipping's zero
+        if run["tau_grid"]:  # theta_H from the average: per-sample clipping's zero (section 11)
             row |= {"residual_avg": field(average, tau).norm().item(),
                     "clipped_at_L": (field.sample_norms(theta_l) > tau).double().mean().item()}
             zero = refine(field, average, tau)
@@ -699,6 +702,11 @@ def collect_eq22_network(source) -> None:
         task = tasks.setdefault(key, {"data": OmegaConf.to_container(config.data, resolve=True),
                                       "width": row["width"], "weight_decay": row["weight_decay"], "runs": []})
         task["runs"].append({"run_id": run["run_id"], "row": row})
+    unclipped = runs.loc[runs["clip.method"] == "none", "batch_size"]
+    grid_batch = int((unclipped if len(unclipped) else runs["batch_size"]).mode().iloc[0]) if len(runs) else None
+    for task in tasks.values():
+        for run in task["runs"]:
+            run["tau_grid"] = run["row"]["granularity"] != "batch" and run["row"]["batch_size"] == grid_batch
     if len({key[:3] for key in tasks}) > 1:  # (the zeros of a loss minimum are shared by its seeds)
         raise SystemExit("eq22_network: the runs differ in data, width or weight decay; collect compares one design "
                          "(" + "; ".join(sorted({str(key[:3]) for key in tasks})) + ")")
