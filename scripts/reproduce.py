@@ -95,13 +95,14 @@ def agc_small_weights_sweeps(scale: str) -> list[list[str]]:
 def convergence_sweeps(scale: str) -> list[list[str]]:
     """configs/experiment/convergence.yaml holds the default grid (the MLP). The full scale runs
     the MLP 50,000 steps with 8 seeds (norm clipping) and AGC over a grid of lambda x a0 (a0 in
-    {3, 30}: a0 * lambda from 3e-3 to 3, 4 seeds; a0 = 0.3 is not run). These long runs are bound
-    by the number of steps, not of runs: the grid trains as one population a worker, whose steps
-    cost about the same at 8 members as at 12 (without lambda = 0.001 its 16 runs took 8m15s at
-    12b0570, all 24 took 8m31s at cf8dad0), so a point of the grid costs little and a longer
-    horizon costs in proportion (a0 = 0.3 was left out on an estimate that assumed the opposite:
-    4.5 minutes for its 12 runs). And the 1-D CNN at a0 = 30, 5,000 steps, 8 seeds (cut: at the
-    measured 480 model-steps/s of its per-sample population, 50,000 steps would take ~55 min)."""
+    {3, 30}: a0 * lambda from 3e-3 to 3, 4 seeds; a0 = 0.3 is not run: its 12 runs would add
+    about 4.5 minutes). These long runs are bound mostly by the number of steps: the grid trains
+    as four populations, two a worker, one after the other, and its 24 runs took 11m02s, its 16
+    without lambda = 0.001 8m15s (both at 12b0570, on one machine; all 24 took 8m31s at cf8dad0).
+    lambda = 0.001 stays: a0 * lambda = 3e-3 is where AGC makes no progress, and at 0.03 it is the
+    second setting (a0 = 30 beside lambda = 0.01 at a0 = 3). And the 1-D CNN at a0 = 30, 5,000
+    steps, 8 seeds (cut: at the measured 480 model-steps/s of its per-sample population, 50,000
+    steps would take ~55 min)."""
     norm, agc = ["clip=norm", "clip.threshold=1.0", "clip.eps=0"], ["clip=agc", "clip.clip_factor=0.01", "clip.exclude=[]"]
     if scale == "full":
         long = ["model=mlp", "steps=50000", "eval_log_points=30", "log_every=500"]
