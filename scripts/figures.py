@@ -29,7 +29,7 @@ import pandas as pd  # noqa: E402
 
 from gradclip.analysis import label_setting, mean_interval  # noqa: E402
 from gradclip.labels import NOISE_LABEL  # noqa: E402
-from gradclip.verdicts import SMALL_OVER_LARGE, eq22_tau_grid  # noqa: E402
+from gradclip.verdicts import SMALL_OVER_LARGE, eq22_batch_arm, eq22_tau_grid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "legend.fontsize": 7, "figure.dpi": 150,
@@ -678,14 +678,9 @@ def plot_batch_network(args) -> None:
     and theta_B, batch clipping's own fixed point (median over loss minima, with its Monte Carlo
     error; at B = 1 it is theta_H)."""
     results, figures = Path(args.results), Path(args.figures)
-    table = pd.read_csv(results / "eq22_network.csv")
-    if "granularity" not in table or not (table["granularity"] == "batch").any():
+    tau, arm = eq22_batch_arm(pd.read_csv(results / "eq22_network.csv"))
+    if not len(arm):
         return
-    table = table[table["status"] == "completed"]
-    if not (table["granularity"] == "batch").any():
-        return
-    tau = table.loc[table["granularity"] == "batch", "tau"].min()
-    arm = table[(table["tau"] == tau) & (table["granularity"] != "none")]
     fig, ax = plt.subplots(figsize=(6.2, 4.0), constrained_layout=True)
     batch = arm[arm["granularity"] == "batch"]
     fixed = batch.groupby(["batch_size", "minimum"])[["position_B", "B_error", "dist_flow_L"]].first()

@@ -870,6 +870,17 @@ def eq22_tau_grid(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["batch_size"] == sizes.mode().iloc[0]] if len(sizes) else table
 
 
+def eq22_batch_arm(table: pd.DataFrame) -> tuple[float, pd.DataFrame]:
+    """Experiment 12's rows of the eq22_network table: its tau (that of the batch-clipped runs)
+    and the completed per-sample and batch runs there; (nan, no rows) where no batch run
+    completed."""
+    done = table[table["status"] == "completed"]
+    if "granularity" not in done or not (done["granularity"] == "batch").any():
+        return math.nan, done.iloc[:0]
+    tau = float(done.loc[done["granularity"] == "batch", "tau"].min())
+    return tau, done[(done["tau"] == tau) & (done["granularity"] != "none")]
+
+
 def assess_eq22_network(results: Path) -> dict:
     """Eq. (22) on a network, at a converged point. Per tau of per-sample clipping: a seed is at
     a zero of eq. (22) where its averaged iterate lies nearer theta_H (the zero of H + lambda
@@ -950,13 +961,9 @@ def assess_batch_network(results: Path) -> dict:
     theta_H (1) at each B (the expectation: from theta_H at B = 1 towards theta_L, the mean's
     answer, as B grows), and the test accuracy there."""
     table = _read(results, "eq22_network.csv")
-    if table is None or "granularity" not in table:
+    tau, arm = eq22_batch_arm(table) if table is not None else (math.nan, None)
+    if arm is None or not len(arm):
         return {"verdict": NOT_MEASURED}
-    done = table[table["status"] == "completed"]
-    if not (done["granularity"] == "batch").any():
-        return {"verdict": NOT_MEASURED}
-    tau = float(done.loc[done["granularity"] == "batch", "tau"].min())
-    arm = done[(done["tau"] == tau) & (done["granularity"] != "none")]
     everything = table[(table["tau"] == tau) & (table["granularity"] != "none")]
     points = []
     for (granularity, batch), rows in arm.groupby(["granularity", "batch_size"], sort=True):
