@@ -200,7 +200,9 @@ def eq22_network_sweeps(scale: str) -> list[list[str]]:
     """configs/experiment/eq22_network.yaml holds the default grid: no clipping (tau = inf), then
     per-sample clipping at tau in {1, 0.5}, 2 seeds; the full scale runs tau in {4, 2, 1, 0.5,
     0.25} and 32 seeds (at 12,000 steps and batch 64 the unclipped averages lie 0.05 from theta_L;
-    with 8,000 steps and batch 32, twice that)."""
+    with 8,000 steps and batch 32, twice that). Every scale adds the batch-size arm of experiment
+    12 at tau = 0.5: batch clipping at B in {16} (smoke), {4, 16, 64} (default) or {4, 16, 64, 256}
+    (full, with per-sample clipping at B in {1, 4, 16, 256} beside the grid's 64)."""
     sample = ["clip=norm", "clip.eps=0", "clip.granularity=sample"]
     batch = ["clip=norm", "clip.eps=0", "clip.granularity=batch", "clip.threshold=0.5"]
     if scale == "smoke":
