@@ -183,37 +183,40 @@ def test_job_files_are_omegaconfs_yaml_and_the_job_configs_resolve_as_hydras_cop
 # -- worker processes (hydra.launcher.workers, gradclip.pool) ----------------------------------------
 
 def test_workers_train_populations_side_by_side_with_the_same_records_as_one_process(make_cfg, tmp_path):
-    """Two groups (two step counts) of four seeds: trained here as two populations of four, and
-    by a sweep in two worker processes, which halves them into four populations of two. The
-    same rows and statuses, to the bit (one thread each way): halving changes nothing."""
+    """Three groups (three step counts) of four seeds: trained here as three populations of four,
+    and by a sweep in two worker processes, which halves the first into two populations of two so
+    that the workers share four. The same rows and statuses, to the bit (one thread each way):
+    halving changes nothing."""
     import torch
 
     from gradclip.train import prepare_job
 
-    two = gradclip_train("-m", *FAST, "steps=10,20", "seed=0,1,2,3", "threads=1", "name=two",
+    two = gradclip_train("-m", *FAST, "steps=10,20,30", "seed=0,1,2,3", "threads=1", "name=two",
                          "hydra.launcher.workers=2", "hydra.verbose=[gradclip.pool,gradclip.train]",
                          cwd=tmp_path)
     assert two.returncode == 0, two.stderr
     assert "4 populations in 2 worker processes" in two.stdout
     # The workers log at the sweep's hydra.verbose: their DEBUG lines (without it there are none:
     # test_a_worker_stopped_alone_ends_its_run_and_the_others_train_the_rest).
-    assert (two.stdout + two.stderr).count(": a population of 2 runs") == 4, two.stdout
-    assert "gradclip: sweep runs/two: 8 jobs: 8 completed" in two.stderr
+    assert (two.stdout + two.stderr).count(": a population of 2 runs") == 2, two.stdout
+    assert (two.stdout + two.stderr).count(": a population of 4 runs") == 2, two.stdout
+    assert "gradclip: sweep runs/two: 12 jobs: 12 completed" in two.stderr
     side_by_side = summaries(tmp_path / "runs" / "two")
     here = tmp_path / "here"
     jobs = [prepare_job(make_cfg(*FAST, f"steps={n}", f"seed={s}", "threads=1", tiny=False),
                         here / f"{FAST[0]},eval_every=0,log_every=5,seed={s},steps={n}", here)
-            for n in (10, 20) for s in range(4)]
+            for n in (10, 20, 30) for s in range(4)]
     threads = torch.get_num_threads()
     try:
         run_jobs(jobs, max_members=4)
     finally:
         torch.set_num_threads(threads)
     alone = summaries(here)
-    assert sorted(alone) == sorted(side_by_side) and len(alone) == 8
+    assert sorted(alone) == sorted(side_by_side) and len(alone) == 12
     for name, summary in side_by_side.items():
         assert summary["status"] == alone[name]["status"] == "completed"
-        assert (summary["population_size"], alone[name]["population_size"]) == (2, 4)
+        halved = "steps=10" in name  # the first group, the one halved
+        assert (summary["population_size"], alone[name]["population_size"]) == (2 if halved else 4, 4)
         assert ((tmp_path / "runs" / "two" / name / "metrics.jsonl").read_text()
                 == (here / name / "metrics.jsonl").read_text())
     # Trained in the workers, not in the sweep's process (which worker took which population
@@ -257,9 +260,10 @@ def test_a_worker_that_dies_leaves_its_runs_as_recorded_and_the_others_finish(tm
     assert run_state(root / f"{JOB}steps=300").status == "completed"
 
 
-def test_populations_are_halved_until_every_worker_has_work(make_cfg, tmp_path):
+def test_populations_are_halved_until_the_workers_share_them_evenly(make_cfg, tmp_path):
     """Grouped by what they must share (seed varies, steps does not), cut at max_members, then
-    the largest halved while there are fewer than ``at_least``, in order, never below two."""
+    the largest halved while there are fewer than the workers or a number they cannot share
+    evenly, in order, never below two members."""
     from gradclip.train import populations
 
     jobs = [Job(make_cfg(f"seed={s}"), tmp_path / f"s{s}", tmp_path) for s in range(5)]
@@ -267,9 +271,15 @@ def test_populations_are_halved_until_every_worker_has_work(make_cfg, tmp_path):
     names = lambda groups: [[job.run_dir.name for job in group] for group in groups]  # noqa: E731
     assert names(populations(jobs, 64)) == [["s0", "s1", "s2", "s3", "s4"], ["t"]]
     assert names(populations(jobs, 2)) == [["s0", "s1"], ["s2", "s3"], ["s4"], ["t"]]
-    assert names(populations(jobs, 64, at_least=3)) == [["s0", "s1", "s2"], ["s3", "s4"], ["t"]]
+    # two populations share evenly between two workers: left whole (two rounds of steps would
+    # cost twice one); between three they are cut to three
+    assert names(populations(jobs, 64, workers=2)) == [["s0", "s1", "s2", "s3", "s4"], ["t"]]
+    assert names(populations(jobs, 64, workers=3)) == [["s0", "s1", "s2"], ["s3", "s4"], ["t"]]
+    # three cannot be shared by two: the largest is halved, to four
+    eight = [Job(make_cfg(f"seed={s}"), tmp_path / f"s{s}", tmp_path) for s in range(8)] + jobs[-1:]
+    assert names(populations(eight, 4, workers=2)) == [["s0", "s1"], ["s2", "s3"], ["s4", "s5", "s6", "s7"], ["t"]]
     # never below two members: a population of one would round differently
-    assert names(populations(jobs, 64, at_least=8)) == [["s0", "s1", "s2"], ["s3", "s4"], ["t"]]
+    assert names(populations(jobs, 64, workers=8)) == [["s0", "s1", "s2"], ["s3", "s4"], ["t"]]
 
 
 def test_a_worker_stopped_alone_ends_its_run_and_the_others_train_the_rest(tmp_path):

@@ -216,18 +216,24 @@ def _train_population(group: list[Job], progress: sweep.Progress | None) -> list
     return summaries
 
 
-def populations(jobs: list[Job], max_members: int, at_least: int = 1) -> list[list[Job]]:
+def populations(jobs: list[Job], max_members: int, workers: int = 1) -> list[list[Job]]:
     """The jobs grouped by what a population must share, in order of first appearance, each
-    group cut into populations of at most ``max_members``; then, while there are fewer than
-    ``at_least`` populations, the largest is halved (so that worker processes share the work),
-    never below two members: a population of one takes the plain model path, which rounds
+    group cut into populations of at most ``max_members``; then, while there are fewer
+    populations than ``workers`` or a number that the workers cannot share evenly, the largest is
+    halved, never below two members: a population of one takes the plain model path, which rounds
     differently, while populations of two or more give the same results (bit for bit in the
-    tests; at worst in the 7th digit, where batched products of another size round otherwise)."""
+    tests; at worst in the 7th digit, where batched products of another size round otherwise).
+
+    Why no further: these small models' populations are bound mostly by their number of steps,
+    not of members (a step's Python and dispatch cost is paid once for the whole population), so
+    two populations one after the other in a worker take nearly twice as long as one of twice the
+    size. Halving to an even share costs no time where steps bind (ceil(P / workers) rounds either
+    way) and balances the workers where members do."""
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         groups.setdefault(population_key(OmegaConf.to_container(job.cfg, resolve=True)), []).append(job)
     cut = [group[i : i + max_members] for group in groups.values() for i in range(0, len(group), max(max_members, 1))]
-    while len(cut) < at_least and max(map(len, cut), default=0) >= 4:
+    while (len(cut) < workers or len(cut) % workers) and max(map(len, cut), default=0) >= 4:
         k = max(range(len(cut)), key=lambda i: len(cut[i]))
         half = (len(cut[k]) + 1) // 2
         cut[k : k + 1] = [cut[k][:half], cut[k][half:]]

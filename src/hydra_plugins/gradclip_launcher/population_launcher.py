@@ -9,8 +9,8 @@ falls back to one run at a time, with one log line saying why. Progress (runs do
 time left) goes to stderr.
 
 ``backend=local`` (the default) trains the populations in this process, or side by side in
-``workers`` worker processes (gradclip.pool; the largest populations are then halved until each
-worker has two). ``backend=submitit_slurm``
+``workers`` worker processes (gradclip.pool; the largest populations are then halved until the workers
+share them evenly). ``backend=submitit_slurm``
 (a SLURM cluster) or ``submitit_local`` (to try it here) submits one task per population through
 submitit, with ``hydra.launcher.submitit`` passed to ``executor.update_parameters`` (for example
 ``{timeout_min: 60, slurm_partition: gpu, gpus_per_node: 1}``); the jobs are prepared here, and
@@ -163,9 +163,8 @@ class PopulationLauncher(Launcher):
 
         progress = sweep.Progress(total, total - len(pending), sum(int(job.cfg.steps) for job in pending))
         try:
-            # With workers, at least two populations each (halving the largest), so that a sweep of
-            # a few large populations still keeps every worker busy to the end.
-            groups = populations(pending, self.max_members, at_least=2 * self.workers if self.workers > 1 else 1)
+            # With workers, the largest populations halved until every worker has an even share.
+            groups = populations(pending, self.max_members, workers=self.workers)
             if workers is not None and len(groups) > 1:
                 log.info(f"{len(groups)} populations in {min(self.workers, len(groups))} worker processes")
                 workers.run(groups, progress)
