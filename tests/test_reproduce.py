@@ -23,64 +23,6 @@ TABLES = ["stability.csv", "increments.csv", "stability_trajectories.csv", "agc_
           "label_noise.csv", "eq22_network.csv", "REPORT.md"]
 
 
-@pytest.mark.slow
-def test_smoke_reproduce_writes_every_figure_and_the_report(tmp_path):
-    runs, results, figures = tmp_path / "runs", tmp_path / "results", tmp_path / "figures"
-    # --logger none: W&B (tested in test_cli.py, test_tracking.py and test_faults.py) would cost
-    # every run its own W&B run. --workers 1: worker processes (tested in test_launcher.py and
-    # below) cost runs this small more to start than they save.
-    command = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--scale", "smoke", "--logger", "none",
-               "--workers", "1", "--runs", str(runs), "--results", str(results), "--figures", str(figures)]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    # Every figure and nothing else: reproduce runs `figures.py plot all` (`make figures`), which
-    # reads the tables alone, in a process of its own.
-    assert sorted(p.name for p in figures.iterdir()) == sorted(f"{n}{s}" for n in FIGURES for s in (".png", ".pdf"))
-    for name in FIGURES:
-        for suffix in (".png", ".pdf"):
-            assert (figures / f"{name}{suffix}").stat().st_size > 1000
-    # figures.py --jobs 2 (make reproduce's two processes, one task each): the tables one process
-    # wrote, byte for byte, and both figures of an experiment that has two.
-    figures_py = [sys.executable, str(ROOT / "scripts" / "figures.py")]
-    again, redrawn = tmp_path / "again", tmp_path / "redrawn"
-    for command in ([*figures_py, "collect", "limit_set", "ode_tracking", "--runs", str(runs), "--results", str(again),
-                     "--jobs", "2"],
-                    [*figures_py, "plot", "stability", "--results", str(results), "--figures", str(redrawn),
-                     "--jobs", "2"]):
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in again.iterdir()) == ["limit_set.csv", "ode_gaps.csv", "ode_paths.csv",
-                                                       "ode_seed_mean_gaps.csv", "ode_solution.csv"]
-    for table in again.iterdir():
-        assert table.read_bytes() == (results / table.name).read_bytes(), table.name
-    assert sorted(p.name for p in redrawn.iterdir()) == ["increments.pdf", "increments.png", "stability.pdf",
-                                                         "stability.png"]
-    for name in TABLES:
-        if name.endswith(".csv"):
-            assert len(pd.read_csv(results / name)) > 0, name
-    report = (results / "REPORT.md").read_text()
-    for number in range(1, 13):  # predictions 1-7, the bias (8), the batch fixed point (9), label noise (10), eq. 22
-        # on a network (11) and batch clipping there (12)
-        assert f"## {number}. " in report
-        section = report.split(f"## {number}. ")[1].split("\n## ")[0]
-        assert "**Verdict: " in section, f"section {number} has no verdict"
-    # It says how far it got, and keeps each sweep's time for the time-left estimate of the next run.
-    assert "reproduce: sweep 19 of 19 (eq22_network)" in first.stdout
-    timing = json.loads((runs / "reproduce_timing.json").read_text())  # 19 sweeps and the tables
-    assert len(timing) == 20 and all(seconds > 0 for seconds in timing.values())
-    increments = report.split("## 1. ")[1].split("## 2. ")[0]
-    assert increments.splitlines()[2].startswith("**Verdict: holds.**")  # bounded increments hold at any scale
-    # A second launch trains nothing: every job finds its finished record (checked on one sweep,
-    # with a group override, launched as reproduce launches it, to keep the test short).
-    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")}
-    overrides = REPRODUCE.limit_set_sweeps("smoke")[1]
-    second = subprocess.run([sys.executable, "-m", "gradclip.train", "-m", "+experiment=limit_set", *overrides,
-                             f"output_root={runs}", "logger=none"], capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr
-    assert re.search(r"gradclip: sweep .*: (\d+) jobs: \1 already finished \(skipped\)$", second.stderr.strip())
-    assert {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")} == stamps
-
-
 def _children(pid: int) -> set[int]:
     found = set()
     for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -131,19 +73,21 @@ def _stop_at(command: list[str], began, log: Path) -> str:
 
 
 @pytest.mark.slow
-def test_a_stop_signal_ends_reproduce_with_its_records_readable_and_a_rerun_finishes(tmp_path):
-    """SIGTERM to reproduce as the first runs of its first sweep begin in the worker processes
-    (the sweeps run in reproduce's own process, sharing two workers); then, relaunched, as it
-    starts building the tables: the sweep stops its runs at a step boundary and reports, or the
-    tables' process stops; each time reproduce says where it stopped and exits 128 + SIGTERM, no
-    process it started outlives it and every record reads as finished or interrupted; the same
-    command then trains what is missing and exits 0."""
+def test_smoke_reproduce_stopped_twice_then_writes_every_figure_and_the_report(tmp_path):
+    """`make reproduce` at smoke scale, as a user on a cluster meets it: SIGTERM as the first runs
+    of its first sweep begin in the worker processes (the sweeps run in reproduce's own process,
+    sharing two workers); relaunched, SIGTERM again as it starts building the tables (every
+    sweep trained by then); relaunched, it finishes. Each stop: reproduce says where it stopped
+    and exits 128 + SIGTERM, no process it started outlives it and every record reads as
+    finished or interrupted. The last launch trains nothing and writes every table, figure and
+    the report. (One test: the three launches cost about one plain run and the stops.)"""
     from gradclip.records import run_state
 
-    runs = tmp_path / "runs"
-    command = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--scale", "smoke", "--only", "stability",
-               "--logger", "none", "--workers", "2", "--runs", str(runs), "--results", str(tmp_path / "results"),
-               "--figures", str(tmp_path / "figures")]
+    runs, results, figures = tmp_path / "runs", tmp_path / "results", tmp_path / "figures"
+    # --logger none: W&B (tested in test_cli.py, test_tracking.py and test_faults.py) would cost
+    # every run its own W&B run.
+    command = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--scale", "smoke", "--logger", "none",
+               "--workers", "2", "--runs", str(runs), "--results", str(results), "--figures", str(figures)]
 
     def states() -> set[str]:
         return {run_state(summary.parent).status for summary in runs.rglob("summary.json")}
@@ -153,9 +97,58 @@ def test_a_stop_signal_ends_reproduce_with_its_records_readable_and_a_rerun_fini
     log = tmp_path / "tables.log"
     _stop_at(command, lambda: "figures.py collect" in log.read_text(), log)
     assert states() <= {"completed", "diverged"}  # the tables began: every run had ended
-    assert not (tmp_path / "figures" / "stability.png").exists()
-    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert states() <= {"completed", "diverged"}
-    assert len(list(runs.rglob("summary.json"))) == 16
-    assert (tmp_path / "results" / "stability.csv").exists() and (tmp_path / "figures" / "stability.png").exists()
+    assert not figures.exists() or not list(figures.iterdir())
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")}
+    last = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")} == stamps  # nothing trained again
+    # Every figure and nothing else: reproduce runs `figures.py plot all` (`make figures`), which
+    # reads the tables alone, in a process of its own.
+    assert sorted(p.name for p in figures.iterdir()) == sorted(f"{n}{s}" for n in FIGURES for s in (".png", ".pdf"))
+    for name in FIGURES:
+        for suffix in (".png", ".pdf"):
+            assert (figures / f"{name}{suffix}").stat().st_size > 1000
+    # figures.py in one process: the tables two processes wrote (--jobs 2, reproduce's two
+    # workers, one experiment each), byte for byte, and both figures of an experiment that has two.
+    figures_py = [sys.executable, str(ROOT / "scripts" / "figures.py")]
+    again, redrawn = tmp_path / "again", tmp_path / "redrawn"
+    for command in ([*figures_py, "collect", "limit_set", "ode_tracking", "--runs", str(runs), "--results", str(again),
+                     "--jobs", "1"],
+                    [*figures_py, "plot", "stability", "--results", str(results), "--figures", str(redrawn),
+                     "--jobs", "1"]):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in again.iterdir()) == ["limit_set.csv", "ode_gaps.csv", "ode_paths.csv",
+                                                       "ode_seed_mean_gaps.csv", "ode_solution.csv"]
+    for table in again.iterdir():
+        assert table.read_bytes() == (results / table.name).read_bytes(), table.name
+    assert sorted(p.name for p in redrawn.iterdir()) == ["increments.pdf", "increments.png", "stability.pdf",
+                                                         "stability.png"]
+    for name in TABLES:
+        if name.endswith(".csv"):
+            assert len(pd.read_csv(results / name)) > 0, name
+    report = (results / "REPORT.md").read_text()
+    for number in range(1, 13):  # predictions 1-7, the bias (8), the batch fixed point (9), label noise (10), eq. 22
+        # on a network (11) and batch clipping there (12)
+        assert f"## {number}. " in report
+        section = report.split(f"## {number}. ")[1].split("\n## ")[0]
+        assert "**Verdict: " in section, f"section {number} has no verdict"
+    increments = report.split("## 1. ")[1].split("## 2. ")[0]
+    assert increments.splitlines()[2].startswith("**Verdict: holds.**")  # bounded increments hold at any scale
+    # It says how far it got, and keeps for the time-left estimate of the next run the time of
+    # each sweep of an experiment trained whole in one launch (all but stability, stopped in its
+    # first sweep) and of the tables.
+    assert "reproduce: sweep 19 of 19 (eq22_network)" in last.stdout
+    timing = json.loads((runs / "reproduce_timing.json").read_text())
+    assert len(timing) == 19 - len(REPRODUCE.stability_sweeps("smoke")) + 1, timing
+    assert all(seconds > 0 for seconds in timing.values()) and not any(k.startswith("stability") for k in timing)
+    # A second launch of a sweep trains nothing: every job finds its finished record (one sweep,
+    # with a group override, launched as reproduce launches it).
+    overrides = REPRODUCE.limit_set_sweeps("smoke")[1]
+    second = subprocess.run([sys.executable, "-m", "gradclip.train", "-m", "+experiment=limit_set", *overrides,
+                             f"output_root={runs}", "logger=none"], capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert re.search(r"gradclip: sweep .*: (\d+) jobs: \1 already finished \(skipped\)$", second.stderr.strip())
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")} == stamps
+
+
