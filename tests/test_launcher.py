@@ -341,59 +341,49 @@ import gc, json, os, signal, sys
 from gradclip import interrupts, pool, train
 
 interrupts.install()
-fast, kill = json.loads(sys.argv[1]), sys.argv[2] == "kill"
+fast = json.loads(sys.argv[1])
 seen = []
 with pool.kept():
-    for name in ("a", "b"):
+    for name in ("a", "b", "c"):
         code = train.run_command(["-m", *fast, "steps=20", "seed=0,1,2,3", f"name={name}", "threads=1",
                                   "hydra.launcher.workers=2", "hydra.launcher.max_members=2"])
         workers = [process.pid for process in pool._kept.processes.values()]
         seen.append({"code": code, "workers": workers, "frozen": gc.get_freeze_count()})
-        if kill:  # one worker dies between the sweeps (an out-of-memory kill)
+        if name == "b":  # one worker dies between the second and third sweeps (an out-of-memory kill)
             os.kill(workers[0], signal.SIGKILL)
             pool._kept.processes[next(iter(pool._kept.processes))].join()
 print(json.dumps(seen))
 """
 
 
-@pytest.mark.parametrize("between", ["nothing", "kill"])
-def test_sweeps_of_one_process_share_its_workers_until_it_ends(tmp_path, between):
-    """Two sweeps run in one process within gradclip.pool.kept (as scripts/reproduce.py runs
-    them): both train in the same two worker processes, started once; a worker that died between
-    them is replaced by a fresh pair; every worker has ended when the process has, and the runs
-    are those a sweep of its own trains (same rows; after a kill, the same rows in either pair)."""
+def test_sweeps_of_one_process_share_its_workers_until_it_ends(tmp_path):
+    """Three sweeps run in one process within gradclip.pool.kept (as scripts/reproduce.py runs
+    them): the first two train in the same two worker processes, started once; a worker that
+    died before the third is replaced by a fresh pair; every worker has ended when the process
+    has, and each pair trains the same rows (that workers train the rows of a sweep without them:
+    test_workers_train_populations_side_by_side_with_the_same_records_as_one_process)."""
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", KEPT_SWEEPS, json.dumps(FAST), between], cwd=tmp_path,
+    done = subprocess.run([sys.executable, "-c", KEPT_SWEEPS, json.dumps(FAST)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    first, second = json.loads(done.stdout.splitlines()[-1])
-    assert first["code"] == second["code"] == 0, done.stderr
-    assert first["frozen"] == second["frozen"] == 0  # what the launcher froze while it prepared the jobs
-    assert len(first["workers"]) == len(second["workers"]) == 2
-    if between == "kill":
-        assert not set(first["workers"]) & set(second["workers"])
-    else:
-        assert first["workers"] == second["workers"]
-    for pid in first["workers"] + second["workers"]:
+    first, second, third = json.loads(done.stdout.splitlines()[-1])
+    assert first["code"] == second["code"] == third["code"] == 0, done.stderr
+    assert first["frozen"] == second["frozen"] == third["frozen"] == 0  # what the launcher froze preparing jobs
+    assert len(first["workers"]) == len(second["workers"]) == len(third["workers"]) == 2
+    assert first["workers"] == second["workers"]
+    assert not set(second["workers"]) & set(third["workers"])
+    for pid in first["workers"] + third["workers"]:
         assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
-    a, b = summaries(tmp_path / "runs" / "a"), summaries(tmp_path / "runs" / "b")
-    assert len(a) == len(b) == 4
-    trained_in = {name: {summary["process"]["pid"] for summary in runs.values()} for name, runs in (("a", a), ("b", b))}
-    assert trained_in["a"] <= set(first["workers"]) and trained_in["b"] <= set(second["workers"])
-    if between == "kill":  # a fresh pair of workers trains the same rows as the first pair
-        for name in a:
-            assert (tmp_path / "runs" / "a" / name / "metrics.jsonl").read_text() == \
-                (tmp_path / "runs" / "b" / name / "metrics.jsonl").read_text()
-        return
-    alone = gradclip_train("-m", *FAST, "steps=20", "seed=0,1,2,3", "name=alone", "threads=1",
-                           "hydra.launcher.max_members=2", cwd=tmp_path)
-    assert alone.returncode == 0, alone.stderr
-    for name in a:
-        rows = (tmp_path / "runs" / "alone" / name / "metrics.jsonl").read_text()
-        assert (tmp_path / "runs" / "a" / name / "metrics.jsonl").read_text() == rows
-        assert (tmp_path / "runs" / "b" / name / "metrics.jsonl").read_text() == rows
+    runs = {name: summaries(tmp_path / "runs" / name) for name in "abc"}
+    assert len(runs["a"]) == len(runs["b"]) == len(runs["c"]) == 4
+    for name, seen in zip("abc", (first, second, third)):
+        assert {summary["process"]["pid"] for summary in runs[name].values()} <= set(seen["workers"])
+    for job in runs["a"]:
+        rows = (tmp_path / "runs" / "a" / job / "metrics.jsonl").read_text()
+        assert (tmp_path / "runs" / "b" / job / "metrics.jsonl").read_text() == rows
+        assert (tmp_path / "runs" / "c" / job / "metrics.jsonl").read_text() == rows
 
 
 def _node_flags(node, path="") -> dict:

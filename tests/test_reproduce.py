@@ -101,7 +101,10 @@ def test_smoke_reproduce_stopped_twice_then_writes_every_figure_and_the_report(t
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")}
     last = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
-    assert {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")} == stamps  # nothing trained again
+    # Nothing trained again: every sweep found each job's finished record, and said so.
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")} == stamps
+    skipped = re.findall(r"gradclip: sweep .*: (\d+) jobs?: (\d+) already finished \(skipped\)$", last.stderr, re.M)
+    assert len(skipped) == 19 and all(total == done for total, done in skipped), last.stderr[-3000:]
     # Every figure and nothing else: reproduce runs `figures.py plot all` (`make figures`), which
     # reads the tables alone, in a process of its own.
     assert sorted(p.name for p in figures.iterdir()) == sorted(f"{n}{s}" for n in FIGURES for s in (".png", ".pdf"))
@@ -112,14 +115,13 @@ def test_smoke_reproduce_stopped_twice_then_writes_every_figure_and_the_report(t
     # workers, one experiment each), byte for byte, and both figures of an experiment that has two.
     figures_py = [sys.executable, str(ROOT / "scripts" / "figures.py")]
     again, redrawn = tmp_path / "again", tmp_path / "redrawn"
-    for command in ([*figures_py, "collect", "limit_set", "ode_tracking", "--runs", str(runs), "--results", str(again),
-                     "--jobs", "1"],
+    for command in ([*figures_py, "collect", "ode_tracking", "--runs", str(runs), "--results", str(again), "--jobs", "1"],
                     [*figures_py, "plot", "stability", "--results", str(results), "--figures", str(redrawn),
                      "--jobs", "1"]):
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in again.iterdir()) == ["limit_set.csv", "ode_gaps.csv", "ode_paths.csv",
-                                                       "ode_seed_mean_gaps.csv", "ode_solution.csv"]
+    assert sorted(p.name for p in again.iterdir()) == ["ode_gaps.csv", "ode_paths.csv", "ode_seed_mean_gaps.csv",
+                                                       "ode_solution.csv"]
     for table in again.iterdir():
         assert table.read_bytes() == (results / table.name).read_bytes(), table.name
     assert sorted(p.name for p in redrawn.iterdir()) == ["increments.pdf", "increments.png", "stability.pdf",
@@ -142,13 +144,3 @@ def test_smoke_reproduce_stopped_twice_then_writes_every_figure_and_the_report(t
     timing = json.loads((runs / "reproduce_timing.json").read_text())
     assert len(timing) == 19 - len(REPRODUCE.stability_sweeps("smoke")) + 1, timing
     assert all(seconds > 0 for seconds in timing.values()) and not any(k.startswith("stability") for k in timing)
-    # A second launch of a sweep trains nothing: every job finds its finished record (one sweep,
-    # with a group override, launched as reproduce launches it).
-    overrides = REPRODUCE.limit_set_sweeps("smoke")[1]
-    second = subprocess.run([sys.executable, "-m", "gradclip.train", "-m", "+experiment=limit_set", *overrides,
-                             f"output_root={runs}", "logger=none"], capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stderr
-    assert re.search(r"gradclip: sweep .*: (\d+) jobs: \1 already finished \(skipped\)$", second.stderr.strip())
-    assert {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")} == stamps
-
-
