@@ -97,8 +97,8 @@ def convergence_sweeps(scale: str) -> list[list[str]]:
     the MLP 50,000 steps with 8 seeds (norm clipping) and AGC over a grid of lambda x a0 (a0 in
     {3, 30}: a0 * lambda from 3e-3 to 3, 4 seeds; a0 = 0.3 is not run: its 12 runs would add
     about 4.5 minutes). These long runs are bound mostly by the number of steps: the grid trains
-    as four populations, two a worker, one after the other, and its 24 runs took 11m02s, its 16
-    without lambda = 0.001 8m15s (both at 12b0570, on one machine; all 24 took 8m31s at cf8dad0).
+    as two populations of 12, one a worker, and took 6m52s at 438b354 (as four of 6, two a worker
+    one after the other, 11m02s at 12b0570, and its 16 runs without lambda = 0.001 8m15s).
     lambda = 0.001 stays: a0 * lambda = 3e-3 is where AGC makes no progress, and at 0.03 it is the
     second setting (a0 = 30 beside lambda = 0.01 at a0 = 3). And the 1-D CNN at a0 = 30, 5,000
     steps, 8 seeds (cut: at the measured 480 model-steps/s of its per-sample population, 50,000
