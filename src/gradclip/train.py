@@ -227,8 +227,11 @@ def populations(jobs: list[Job], max_members: int, workers: int = 1) -> list[lis
     Why no further: these small models' populations are bound mostly by their number of steps,
     not of members (a step's Python and dispatch cost is paid once for the whole population), so
     two populations one after the other in a worker take nearly twice as long as one of twice the
-    size. Halving to an even share costs no time where steps bind (ceil(P / workers) rounds either
-    way) and balances the workers where members do."""
+    size. Where a sweep's populations take about as long as each other (one step count, as in
+    every sweep of scripts/reproduce.py), halving to an even number per worker costs no time
+    where steps bind (ceil(P / workers) rounds either way) and evens the workers' share where
+    members bind. It counts populations, not members or steps: a sweep over step counts can
+    leave one worker the long populations (gradclip.pool hands them out in this order)."""
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         groups.setdefault(population_key(OmegaConf.to_container(job.cfg, resolve=True)), []).append(job)
