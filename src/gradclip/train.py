@@ -218,9 +218,9 @@ def _train_population(group: list[Job], progress: sweep.Progress | None) -> list
 
 def populations(jobs: list[Job], max_members: int, workers: int = 1) -> list[list[Job]]:
     """The jobs grouped by what a population must share, in order of first appearance, each
-    group cut into populations of at most ``max_members``; then, while there are fewer
-    populations than ``workers`` or a number that the workers cannot share evenly, the largest is
-    halved, never below two members: a population of one takes the plain model path, which rounds
+    group cut into populations of at most ``max_members``; then, while the ``workers`` cannot
+    share them evenly (fewer populations than workers included), the largest is halved, never
+    below two members: a population of one takes the plain model path, which rounds
     differently, while populations of two or more give the same results (bit for bit in the
     tests; at worst in the 7th digit, where batched products of another size round otherwise).
 
@@ -236,7 +236,7 @@ def populations(jobs: list[Job], max_members: int, workers: int = 1) -> list[lis
     for job in jobs:
         groups.setdefault(population_key(OmegaConf.to_container(job.cfg, resolve=True)), []).append(job)
     cut = [group[i : i + max_members] for group in groups.values() for i in range(0, len(group), max(max_members, 1))]
-    while (len(cut) < workers or len(cut) % workers) and max(map(len, cut), default=0) >= 4:
+    while len(cut) % workers and max(map(len, cut), default=0) >= 4:
         k = max(range(len(cut)), key=lambda i: len(cut[i]))
         half = (len(cut[k]) + 1) // 2
         cut[k : k + 1] = [cut[k][:half], cut[k][half:]]
