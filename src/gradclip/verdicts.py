@@ -961,8 +961,10 @@ def assess_batch_network(results: Path) -> dict:
     theta_H (1) at each B (the expectation: from theta_H at B = 1 towards theta_L, the mean's
     answer, as B grows), and the test accuracy there."""
     table = _read(results, "eq22_network.csv")
-    tau, arm = eq22_batch_arm(table) if table is not None else (math.nan, None)
-    if arm is None or not len(arm):
+    if table is None:
+        return {"verdict": NOT_MEASURED}
+    tau, arm = eq22_batch_arm(table)
+    if not len(arm):
         return {"verdict": NOT_MEASURED}
     everything = table[(table["tau"] == tau) & (table["granularity"] != "none")]
     points = []
