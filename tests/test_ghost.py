@@ -158,22 +158,29 @@ def test_value_clipping_uses_vmap_and_ghost_is_chosen_otherwise():
     assert Population([model], loss_fn, Clipper("norm", names=names), "sample").per_sample_gradients == "ghost"
 
 
-@pytest.mark.parametrize("name,method", [("cnn1d", "agc"), ("lstm", "norm"), ("mlp", "agc"), ("resnet", "norm")])
+@pytest.mark.parametrize("name,method", [("cnn1d", "agc"), ("lstm", "norm"), ("mlp", "agc"), ("resnet", "norm"),
+                                         ("linear", "norm"), ("linear", "agc")])
 def test_each_member_of_a_population_is_clipped_as_its_own_run(name, method):
     """Three members with their own weights, batches and thresholds, clipped in one vmapped call
-    (ghost norms, or vmap(grad) for the ResNet), against each member alone through vmap(grad)."""
-    shape, batch = MNIST1D, 4
+    (ghost norms; for the linear model, the pieces without a pass through it, as its training
+    at batch granularity also takes them; vmap(grad) for the ResNet), against each member alone
+    through vmap(grad). The linear model here has a bias and two outputs (a regression on 5
+    inputs)."""
+    linear = name == "linear"
+    shape, batch, outputs = ((5,), 6, 2) if linear else (MNIST1D, 4, 10)
     models = []
     for seed in range(3):
         torch.manual_seed(seed)
-        models.append(build_model(load(name), shape, 10))
+        models.append(build_model(load(name, **({"bias": True, "init": "default"} if linear else {})), shape, outputs))
     names = [n for n, _ in models[0].named_parameters()]
-    values = [0.02, 0.1, 0.5]
+    values = [0.5, 2.0, 8.0] if linear else [0.02, 0.1, 0.5]
     key = "threshold" if method == "norm" else "clip_factor"
     alone = [(copy.deepcopy(m), Clipper(method, names=names, **{key: v})) for m, v in zip(models, values)]
-    loss_fn = per_example_loss("classification")
+    loss_fn = per_example_loss("regression" if linear else "classification")
     population = Population(models, loss_fn, Clipper.stacked([c for _, c in alone]), "sample")
-    x, y = torch.randn(3, batch, *shape), torch.randint(0, 10, (3, batch))
+    assert getattr(population.sample_clipping, "linear", False) == linear
+    x = torch.randn(3, batch, *shape)
+    y = torch.randn(3, batch, outputs) if linear else torch.randint(0, 10, (3, batch))
     mean, stats, losses = population.sample_clipping(x, y)
     for k, (model, clipper) in enumerate(alone):
         grads, want_losses = PerSampleGradients(model, loss_fn)(x[k], y[k])

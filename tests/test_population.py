@@ -1,6 +1,7 @@
 """A population (gradclip.population, gradclip.runner.train_population) against the same configs
 run one by one (gradclip.runner.train, a population of one): every clipping method at both
-granularities on the MLP, the 1-D CNN and the RNN, members that differ in seed, a0, p, tau and
+granularities on the MLP, the 1-D CNN, the RNN and the linear model (whose population takes its
+gradients without a pass through the model: gradclip.ghost.linear_outputs), members that differ in seed, a0, p, tau and
 lambda, one member that diverges while the others go on, and the evaluation rows."""
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from gradclip.records import load_runs, load_theta
 from gradclip.runner import train, train_population
 
 SMALL = {"mlp": ["model.width=16"], "cnn1d": ["model=cnn1d", "model.channels=4", "model.depth=2"],
-         "rnn": ["model=rnn", "model.hidden=8"]}
+         "rnn": ["model=rnn", "model.hidden=8"],
+         "linear": ["model=linear", "model.bias=true", "model.init=default", "data=linreg"]}
 # Per member: seed, a0, p, and the setting of the method (tau of norm and value, lambda of AGC).
 MEMBERS = [(0, 0.05, 0.6, 0.5, 0.02), (1, 0.1, 0.75, 1.0, 0.05), (2, 0.2, 1.0, 2.0, 0.1)]
 
@@ -34,7 +36,8 @@ def member_cfgs(make_cfg, model, method, granularity, *extra):
     cfgs = []
     for seed, a0, power, tau, lam in MEMBERS:
         setting = {"norm": [f"clip.threshold={tau}"], "value": [f"clip.threshold={tau / 10}"],
-                   "agc": [f"clip.clip_factor={lam}"], "none": []}[method]
+                   "agc": [f"clip.clip_factor={lam}", *(["clip.exclude=[]"] if model == "linear" else [])],
+                   "none": []}[method]
         cfgs.append(make_cfg(*SMALL[model], f"clip={method}", f"clip.granularity={granularity}", f"seed={seed}",
                              f"schedule.a0={a0}", f"schedule.power={power}", "steps=8", "batch_size=8",
                              "log_every=2", "eval_every=0", *setting, *extra))
@@ -65,7 +68,7 @@ def assert_same_run(single_dir, member_dir, single, member):
 
 @pytest.mark.parametrize("granularity", ["batch", "sample"])
 @pytest.mark.parametrize("method", ["none", "norm", "agc", "value"])
-@pytest.mark.parametrize("model", ["mlp", "cnn1d", "rnn"])
+@pytest.mark.parametrize("model", ["mlp", "cnn1d", "rnn", "linear"])
 def test_a_population_trains_each_member_as_its_own_run(make_cfg, tmp_path, model, method, granularity):
     cfgs = member_cfgs(make_cfg, model, method, granularity)
     singles = [train(cfg, tmp_path / f"single{k}") for k, cfg in enumerate(cfgs)]

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from gradclip.clipping import Clipper, ClipStats, effective_factor, member_norms, unit_norms
 from gradclip.gradients import LossFn
-from gradclip.models import cell_preactivation, lstm_cell_output, rnn_cell_output
+from gradclip.models import LinearModel, cell_preactivation, lstm_cell_output, rnn_cell_output
 
 COVERED = (nn.Linear, nn.Conv1d, nn.RNNCell, nn.LSTMCell)
 
@@ -166,6 +166,7 @@ class GhostClipping:
         self.members, self.loss_fn, self.clipper = members, loss_fn, clipper
         model = members.model
         self.modules = [m for m in model.modules() if isinstance(m, COVERED)]
+        self.linear = type(model) is LinearModel  # (its pieces are found without the model: _linear_pieces)
         index = {id(p): k for k, p in enumerate(model.parameters())}
         # Per module: (parameter index, which activation feeds it: 0 = input, 1 = hidden state,
         # None = a bias) for each of its parameters.
@@ -196,6 +197,8 @@ class GhostClipping:
     def _pieces_of(self, x: Tensor, y: Tensor) -> tuple[list[_Piece], Tensor]:
         """One forward and one backward pass: every parameter's activations and output
         gradients, and the per-example losses [M, B]."""
+        if self.linear:
+            return self._linear_pieces(x, y)
         deltas, calls_of = self._zeros_for(x)
         members = self.members
         # Gradients of the SUMMED loss: example i's output gradient is that of its own loss.
@@ -210,6 +213,12 @@ class GhostClipping:
             grads = torch.autograd.grad(losses.sum(), deltas)
         with torch.no_grad():  # the activations are part of the forward graph: record nothing more
             return self._pieces(calls_of, acts, grads), losses.detach()
+
+    def _linear_pieces(self, x: Tensor, y: Tensor) -> tuple[list[_Piece], Tensor]:
+        """The same for gradclip.models.LinearModel, from :func:`linear_outputs` (no pass through
+        the model)."""
+        a, b, losses = linear_outputs(self.members, x, y)
+        return self._pieces([[0]], [(a,)], [b]), losses
 
     def _pieces(self, calls_of: list[list[int]], acts, grads) -> list[_Piece]:
         """Each parameter's activations and output gradients, over all calls of its layer
@@ -323,6 +332,27 @@ class GhostClipping:
             mean = [p.weighted_sum(folded) for p in pieces]
         before = lambda: member_norms([p.weighted_sum(None) for p in pieces]) / batch  # noqa: E731 - logged rows only
         return mean, ClipStats(before, lambda: member_norms(mean), factor, fraction, sample_norms), losses
+
+
+def linear_outputs(members, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """For a population of gradclip.models.LinearModel (out = x W^T + c on the flattened input
+    x): the activations a = x [M, B, d_in], the output gradients b [M, B, d_out] of the summed
+    loss and the per-example losses [M, B], with no pass through the model: the output is one
+    batched product, and b comes from autograd through the loss alone. Each example's gradient
+    is then b_i a_i^T on the weight and b_i on the bias. On the closed-form problems' models (1
+    to 6 parameters) the general pass, vmap over functional_call with the layer hooks and a
+    backward pass through them, was most of a step's time (measured for 20 members: 1.7 ms a
+    step with it at per-sample granularity, 0.9 ms without)."""
+    a = x.reshape(x.shape[0], x.shape[1], -1).detach()
+    weight = members.views[0].detach()  # [M, d_out, d_in]
+    if len(members.views) > 1:  # the bias, added as nn.Linear adds it (addmm: c + x W^T)
+        out = torch.baddbmm(members.views[1].detach().unsqueeze(1), a, weight.transpose(1, 2))
+    else:
+        out = torch.bmm(a, weight.transpose(1, 2))
+    out.requires_grad_(True)
+    losses = members.losses(out, y)
+    (b,) = torch.autograd.grad(losses.sum(), out)
+    return a, b, losses.detach()
 
 
 def _activations(module: nn.Module, a: Tensor) -> Tensor:

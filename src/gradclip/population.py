@@ -14,7 +14,9 @@ The forward pass follows torch's model-ensembling recipe: torch.func.functional_
 torch.func.vmap over the members, with views of theta as the parameters; gradients come from
 ordinary autograd through it. A population of one (a single run) calls the model itself, whose
 parameters are views of theta[0], and so pays nothing for vmap: `python -m gradclip.train` is a
-population of one.
+population of one. The closed-form problems' linear model (gradclip.models.LinearModel) needs
+neither: its output is one batched product and its gradients follow from the output gradient
+(gradclip.ghost.linear_outputs), where vmap's own cost was most of a step.
 
 Per-sample clipping uses ghost norms (gradclip.ghost) where they cover the model, else
 per-example gradients from vmap(grad) over the examples inside the vmap over the members.
@@ -30,9 +32,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from gradclip.clipping import Clipper, ClipStats
-from gradclip.ghost import GhostClipping, ghost_unsupported_reason
+from gradclip.ghost import GhostClipping, ghost_unsupported_reason, linear_outputs
 from gradclip.gradients import LossFn, PerSampleGradients
-from gradclip.models import per_sample_unsupported_reason
+from gradclip.models import LinearModel, per_sample_unsupported_reason
 
 
 class PopulationUnsupported(ValueError):
@@ -145,6 +147,11 @@ class Population:
             self.grad.zero_()
             losses.mean().backward()
             losses = losses.unsqueeze(0)
+        elif type(self.model) is LinearModel:  # each example's gradient is b_i a_i^T (and b_i): their mean
+            a, b, losses = linear_outputs(self, x, y)
+            with torch.no_grad():
+                grads = [torch.bmm(b.transpose(1, 2), a), b.sum(1)][: len(self.views)]
+                torch.cat([g.reshape(self.size, -1) for g in grads], dim=1, out=self.grad).div_(x.shape[1])
         else:
             losses = self.losses(self.forward(x), y)
             grads = torch.autograd.grad(losses.mean(1).sum(), self.views)
