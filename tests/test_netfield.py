@@ -195,3 +195,26 @@ def test_the_fields_commute_with_the_order_and_signs_of_the_hidden_units():
     zero = zero_along_flow(field, loss_minimum.theta, 0.5)
     moved_zero = zero_along_flow(field, field.transform(loss_minimum.theta, symmetry), 0.5)
     assert zero.converged and (moved_zero.theta - field.transform(zero.theta, symmetry)).norm() < 1e-8
+
+
+def test_the_loss_minimum_is_newtons_near_a_minimum_and_descents_near_a_saddle():
+    """minimum_near's two paths. From a point near a minimum (each run starts at the runner's
+    float32 minimum), Newton's method alone reaches the minimum that descent finds. From a point
+    near a saddle, Newton's method reaches the saddle, which is_minimum rejects, and L-BFGS
+    descends from the point to a minimum below it. The saddle: no input weights and no
+    hidden-to-output weights (every gradient but the output bias's vanishes there), the output
+    bias at its own stationary value."""
+    from gradclip.netfield import is_minimum
+
+    x, y, model = small_problem()
+    field = TanhMLPField(x.numpy(), y.numpy(), hidden=5, classes=3, lam=0.1)
+    descent = minimum_near(field, field.flatten({n: p.detach() for n, p in model.named_parameters()}))
+    assert descent.converged and descent.lbfgs_steps > 0 and is_minimum(field, descent.theta)
+    noise = torch.randn(field.size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    newton = minimum_near(field, descent.theta + 1e-4 * noise)
+    assert newton.converged and newton.lbfgs_steps == 0 and (newton.theta - descent.theta).norm() < 1e-8
+    saddle = zero_near(field, torch.zeros(field.size, dtype=torch.float64), math.inf)
+    assert saddle.converged and saddle.theta[:-3].abs().max() == 0 and not is_minimum(field, saddle.theta)
+    below = minimum_near(field, saddle.theta + 1e-6 * noise)
+    assert below.converged and below.lbfgs_steps > 0 and is_minimum(field, below.theta)
+    assert field.objective(below.theta) < field.objective(saddle.theta) - 1e-3

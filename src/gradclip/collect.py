@@ -489,8 +489,9 @@ def collect_label_noise(source) -> None:
 def _eq22_network_seed(task: dict) -> list[dict]:
     """The rows of one seed's runs of eq22_network (in a worker process: one thread, its own
     copy of the training set). theta_L: the loss minimum the runs started at (each run's initial
-    theta, the runner's L-BFGS result in float32), refined in float64 by L-BFGS and Newton's method
-    (gradclip.netfield.minimum_near: descent, so a minimum); theta_H, for the unclipped and
+    theta, the runner's L-BFGS result in float32), refined in float64 by Newton's method, or by
+    L-BFGS and Newton's method where that does not reach a minimum (gradclip.netfield.minimum_near:
+    a minimum, never a saddle); theta_H, for the unclipped and
     per-sample runs: the zero of F_tau at or near the run's averaged iterate
     (gradclip.netfield.refine). Each row also carries, for :func:`_eq22_network_minimum`, its
     thetas in the canonical frame of its theta_L (the hidden units ordered and signed by

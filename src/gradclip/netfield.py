@@ -39,8 +39,10 @@ Zeros, all in float64 on the whole training set:
   eigenvalue of the Hessian of L + lambda/2 ||theta||^2 at theta_L was 1.8e-4 with lambda =
   0.05), where a Jacobian a step (0.5-1 s) was measured to stall from half the averaged iterates
   and Krylov solvers to need thousands of products;
-- :func:`minimum_near`, theta_L: L-BFGS on L + lambda/2 ||theta||^2 (descent: a minimum, not a
-  saddle or a maximum, from where it starts), then polished by Newton's method.
+- :func:`minimum_near`, theta_L: Newton's method on the gradient of L + lambda/2 ||theta||^2,
+  kept where it reaches a minimum (a positive definite Hessian, :func:`is_minimum`) no higher than
+  where it started; else L-BFGS on it (descent: a minimum, not a saddle or a maximum, from where
+  it starts), then polished by Newton's method.
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ ZERO_TOLERANCE = 1e-10
 ANDERSON_MEMORY = 30
 # Newton's method finishes an unconverged Anderson result from this ||F|| on.
 NEWTON_FROM = 1e-6
+# minimum_near's first try: Newton's method from where the runs started (a float32 minimum) took
+# 2-4 steps at the full scale; one that needs more than this is left to L-BFGS.
+NEWTON_FIRST_STEPS = 8
 # BatchClippedField gathers at most this many Gram entries at a time (32 MB of float64).
 GATHER_CHUNK = 4_000_000
 # The parameters of gradclip.models.MLP with depth 1, in its order (theta's layout).
@@ -275,13 +280,31 @@ def zero_near(field: TanhMLPField, theta0: Tensor, tau: float, max_steps: int = 
 
 
 def minimum_near(field: TanhMLPField, theta0: Tensor, max_iter: int = 20_000) -> Zero:
-    """theta_L: a minimum of L + lambda/2 ||theta||^2 reached by descent from theta0 (L-BFGS with
-    a strong Wolfe line search, to ||F_inf|| ~ 1e-8), then polished by :func:`zero_near`."""
-    theta = theta0.detach().to(torch.float64).clone().requires_grad_(True)
+    """theta_L: a minimum of L + lambda/2 ||theta||^2 at or near theta0. First Newton's method on
+    its gradient F_inf (:func:`zero_near`), kept if it converges to a minimum no higher than
+    theta0 (:func:`is_minimum`): from the runner's float32 L-BFGS result, where each run starts,
+    it takes a few steps. Otherwise (it stalls, or reaches a saddle or a maximum, as from a
+    start near a saddle) L-BFGS with a strong Wolfe line search from theta0 (descent: a minimum)
+    to ||F_inf|| ~ 1e-8, then polished by Newton's method. L-BFGS alone took 4-25 s a seed on
+    the 40-16-10 MLP: the flattest directions (curvature ~2e-4) make it crawl."""
+    theta0 = theta0.detach().to(torch.float64)
+    newton = zero_near(field, theta0, math.inf, max_steps=NEWTON_FIRST_STEPS)
+    if newton.converged and is_minimum(field, newton.theta) and field.objective(newton.theta) <= field.objective(theta0):
+        return newton
+    theta = theta0.clone().requires_grad_(True)
     iterations = lbfgs([theta], lambda: field.objective(theta), tolerance_grad=1e-9, max_iter=max_iter)
     polished = zero_near(field, theta.detach(), math.inf)
     polished.lbfgs_steps = iterations
+    polished.newton_steps += newton.newton_steps
+    polished.jvps += newton.jvps
     return polished
+
+
+def is_minimum(field: TanhMLPField, theta: Tensor) -> bool:
+    """Whether the Hessian of L + lambda/2 ||theta||^2 at theta (the Jacobian of F_inf, exact by
+    forward-mode autodiff) is positive definite: a Cholesky factorisation of it succeeds."""
+    hessian = jacfwd(lambda t: field(t, math.inf))(theta.detach().to(torch.float64))
+    return int(torch.linalg.cholesky_ex((hessian + hessian.T) / 2).info) == 0
 
 
 def flow(field: TanhMLPField, theta0: Tensor, tau: float, until: float = 1e-3,
