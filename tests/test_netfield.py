@@ -209,7 +209,7 @@ def test_the_loss_minimum_is_newtons_near_a_minimum_and_descents_near_a_saddle()
     x, y, model = small_problem()
     field = TanhMLPField(x.numpy(), y.numpy(), hidden=5, classes=3, lam=0.1)
     descent = minimum_near(field, field.flatten({n: p.detach() for n, p in model.named_parameters()}))
-    assert descent.converged and descent.lbfgs_steps > 0 and is_minimum(field, descent.theta)
+    assert descent.converged and is_minimum(field, descent.theta)
     noise = torch.randn(field.size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     newton = minimum_near(field, descent.theta + 1e-4 * noise)
     assert newton.converged and newton.lbfgs_steps == 0 and (newton.theta - descent.theta).norm() < 1e-8

@@ -1,11 +1,13 @@
 """A population (gradclip.population, gradclip.runner.train_population) against the same configs
 run one by one (gradclip.runner.train, a population of one): every clipping method at both
 granularities on the MLP, the 1-D CNN, the RNN and the linear model (whose population takes its
-gradients without a pass through the model: gradclip.ghost.linear_outputs), members that differ in seed, a0, p, tau and
-lambda, one member that diverges while the others go on, and the evaluation rows."""
+gradients without a pass through the model: gradclip.ghost.linear_outputs), members that differ
+in seed, a0, p, tau and lambda, one member that diverges while the others go on, and the
+evaluation rows."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -179,3 +181,25 @@ def test_a_population_of_one_keeps_the_models_own_parameters():
     population.sgd_step_([0.1])
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
     assert torch.equal(population.theta[0], torch.cat([p.detach().flatten() for p in model.parameters()]))
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_a_linear_population_takes_each_members_own_mean_gradient(task):
+    """The linear model's population at batch granularity takes its gradients from the output
+    gradient alone (gradclip.ghost.linear_outputs, no pass through the model): against each
+    member's own autograd gradient of its mean loss, unclipped, for both losses, with a bias and
+    three outputs (so that a weight gradient transposed, or another member's, is caught)."""
+    torch.manual_seed(0)
+    models = [build_model({"name": "linear", "bias": True, "init": "default"}, (5,), 3) for _ in range(3)]
+    alone = [copy.deepcopy(m) for m in models]
+    loss_fn = per_example_loss(task)
+    population = Population(models, loss_fn, Clipper("none"), "batch")
+    x = torch.randn(3, 8, 5)
+    y = torch.randn(3, 8, 3) if task == "regression" else torch.randint(0, 3, (3, 8))
+    losses, _ = population.clipped_gradient(x, y)
+    for k, model in enumerate(alone):
+        own = loss_fn(model(x[k]), y[k])
+        torch.testing.assert_close(losses[k], own.detach(), rtol=1e-6, atol=1e-7)
+        grads = torch.autograd.grad(own.mean(), list(model.parameters()))
+        for view, grad in zip(population.grad_views, grads):
+            torch.testing.assert_close(view[k], grad, rtol=1e-5, atol=1e-7)

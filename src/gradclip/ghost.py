@@ -155,8 +155,10 @@ class GhostClipping:
 
     The output gradients b are those of zero tensors added to each layer's output (its
     pre-activation, for a recurrent cell): inputs of the forward pass, so that the same code
-    runs under torch.func.vmap over the members. The results equal Clipper.clip_samples on
-    vmap(grad)'s per-example gradients up to float rounding (tests/test_ghost.py).
+    runs under torch.func.vmap over the members. For gradclip.models.LinearModel there is no
+    pass through the model: a and b follow from the input and the loss (:func:`linear_outputs`).
+    The results equal Clipper.clip_samples on vmap(grad)'s per-example gradients up to float
+    rounding (tests/test_ghost.py).
     """
 
     def __init__(self, members, loss_fn: LossFn, clipper: Clipper) -> None:
@@ -195,8 +197,8 @@ class GhostClipping:
             return *self._clip(pieces, losses), [p.weighted_sum(None) for p in pieces]
 
     def _pieces_of(self, x: Tensor, y: Tensor) -> tuple[list[_Piece], Tensor]:
-        """One forward and one backward pass: every parameter's activations and output
-        gradients, and the per-example losses [M, B]."""
+        """One forward and one backward pass (none for a LinearModel: :meth:`_linear_pieces`):
+        every parameter's activations and output gradients, and the per-example losses [M, B]."""
         if self.linear:
             return self._linear_pieces(x, y)
         deltas, calls_of = self._zeros_for(x)
