@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from gradclip.clipping import Clipper, ClipStats, effective_factor, member_norms, unit_norms
 from gradclip.gradients import LossFn
-from gradclip.models import LinearModel, cell_preactivation, lstm_cell_output, rnn_cell_output
+from gradclip.models import cell_preactivation, lstm_cell_output, rnn_cell_output
 
 COVERED = (nn.Linear, nn.Conv1d, nn.RNNCell, nn.LSTMCell)
 
@@ -168,7 +168,6 @@ class GhostClipping:
         self.members, self.loss_fn, self.clipper = members, loss_fn, clipper
         model = members.model
         self.modules = [m for m in model.modules() if isinstance(m, COVERED)]
-        self.linear = type(model) is LinearModel  # (its pieces are found without the model: _linear_pieces)
         index = {id(p): k for k, p in enumerate(model.parameters())}
         # Per module: (parameter index, which activation feeds it: 0 = input, 1 = hidden state,
         # None = a bias) for each of its parameters.
@@ -199,7 +198,7 @@ class GhostClipping:
     def _pieces_of(self, x: Tensor, y: Tensor) -> tuple[list[_Piece], Tensor]:
         """One forward and one backward pass (none for a LinearModel: :meth:`_linear_pieces`):
         every parameter's activations and output gradients, and the per-example losses [M, B]."""
-        if self.linear:
+        if self.members.linear:
             return self._linear_pieces(x, y)
         deltas, calls_of = self._zeros_for(x)
         members = self.members

@@ -82,6 +82,8 @@ class Population:
         else:  # self.model is a template for functional_call: its own weights are not used
             self.theta.requires_grad_(True)  # the views below are the inputs of each step's gradient
         self.views = self.member_views(self.theta)
+        # The linear model's gradients need no pass through it (gradclip.ghost.linear_outputs).
+        self.linear = type(self.model) is LinearModel
         self.grad = torch.zeros_like(self.theta, requires_grad=False)
         self.grad_views = self.member_views(self.grad)
         if self.size == 1:  # backward() accumulates into .grad in place: into self.grad
@@ -147,7 +149,7 @@ class Population:
             self.grad.zero_()
             losses.mean().backward()
             losses = losses.unsqueeze(0)
-        elif type(self.model) is LinearModel:  # each example's gradient is b_i a_i^T (and b_i): their mean
+        elif self.linear:  # each example's gradient is b_i a_i^T (and b_i): their mean
             a, b, losses = linear_outputs(self, x, y)
             with torch.no_grad():
                 grads = [torch.bmm(b.transpose(1, 2), a), b.sum(1)][: len(self.views)]
