@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 SCALE ?= full
+LOGGER ?= none
 
 .PHONY: help install test test-fast reproduce figures bench lock clean
 
@@ -30,8 +31,8 @@ test: $(STAMP) ## Run the whole test suite (CPU, a few minutes)
 test-fast: $(STAMP) ## Run the tests that are not marked slow
 	$(PY) -m pytest -m "not slow"
 
-reproduce: $(STAMP) ## Run every experiment, then figures, tables and results/REPORT.md (SCALE=smoke|default|full)
-	$(PY) scripts/reproduce.py --scale $(SCALE)
+reproduce: $(STAMP) ## Run every experiment, then figures, tables and results/REPORT.md (SCALE=smoke|default|full, LOGGER=none|wandb)
+	$(PY) scripts/reproduce.py --scale $(SCALE) --logger $(LOGGER)
 
 figures: $(STAMP) ## Rebuild every figure in paper_figures/ from the tables in results/ (no training)
 	$(PY) scripts/figures.py plot all

@@ -111,18 +111,18 @@ def test_progress_counts_runs_model_steps_and_time_left(monkeypatch, caplog):
 
 def test_a_stop_signal_journals_every_job_not_begun_even_when_populations_interleave(make_cfg, tmp_path,
                                                                                      monkeypatch):
-    """Jobs A1 B1 A2 B2 (two populations, A and B, interleaved in the sweep's order). A signal
-    during population A: its runs end interrupted, and both B jobs are journaled not started;
-    nothing A wrote is overwritten."""
+    """Jobs A1 B1 A2 B2 (two populations, A and B, interleaved in the sweep's order; A of more
+    steps, so trained first). A signal during population A: its runs end interrupted, and both B
+    jobs are journaled not started; nothing A wrote is overwritten."""
     from gradclip import interrupts, train
 
     jobs = [Job(make_cfg(f"steps={steps}", f"seed={seed}"), tmp_path / f"{name}", tmp_path)
-            for name, steps, seed in [("A1", 10, 0), ("B1", 20, 0), ("A2", 10, 1), ("B2", 20, 1)]]
+            for name, steps, seed in [("A1", 20, 0), ("B1", 10, 0), ("A2", 20, 1), ("B2", 10, 1)]]
     signal = []
 
     def fake_population(cfgs, run_dirs, **kwargs):
         signal.append(15)  # SIGTERM arrives while the first population trains
-        return [{"status": "interrupted", "interrupted_reason": "SIGTERM after step 3 of 10"} for _ in cfgs]
+        return [{"status": "interrupted", "interrupted_reason": "SIGTERM after step 3 of 20"} for _ in cfgs]
 
     monkeypatch.setattr(train, "train_population", fake_population)
     monkeypatch.setattr(interrupts, "received", lambda: signal[0] if signal else None)
@@ -263,7 +263,8 @@ def test_a_worker_that_dies_leaves_its_runs_as_recorded_and_the_others_finish(tm
 def test_populations_are_halved_until_the_workers_share_them_evenly(make_cfg, tmp_path):
     """Grouped by what they must share (seed varies, steps does not), cut at max_members, then
     the largest halved while there are fewer than the workers or a number they cannot share
-    evenly, in order, never below two members."""
+    evenly, never below two members; handed out costliest first (steps x (fixed part + members x
+    batch size)), ties in the sweep's order."""
     from gradclip.train import populations
 
     jobs = [Job(make_cfg(f"seed={s}"), tmp_path / f"s{s}", tmp_path) for s in range(5)]
@@ -275,9 +276,15 @@ def test_populations_are_halved_until_the_workers_share_them_evenly(make_cfg, tm
     # cost twice one); between three they are cut to three
     assert names(populations(jobs, 64, workers=2)) == [["s0", "s1", "s2", "s3", "s4"], ["t"]]
     assert names(populations(jobs, 64, workers=3)) == [["s0", "s1", "s2"], ["s3", "s4"], ["t"]]
-    # three cannot be shared by two: the largest is halved, to four
+    # three cannot be shared by two: the largest is halved, to four, and the four go out costliest
+    # first: the whole one of four before the halves of two
     eight = [Job(make_cfg(f"seed={s}"), tmp_path / f"s{s}", tmp_path) for s in range(8)] + jobs[-1:]
-    assert names(populations(eight, 4, workers=2)) == [["s0", "s1"], ["s2", "s3"], ["s4", "s5", "s6", "s7"], ["t"]]
+    assert names(populations(eight, 4, workers=2)) == [["s4", "s5", "s6", "s7"], ["s0", "s1"], ["s2", "s3"], ["t"]]
+    # the sweep's order does not decide: a population of more steps, or of larger batches, goes
+    # first, and of two with the same work per step the one of more steps
+    mixed = [Job(make_cfg(overrides), tmp_path / name, tmp_path)
+             for name, overrides in [("few", "steps=20"), ("wide", "batch_size=256"), ("long", "steps=32")]]
+    assert names(populations(mixed, 64, workers=2)) == [["wide"], ["long"], ["few"]]
     # never below two members: a population of one would round differently
     assert names(populations(jobs, 64, workers=8)) == [["s0", "s1", "s2"], ["s3", "s4"], ["t"]]
 
