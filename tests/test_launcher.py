@@ -280,11 +280,11 @@ def test_populations_are_halved_until_the_workers_share_them_evenly(make_cfg, tm
     # first: the whole one of four before the halves of two
     eight = [Job(make_cfg(f"seed={s}"), tmp_path / f"s{s}", tmp_path) for s in range(8)] + jobs[-1:]
     assert names(populations(eight, 4, workers=2)) == [["s4", "s5", "s6", "s7"], ["s0", "s1"], ["s2", "s3"], ["t"]]
-    # the sweep's order does not decide: a population of more steps, or of larger batches, goes
-    # first, and of two with the same work per step the one of more steps
+    # the sweep's order does not decide: of the same steps, the population of larger batches goes
+    # first; twice the steps outweigh 16 times the batch (the fixed part of a step dominates)
     mixed = [Job(make_cfg(overrides), tmp_path / name, tmp_path)
-             for name, overrides in [("few", "steps=20"), ("wide", "batch_size=256"), ("long", "steps=32")]]
-    assert names(populations(mixed, 64, workers=2)) == [["wide"], ["long"], ["few"]]
+             for name, overrides in [("narrow", "steps=30"), ("wide", "batch_size=256"), ("long", "steps=60")]]
+    assert names(populations(mixed, 64, workers=2)) == [["long"], ["wide"], ["narrow"]]
     # never below two members: a population of one would round differently
     assert names(populations(jobs, 64, workers=8)) == [["s0", "s1", "s2"], ["s3", "s4"], ["t"]]
 

@@ -225,16 +225,18 @@ FIXED_STEP_COST = 3000
 
 def population_cost(group: list[Job]) -> int:
     """A population's estimated training cost, steps x (FIXED_STEP_COST + members x batch size):
-    only its order against the others of a sweep is used."""
+    only its order against the others of a sweep is used. It does not know the model or the
+    clipping method, so populations that differ only in those (stability's deep tanh MLP and MLP)
+    tie and keep the sweep's order, nor which runs will diverge and end early."""
     cfg = group[0].cfg
     return int(cfg.steps) * (FIXED_STEP_COST + len(group) * int(cfg.batch_size))
 
 
 def populations(jobs: list[Job], max_members: int, workers: int = 1) -> list[list[Job]]:
-    """The jobs grouped by what a population must share, in order of first appearance, each
-    group cut into populations of at most ``max_members``; then, while the ``workers`` cannot
-    share them evenly (fewer populations than workers included), the largest is halved, never
-    below two members: a population of one takes the plain model path, which rounds
+    """The jobs grouped by what a population must share (the groups in order of their first job),
+    each group cut into populations of at most ``max_members``; then, while the ``workers`` cannot
+    share them evenly (fewer populations than workers included), the one of most members is
+    halved, never below two members: a population of one takes the plain model path, which rounds
     differently, while populations of two or more give the same results (bit for bit in the
     tests; at worst in the 7th digit, where batched products of another size round otherwise).
     Returned costliest first (:func:`population_cost`; ties in that order): gradclip.pool hands
@@ -246,9 +248,11 @@ def populations(jobs: list[Job], max_members: int, workers: int = 1) -> list[lis
     steps, not of members (a step's Python and dispatch cost is paid once for the whole
     population), so two populations one after the other in a worker take nearly twice as long
     as one of twice the size. Where a sweep's populations take about as long as each other (one
-    step count, as in every sweep of scripts/reproduce.py), halving to an even number per worker
-    costs no time where steps bind (ceil(P / workers) rounds either way) and evens the workers'
-    share where members bind."""
+    step count and one batch size), halving to an even number per worker costs no time where
+    steps bind (ceil(P / workers) rounds either way) and evens the workers' share where members
+    bind. Where they do not (eq22_network's batch sizes), the costliest-first order is what evens
+    the workers; halving by members, not by cost, is kept because which runs share a population
+    decides their last digits."""
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         groups.setdefault(population_key(OmegaConf.to_container(job.cfg, resolve=True)), []).append(job)
