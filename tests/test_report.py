@@ -1,7 +1,6 @@
 """Verdicts (gradclip.verdicts) on hand-built tables, checked on the data: every branch can be reached;
 and scripts/report.py renders REPORT.md from verdicts.json alone."""
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -13,14 +12,10 @@ import pandas as pd
 import pytest
 
 from gradclip import verdicts
+from script_modules import script
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("report", ROOT / "scripts" / "report.py")
-report = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(report)
-figures_spec = importlib.util.spec_from_file_location("figures", ROOT / "scripts" / "figures.py")
-figures = importlib.util.module_from_spec(figures_spec)
-figures_spec.loader.exec_module(figures)
+report, figures = script("report"), script("figures")
 
 
 def increments(tmp_path, update_ratio):

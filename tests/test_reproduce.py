@@ -1,6 +1,5 @@
 """`make reproduce` at smoke scale, end to end: sweeps, tables, every figure and the report."""
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -9,14 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from script_modules import script
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
-REPRODUCE = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(REPRODUCE)
-_spec = importlib.util.spec_from_file_location("figures_py", ROOT / "scripts" / "figures.py")
-FIGURES_PY = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(FIGURES_PY)
+REPRODUCE, FIGURES_PY = script("reproduce"), script("figures")
 FIGURES = ["stability", "increments", "agc_small_weights", "convergence", "step_sizes", "limit_set", "ode_tracking",
            "clipping_bias", "batch_fixed_point", "label_noise", "eq22_network", "batch_network"]
 TABLES = ["stability.csv", "increments.csv", "stability_trajectories.csv", "agc_units_step1.csv",

@@ -3,7 +3,6 @@ apart from the others. The sweeps are expanded as Hydra expands them, from the e
 configs (hydra.sweeper.params) and the overrides scripts/reproduce.py adds at each scale."""
 
 import copy
-import importlib.util
 from functools import cache
 from pathlib import Path
 
@@ -15,20 +14,14 @@ from omegaconf import OmegaConf
 
 from gradclip.tracking import run_name, run_tags
 from gradclip.config import CONFIG_DIR
+from script_modules import script
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
 PARSER = OverridesParser.create()
 
 
-def load_reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-REPRODUCE = load_reproduce()
+REPRODUCE = script("reproduce")
 
 
 @cache
