@@ -114,7 +114,7 @@ def test_a_stop_signal_journals_every_job_not_begun_even_when_populations_interl
     """Jobs A1 B1 A2 B2 (two populations, A and B, interleaved in the sweep's order; A of more
     steps, so trained first). A signal during population A: its runs end interrupted, and both B
     jobs are journaled not started; nothing A wrote is overwritten."""
-    from gradclip import interrupts, train
+    from gradclip import interrupts, runner
 
     jobs = [Job(make_cfg(f"steps={steps}", f"seed={seed}"), tmp_path / f"{name}", tmp_path)
             for name, steps, seed in [("A1", 20, 0), ("B1", 10, 0), ("A2", 20, 1), ("B2", 10, 1)]]
@@ -124,7 +124,7 @@ def test_a_stop_signal_journals_every_job_not_begun_even_when_populations_interl
         signal.append(15)  # SIGTERM arrives while the first population trains
         return [{"status": "interrupted", "interrupted_reason": "SIGTERM after step 3 of 20"} for _ in cfgs]
 
-    monkeypatch.setattr(train, "train_population", fake_population)
+    monkeypatch.setattr(runner, "train_population", fake_population)
     monkeypatch.setattr(interrupts, "received", lambda: signal[0] if signal else None)
     run_jobs(jobs, max_members=8)
     assert {e["job"]: e["outcome"] for e in sweep.read_journal(tmp_path)} == {
@@ -224,6 +224,22 @@ def test_workers_train_populations_side_by_side_with_the_same_records_as_one_pro
     sweep_pid = json.loads((tmp_path / "runs" / "two" / ".sweep" / "launch.json").read_text())["process"]["pid"]
     workers = {summary["process"]["pid"] for summary in side_by_side.values()}
     assert sweep_pid not in workers and 1 <= len(workers) <= 2
+
+
+def test_a_sweeps_process_loads_torch_after_composing_and_skips_the_last_collection_at_exit():
+    """What ``python -m gradclip.train`` imports before Hydra composes the sweep holds no torch
+    (about 2 s): the sweep's process starts its workers first, and its own import of torch (with
+    the first job it prepares) overlaps theirs. And a process that imported gradclip freezes the
+    objects still alive when it exits, so the interpreter's last collection does not walk them
+    (gradclip/__init__.py)."""
+    import subprocess
+    import sys
+
+    code = ("import atexit, gc, sys, gradclip.train; loaded = 'torch' in sys.modules; "
+            "import torch; before = gc.get_freeze_count(); atexit._run_exitfuncs(); "
+            "print(loaded, before, gc.get_freeze_count() > 100_000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "0", "True"], out.stderr
 
 
 def test_a_signal_to_a_sweep_with_workers_stops_them_and_journals_what_had_not_begun(tmp_path):

@@ -16,6 +16,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gradclip import CONFIG_DIR
 from gradclip.checks import ConfigError, require_choice, require_int, require_known_keys, require_number
 from gradclip.clipping import validate_clip_config
 from gradclip.data import validate_data_config
@@ -24,7 +25,6 @@ from gradclip.records import flatten
 from gradclip.schedules import validate_schedule_config
 from gradclip.tracking import validate_logger_config
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
 def _schema_keys() -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -43,15 +43,14 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 
-from gradclip import sweep  # noqa: E402
+from gradclip import CONFIG_DIR, sweep  # noqa: E402
 from gradclip.checks import ConfigError  # noqa: E402
-from gradclip.config import (CONFIG_DIR, ResolvedConfigs, population_key, resolve_config,  # noqa: E402
-                             validate_resolved)
-from gradclip.population import PopulationUnsupported  # noqa: E402
 from gradclip.records import (SUMMARY_FILE, RecordError, RecordWriteError, RunRecorder, process_identity,  # noqa: E402
                               run_state)
-from gradclip.resume import existing_record  # noqa: E402
-from gradclip.runner import train_population  # noqa: E402
+
+# Torch (about 2 s of imports) loads with the first job a process prepares (gradclip.config, and
+# gradclip.runner when it trains), not here: a sweep's process composes the sweep with Hydra and
+# starts its worker processes (gradclip.pool) first, so that their imports overlap its own.
 
 log = logging.getLogger("gradclip.train")
 
@@ -119,6 +118,9 @@ def prepare_job(cfg: DictConfig, run_dir: Path | None = None, sweep_dir: Path | 
         job.outcome("not_started", f"{interrupts.name(signum)} before the job began", interrupts.exit_code(signum))
         _stop_sweep(signum)
         return None
+    from gradclip.config import resolve_config, validate_resolved
+    from gradclip.resume import existing_record
+
     try:
         config = resolve_config(cfg)
         validate_resolved(cfg, config)
@@ -136,11 +138,20 @@ def prepare_job(cfg: DictConfig, run_dir: Path | None = None, sweep_dir: Path | 
         return None
     # Resolved now, with this job's HydraConfig and environment: a population trains later,
     # outside them (${hydra:...}, ${oc.env:...} and ${now:...} keep their values).
-    job.cfg = _resolved.create(config)  # OmegaConf.create(config), faster
+    job.cfg = _resolved().create(config)  # OmegaConf.create(config), faster
     return job
 
 
-_resolved = ResolvedConfigs()  # the job configs prepare_job has made, by shape
+_resolved_configs = None  # the job configs prepare_job has made, by shape (gradclip.config.ResolvedConfigs)
+
+
+def _resolved():
+    global _resolved_configs
+    if _resolved_configs is None:
+        from gradclip.config import ResolvedConfigs
+
+        _resolved_configs = ResolvedConfigs()
+    return _resolved_configs
 
 
 def run_jobs(jobs: list[Job], max_members: int = 1, progress: sweep.Progress | None = None) -> None:
@@ -180,6 +191,9 @@ def _stop(not_begun: list[Job], signum: int, raise_in_sweep: bool = True) -> Non
 def _train_population(group: list[Job], progress: sweep.Progress | None) -> list[dict] | None:
     """Train one population and report each job's outcome; None if vmap cannot batch its model
     (nothing was written)."""
+    from gradclip.population import PopulationUnsupported
+    from gradclip.runner import train_population
+
     for job in group:
         job.outcome("started", code=0)
     multirun = group[0].sweep_dir is not None
@@ -253,6 +267,8 @@ def populations(jobs: list[Job], max_members: int, workers: int = 1) -> list[lis
     bind. Where they do not (eq22_network's batch sizes), the costliest-first order is what evens
     the workers; halving by members, not by cost, is kept because which runs share a population
     decides their last digits."""
+    from gradclip.config import population_key
+
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         groups.setdefault(population_key(OmegaConf.to_container(job.cfg, resolve=True)), []).append(job)
