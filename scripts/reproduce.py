@@ -313,8 +313,10 @@ def main() -> None:
     parser.add_argument("--figures", default=None)
     args = parser.parse_args()
     runs = Path(args.runs or ROOT / "runs" / args.scale).resolve()
-    results = Path(args.results or (ROOT / "results" if args.scale == COMMITTED else runs / "results"))
-    figures = Path(args.figures or (ROOT / "paper_figures" if args.scale == COMMITTED else runs / "paper_figures"))
+    # Absolute: the steps after the sweeps run in the repository's root, not in this folder.
+    results = Path(args.results or (ROOT / "results" if args.scale == COMMITTED else runs / "results")).resolve()
+    figures = Path(args.figures or (ROOT / "paper_figures" if args.scale == COMMITTED
+                                    else runs / "paper_figures")).resolve()
     compared = ROOT / "results" / f"verdicts_{COMPARED}.json"
     interrupts.install()  # a stop signal from here on is noted: the sweep under way ends at a step boundary
     start = time.perf_counter()

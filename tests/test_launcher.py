@@ -365,16 +365,25 @@ from gradclip import interrupts, pool, train
 
 interrupts.install()
 fast = json.loads(sys.argv[1])
-seen = []
+seen, started, start = [], [], pool.Workers.__init__
+pool.Workers.__init__ = lambda self, *args, **kwargs: (started.append(1), start(self, *args, **kwargs))[1]
+
+
+def sweep(name):
+    return train.run_command(["-m", *fast, "steps=20", "seed=0,1,2,3", f"name={name}", "threads=1",
+                              "hydra.launcher.workers=2", "hydra.launcher.max_members=2"])
+
+
 with pool.kept():
     for name in ("a", "b", "c"):
-        code = train.run_command(["-m", *fast, "steps=20", "seed=0,1,2,3", f"name={name}", "threads=1",
-                                  "hydra.launcher.workers=2", "hydra.launcher.max_members=2"])
+        code = sweep(name)
         workers = [process.pid for process in pool._kept.processes.values()]
         seen.append({"code": code, "workers": workers, "frozen": gc.get_freeze_count()})
         if name == "b":  # one worker dies between the second and third sweeps (an out-of-memory kill)
             os.kill(workers[0], signal.SIGKILL)
             pool._kept.processes[next(iter(pool._kept.processes))].join()
+pairs = len(started)
+seen.append({"code": sweep("a"), "started": len(started) - pairs, "pairs": pairs})  # every job finished already
 print(json.dumps(seen))
 """
 
@@ -384,14 +393,17 @@ def test_sweeps_of_one_process_share_its_workers_until_it_ends(tmp_path):
     them): the first two train in the same two worker processes, started once; a worker that
     died before the third is replaced by a fresh pair; every worker has ended when the process
     has, and each pair trains the same rows (that workers train the rows of a sweep without them:
-    test_workers_train_populations_side_by_side_with_the_same_records_as_one_process)."""
+    test_workers_train_populations_side_by_side_with_the_same_records_as_one_process). The first
+    sweep relaunched, every job of it finished, starts no worker process."""
     import subprocess
     import sys
 
     done = subprocess.run([sys.executable, "-c", KEPT_SWEEPS, json.dumps(FAST)], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    first, second, third = json.loads(done.stdout.splitlines()[-1])
+    first, second, third, relaunch = json.loads(done.stdout.splitlines()[-1])
+    assert relaunch == {"code": 0, "started": 0, "pairs": 2}, done.stderr
+    assert "gradclip: sweep runs/a: 4 jobs: 4 already finished (skipped)" in done.stderr
     assert first["code"] == second["code"] == third["code"] == 0, done.stderr
     assert first["frozen"] == second["frozen"] == third["frozen"] == 0  # what the launcher froze preparing jobs
     assert len(first["workers"]) == len(second["workers"]) == len(third["workers"]) == 2

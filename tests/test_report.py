@@ -126,11 +126,13 @@ def test_combine():
 
 
 def test_every_experiment_has_its_tables_and_its_figures_and_plotting_needs_no_torch():
-    """figures.py names the experiments by its plots; gradclip.collect must know the same ones.
-    Plotting alone (make figures) does not import torch (collect does, for the data sets)."""
+    """figures.py names the experiments by its plots; gradclip.collect must know the same ones, and
+    `collect --jobs N` orders every one of them. Plotting alone (make figures) does not import
+    torch (collect does, for the data sets)."""
     from gradclip.collect import COLLECT
 
     assert list(figures.PLOT) == list(COLLECT)
+    assert sorted(figures.COLLECT_ORDER) == sorted(COLLECT)
     probe = "import runpy, sys; runpy.run_path(sys.argv[1]); print('torch' in sys.modules)"
     imported = subprocess.run([sys.executable, "-c", probe, str(ROOT / "scripts" / "figures.py")],
                               capture_output=True, text=True, check=True)

@@ -47,13 +47,14 @@ def _gone(pid: int, timeout: float = 10.0) -> bool:
 
 
 def _stop_at(command: list[str], began, log: Path) -> str:
-    """Launch `command`, send SIGTERM once `began()` is true, and check the stop: reproduce says
-    where it stopped and exits 128 + SIGTERM, and no process it started outlives it."""
+    """Launch `command` in the folder of `log`, send SIGTERM once `began()` is true, and check the
+    stop: reproduce says where it stopped and exits 128 + SIGTERM, and no process it started
+    outlives it."""
     import signal
     import time
 
     with log.open("w") as sink:
-        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, text=True, cwd=log.parent)
     deadline = time.monotonic() + 300  # it never got there: fail, do not hang
     children = set()
     while not began() and proc.poll() is None and time.monotonic() < deadline:
@@ -83,9 +84,9 @@ def test_smoke_reproduce_stopped_twice_then_writes_every_figure_and_the_report(t
 
     runs, results, figures = tmp_path / "runs", tmp_path / "results", tmp_path / "figures"
     # --logger none: W&B (tested in test_cli.py, test_tracking.py and test_faults.py) would cost
-    # every run its own W&B run.
+    # every run its own W&B run. Launched in tmp_path, with its folders named relative to it.
     command = [sys.executable, str(ROOT / "scripts" / "reproduce.py"), "--scale", "smoke", "--logger", "none",
-               "--workers", "2", "--runs", str(runs), "--results", str(results), "--figures", str(figures)]
+               "--workers", "2", "--runs", "runs", "--results", "results", "--figures", "figures"]
 
     def states() -> set[str]:
         return {run_state(summary.parent).status for summary in runs.rglob("summary.json")}
@@ -97,7 +98,7 @@ def test_smoke_reproduce_stopped_twice_then_writes_every_figure_and_the_report(t
     assert states() <= {"completed", "diverged"}  # the tables began: every run had ended
     assert not figures.exists() or not list(figures.iterdir())
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")}
-    last = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    last = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
     # Nothing trained again: every sweep found each job's finished record, and said so.
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("summary.json")} == stamps

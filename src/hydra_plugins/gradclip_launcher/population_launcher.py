@@ -105,15 +105,21 @@ class PopulationLauncher(Launcher):
         configs = self.hydra_context.config_loader.load_sweep_config  # SweepConfigs, installed by setup
         runs, pending = [], []
         workers = None
-        try:
-            if self.workers > 1 and self.backend == "local" and len(job_overrides) > 1:
-                # Started now, so that their imports overlap the preparation of the jobs below (or
-                # kept from this process's last sweep: gradclip.pool.kept).
+
+        def start_workers() -> None:
+            """Called as the preparation below meets the first job without a finished record: the
+            workers start then (or are kept from this process's last sweep: gradclip.pool.kept),
+            so that their imports overlap the preparation of the jobs; a sweep whose every job
+            is finished (a relaunch) starts none."""
+            nonlocal workers
+            if workers is None and self.workers > 1 and self.backend == "local" and len(job_overrides) > 1:
                 verbose = self.config.hydra.verbose
                 workers = Workers.start(min(self.workers, len(job_overrides)),
                                         OmegaConf.to_container(self.config.hydra.hydra_logging, resolve=True),
                                         OmegaConf.to_container(verbose) if OmegaConf.is_config(verbose) else verbose)
-            self._prepare(job_overrides, initial_job_idx, sweep_dir, configs, runs, pending)
+
+        try:
+            self._prepare(job_overrides, initial_job_idx, sweep_dir, configs, runs, pending, start_workers)
             if self.backend != "local":
                 self._submit(pending)
                 return runs
@@ -123,10 +129,22 @@ class PopulationLauncher(Launcher):
                 workers.release(kill=True)  # those the training did not use (it releases the others itself)
         return runs
 
-    def _prepare(self, job_overrides, initial_job_idx, sweep_dir: Path, configs, runs: list, pending: list) -> None:
+    def _prepare(self, job_overrides, initial_job_idx, sweep_dir: Path, configs, runs: list, pending: list,
+                 unfinished=lambda: None) -> None:
         """Each job's folder, .hydra files, callbacks and checks (``_job``): its JobReturn into
-        ``runs``, and the job into ``pending`` if it is to train."""
+        ``runs``, and the job into ``pending`` if it is to train. ``unfinished()`` is called
+        before the first job whose folder holds no finished record is prepared (and again for
+        any job that is to train)."""
+        from gradclip.records import run_state
         from gradclip.train import prepare_job
+
+        def before(output_dir: Path) -> None:
+            nonlocal met
+            if not met and not run_state(output_dir).finished:
+                met = True
+                unfinished()
+
+        met = False
 
         configs.checking = False  # each job's own config from here on, not the sweeper's check
         # Every job's config stays alive (its JobReturn holds it), and the interpreter's full
@@ -146,9 +164,10 @@ class PopulationLauncher(Launcher):
                 with open_dict(sweep_config):
                     sweep_config.hydra.job.id = idx
                     sweep_config.hydra.job.num = idx
-                ret = self._job(sweep_config, sweep_dir, prepare_job, derived)
+                ret = self._job(sweep_config, sweep_dir, prepare_job, derived, before)
                 runs.append(ret)
                 if ret.return_value is not None:
+                    unfinished()  # (a finished record of another config, or rerun=true, trains again)
                     pending.append(ret.return_value)
         finally:
             configs.checking = True  # the sweeper checks the next batch
@@ -196,7 +215,8 @@ class PopulationLauncher(Launcher):
             except Exception as error:  # noqa: BLE001 - a task that died: its runs read as what they hold
                 log.warning(f"submitit task {task.job_id} failed: {type(error).__name__}: {error}")
 
-    def _job(self, config: DictConfig, sweep_dir: Path, prepare_job, derived: Derived | None = None) -> JobReturn:
+    def _job(self, config: DictConfig, sweep_dir: Path, prepare_job, derived: Derived | None = None,
+             before=lambda output_dir: None) -> JobReturn:
         """What Hydra's run_job does before and after a task, at a fraction of its cost (it copies
         the whole config three times a job, which a sweep of thousands of short runs feels): the
         job's folder and its ``.hydra`` files, HydraConfig, the callbacks' on_job_start and
@@ -204,7 +224,8 @@ class PopulationLauncher(Launcher):
         job's checks (prepare_job), which return the job, its config resolved, if it is to train.
         The job's own log file is not opened: the runs of a population train together.
         ``derived``: how SweepConfigs made the config from a template, whose YAML the job's
-        .hydra files are then made from (job_files.TemplateFiles)."""
+        .hydra files are then made from (job_files.TemplateFiles). ``before(output_dir)`` is
+        called before the job's checks."""
         assert self.hydra_context is not None
         # The config is this job's own (composed or copied for it alone), so the task config and
         # HydraConfig's are made of its nodes, not of copies of them (Hydra copies each); the
@@ -230,6 +251,7 @@ class PopulationLauncher(Launcher):
             for name, text in zip(("config.yaml", "hydra.yaml", "overrides.yaml"), texts):
                 _write_text(folder / name, text)
         callbacks = self.hydra_context.callbacks
+        before(output_dir)
         with env_override(hydra.job.env_set):
             callbacks.on_job_start(config=config, task_function=prepare_job)
             try:
