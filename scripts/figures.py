@@ -714,8 +714,8 @@ PLOT = {"stability": [plot_stability, plot_increments], "agc_small_weights": [pl
         "eq22_network": [plot_eq22_network, plot_batch_network]}
 
 
-# The order in which `collect --jobs N` hands out the experiments: the longest first, so that no
-# process is left with a long one at the end (longest processing time first). One process each,
+# The order in which `collect` takes the experiments (with --jobs N, hands them out): the longest
+# first, so that no process is left with a long one at the end (longest processing time first). One process each,
 # at the full scale (the full run at 0b8b658; each with about 3 s of start): eq22_network 394 s
 # (in two processes of its own: the searches for zeros), ode_tracking 28 s, stability 20 s,
 # clipping_bias 19 s, label_noise 17 s, limit_set 14 s, batch_fixed_point 13 s, step_sizes 6 s,

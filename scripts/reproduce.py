@@ -233,7 +233,7 @@ def sweep(argv: list[str]) -> None:
     once, and the worker processes start once: gradclip.pool.kept). A stop signal ends the runs
     under way at a step boundary, and the sweep reports; a sweep that fails or is stopped ends
     reproduce with its exit code and one line."""
-    from gradclip import train  # (imports torch: after the stop handler is installed)
+    from gradclip import train  # (torch loads with the first job a sweep prepares)
 
     print("+ python -m gradclip.train", " ".join(argv), flush=True)
     signum = interrupts.received()  # (a signal between two sweeps: the next one does not begin)

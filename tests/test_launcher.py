@@ -366,7 +366,9 @@ from gradclip import interrupts, pool, train
 interrupts.install()
 fast = json.loads(sys.argv[1])
 seen, started, start = [], [], pool.Workers.__init__
-pool.Workers.__init__ = lambda self, *args, **kwargs: (started.append(1), start(self, *args, **kwargs))[1]
+# (whether this process had imported torch when it started them)
+pool.Workers.__init__ = lambda self, *args, **kwargs: (started.append("torch" in sys.modules),
+                                                       start(self, *args, **kwargs))[1]
 
 
 def sweep(name):
@@ -383,7 +385,8 @@ with pool.kept():
             os.kill(workers[0], signal.SIGKILL)
             pool._kept.processes[next(iter(pool._kept.processes))].join()
 pairs = len(started)
-seen.append({"code": sweep("a"), "started": len(started) - pairs, "pairs": pairs})  # every job finished already
+seen.append({"code": sweep("a"), "started": len(started) - pairs, "pairs": pairs,  # every job finished already
+             "torch_at_first_start": started[0]})
 print(json.dumps(seen))
 """
 
@@ -394,6 +397,7 @@ def test_sweeps_of_one_process_share_its_workers_until_it_ends(tmp_path):
     died before the third is replaced by a fresh pair; every worker has ended when the process
     has, and each pair trains the same rows (that workers train the rows of a sweep without them:
     test_workers_train_populations_side_by_side_with_the_same_records_as_one_process). The first
+    pair starts before this process imports torch (so that their imports overlap); the first
     sweep relaunched, every job of it finished, starts no worker process."""
     import subprocess
     import sys
@@ -402,7 +406,7 @@ def test_sweeps_of_one_process_share_its_workers_until_it_ends(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     first, second, third, relaunch = json.loads(done.stdout.splitlines()[-1])
-    assert relaunch == {"code": 0, "started": 0, "pairs": 2}, done.stderr
+    assert relaunch == {"code": 0, "started": 0, "pairs": 2, "torch_at_first_start": False}, done.stderr
     assert "gradclip: sweep runs/a: 4 jobs: 4 already finished (skipped)" in done.stderr
     assert first["code"] == second["code"] == third["code"] == 0, done.stderr
     assert first["frozen"] == second["frozen"] == third["frozen"] == 0  # what the launcher froze preparing jobs

@@ -26,7 +26,6 @@ from gradclip.schedules import validate_schedule_config
 from gradclip.tracking import validate_logger_config
 
 
-
 def _schema_keys() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The top-level keys of configs/train.yaml (its config groups included) and those of its
     ``divergence`` section: the schema that a key added with ``+`` must belong to."""

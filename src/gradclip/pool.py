@@ -65,8 +65,9 @@ def kept():
 
 class Workers:
     """``count`` worker processes, started before their populations are known: a sweep starts
-    them as it begins to prepare its jobs, so that their imports (torch: about 2.5 s a process
-    here) overlap that preparation. Their logging is set up as the sweep's: ``logging_config``
+    them as its preparation meets the first job without a finished record (a relaunch of a
+    finished sweep starts none), so that their imports (torch: about 2.5 s a process here)
+    overlap that preparation. Their logging is set up as the sweep's: ``logging_config``
     (Hydra's ``hydra_logging``) and ``verbose`` (``hydra.verbose``: true, or the loggers to show
     at DEBUG). :meth:`run` trains populations in them; :meth:`release` (the sweep calls it
     whatever happens) keeps them for the next sweep within :func:`kept`, or else :meth:`close`

@@ -17,8 +17,9 @@ import traceback
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gradclip import interrupts  # standard library only: installed before torch loads (~2 s)
+from gradclip import interrupts  # standard library only: installed before Hydra's imports
 
 
 def _idle_worker_exits(signum: int) -> None:
@@ -48,9 +49,13 @@ from gradclip.checks import ConfigError  # noqa: E402
 from gradclip.records import (SUMMARY_FILE, RecordError, RecordWriteError, RunRecorder, process_identity,  # noqa: E402
                               run_state)
 
+if TYPE_CHECKING:
+    from gradclip.config import ResolvedConfigs
+
 # Torch (about 2 s of imports) loads with the first job a process prepares (gradclip.config, and
-# gradclip.runner when it trains), not here: a sweep's process composes the sweep with Hydra and
-# starts its worker processes (gradclip.pool) first, so that their imports overlap its own.
+# gradclip.runner when it trains), not here: a sweep whose first job is to train composes the
+# sweep with Hydra and starts its worker processes (gradclip.pool) first, so that their imports
+# overlap its own.
 
 log = logging.getLogger("gradclip.train")
 
@@ -145,7 +150,9 @@ def prepare_job(cfg: DictConfig, run_dir: Path | None = None, sweep_dir: Path | 
 _resolved_configs = None  # the job configs prepare_job has made, by shape (gradclip.config.ResolvedConfigs)
 
 
-def _resolved():
+def _resolved() -> ResolvedConfigs:
+    """This process's ResolvedConfigs, made at its first job (a module-level object, not a cached
+    function: the joblib launcher pickles this module's functions by value)."""
     global _resolved_configs
     if _resolved_configs is None:
         from gradclip.config import ResolvedConfigs

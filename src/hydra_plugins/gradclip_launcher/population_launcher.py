@@ -22,7 +22,7 @@ import gc
 import logging
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
@@ -107,19 +107,21 @@ class PopulationLauncher(Launcher):
         workers = None
 
         def start_workers() -> None:
-            """Called as the preparation below meets the first job without a finished record: the
-            workers start then (or are kept from this process's last sweep: gradclip.pool.kept),
-            so that their imports overlap the preparation of the jobs; a sweep whose every job
-            is finished (a relaunch) starts none."""
+            """Called as the preparation below meets the first job that may train: the workers
+            start then (or are kept from this process's last sweep: gradclip.pool.kept), so
+            that their imports overlap the preparation of the rest; a sweep whose every job is
+            finished (a relaunch) starts none."""
             nonlocal workers
-            if workers is None and self.workers > 1 and self.backend == "local" and len(job_overrides) > 1:
+            if workers is None:
                 verbose = self.config.hydra.verbose
                 workers = Workers.start(min(self.workers, len(job_overrides)),
                                         OmegaConf.to_container(self.config.hydra.hydra_logging, resolve=True),
                                         OmegaConf.to_container(verbose) if OmegaConf.is_config(verbose) else verbose)
 
+        side_by_side = self.workers > 1 and self.backend == "local" and len(job_overrides) > 1
         try:
-            self._prepare(job_overrides, initial_job_idx, sweep_dir, configs, runs, pending, start_workers)
+            self._prepare(job_overrides, initial_job_idx, sweep_dir, configs, runs, pending,
+                          start_workers if side_by_side else None)
             if self.backend != "local":
                 self._submit(pending)
                 return runs
@@ -130,21 +132,22 @@ class PopulationLauncher(Launcher):
         return runs
 
     def _prepare(self, job_overrides, initial_job_idx, sweep_dir: Path, configs, runs: list, pending: list,
-                 unfinished=lambda: None) -> None:
+                 may_train: Callable[[], None] | None = None) -> None:
         """Each job's folder, .hydra files, callbacks and checks (``_job``): its JobReturn into
-        ``runs``, and the job into ``pending`` if it is to train. ``unfinished()`` is called
-        before the first job whose folder holds no finished record is prepared (and again for
-        any job that is to train)."""
-        from gradclip.records import run_state
+        ``runs``, and the job into ``pending`` if it is to train. ``may_train()``, if given, is
+        called before the checks of the first job whose summary does not say finished (or
+        that has rerun=true), and again for each job that is to train."""
         from gradclip.train import prepare_job
 
-        def before(output_dir: Path) -> None:
-            nonlocal met
-            if not met and not run_state(output_dir).finished:
-                met = True
-                unfinished()
+        met = may_train is None
 
-        met = False
+        def before(config: DictConfig, output_dir: Path) -> None:
+            """The summary alone is read (prepare_job then reads the whole record): a relaunch
+            of thousands of finished jobs reads each summary twice, each config.yaml once."""
+            nonlocal met
+            if not met and (config.get("rerun") or not _says_finished(output_dir)):
+                met = True
+                may_train()
 
         configs.checking = False  # each job's own config from here on, not the sweeper's check
         # Every job's config stays alive (its JobReturn holds it), and the interpreter's full
@@ -167,7 +170,8 @@ class PopulationLauncher(Launcher):
                 ret = self._job(sweep_config, sweep_dir, prepare_job, derived, before)
                 runs.append(ret)
                 if ret.return_value is not None:
-                    unfinished()  # (a finished record of another config, or rerun=true, trains again)
+                    if may_train is not None:
+                        may_train()
                     pending.append(ret.return_value)
         finally:
             configs.checking = True  # the sweeper checks the next batch
@@ -216,7 +220,7 @@ class PopulationLauncher(Launcher):
                 log.warning(f"submitit task {task.job_id} failed: {type(error).__name__}: {error}")
 
     def _job(self, config: DictConfig, sweep_dir: Path, prepare_job, derived: Derived | None = None,
-             before=lambda output_dir: None) -> JobReturn:
+             before: Callable[[DictConfig, Path], None] | None = None) -> JobReturn:
         """What Hydra's run_job does before and after a task, at a fraction of its cost (it copies
         the whole config three times a job, which a sweep of thousands of short runs feels): the
         job's folder and its ``.hydra`` files, HydraConfig, the callbacks' on_job_start and
@@ -224,8 +228,8 @@ class PopulationLauncher(Launcher):
         job's checks (prepare_job), which return the job, its config resolved, if it is to train.
         The job's own log file is not opened: the runs of a population train together.
         ``derived``: how SweepConfigs made the config from a template, whose YAML the job's
-        .hydra files are then made from (job_files.TemplateFiles). ``before(output_dir)`` is
-        called before the job's checks."""
+        .hydra files are then made from (job_files.TemplateFiles). ``before(task config, its
+        folder)``, if given, is called before the job's checks."""
         assert self.hydra_context is not None
         # The config is this job's own (composed or copied for it alone), so the task config and
         # HydraConfig's are made of its nodes, not of copies of them (Hydra copies each); the
@@ -251,7 +255,8 @@ class PopulationLauncher(Launcher):
             for name, text in zip(("config.yaml", "hydra.yaml", "overrides.yaml"), texts):
                 _write_text(folder / name, text)
         callbacks = self.hydra_context.callbacks
-        before(output_dir)
+        if before is not None:
+            before(task_cfg, output_dir)
         with env_override(hydra.job.env_set):
             callbacks.on_job_start(config=config, task_function=prepare_job)
             try:
@@ -295,6 +300,16 @@ def _write_text(path: Path, text: str) -> None:
     except OSError:
         pass  # no such file (or not one to read): write_text says what is wrong, if anything
     path.write_text(text, encoding="utf-8")
+
+
+def _says_finished(run_dir: Path) -> bool:
+    """Whether the run's summary says completed or diverged (a summary that cannot be read: no)."""
+    from gradclip.records import FINISHED, RecordError, read_summary
+
+    try:
+        return (read_summary(run_dir) or {}).get("status") in FINISHED
+    except RecordError:
+        return False
 
 
 def _holding(config: DictConfig, keys: list[str]) -> DictConfig:
