@@ -722,6 +722,22 @@ def test_label_noise_settings_without_a_plain_sgd_grid_are_not_compared(tmp_path
     assert {(p["label_noise"], p["method_label"]) for p in a["accuracy"]} >= {(0.2, "none"), (0.2, "norm τ=1 (sample)")}
 
 
+@pytest.mark.parametrize("interval, expected", [([0.351, 0.37], "above it"), ([0.349, 0.37], "the intervals overlap"),
+                                                 ([0.33, 0.3401], "the intervals overlap"), ([0.3, 0.339], "below it")])
+def test_label_noise_settings_not_judged_say_above_or_below_only_where_the_intervals_are_apart(interval, expected):
+    """The settings the verdict does not judge (here 20% noise; 40% is judged): each clipping
+    method's clean test accuracy against plain SGD's [0.34, 0.35], just inside and just outside."""
+    plain = {"label_noise": 0.2, "imbalance": 1.0, "method_label": "none", "test_acc": 0.345, "interval": [0.34, 0.35],
+             "memorised": 0.7, "clean_fit": 0.9, "test_acc_minority": 0.3}
+    clipped = dict(plain, method_label="norm τ=1 (sample)", test_acc=0.36, interval=interval, memorised=0.4,
+                   clean_fit=0.8)
+    judged = dict(plain, label_noise=0.4)
+    lines = report._label_noise_unjudged({"points": [judged], "accuracy": [judged, plain, clipped]})
+    assert lines[0] == "" and len(lines) == 2 and lines[1].startswith("- 20% label noise, one a0 per method: ")
+    assert f"norm τ=1 (sample) 0.36 ({expected}), memorising 0.4 of the flipped labels against 0.7 at a clean fit " \
+           "of 0.8 against 0.9 (reported, not judged)." in lines[1]
+
+
 def eq22_rows(tmp_path, to_h, to_l, apart, seeds=8, converged=True, minima=None, flow=0.0):
     """eq22_network.csv: an unclipped control (its averages 0.05 from theta_L) and one clipped
     tau = 1 whose every seed has ||avg - theta_H|| = to_h, ||avg - theta_L|| = to_l, ||theta_H -
