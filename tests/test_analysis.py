@@ -55,6 +55,14 @@ def test_stability_table_counts_bound_and_status():
         ("norm τ=1 (sample)", 10.0), "implied_by_increments"]
 
 
+@pytest.mark.parametrize("bound, implied", [(45.001, True), (45.0, False), (44.999, False)])
+def test_a_point_is_implied_by_increments_only_where_the_reach_is_strictly_below_the_bound(bound, implied):
+    """||theta_0|| + tau sum a(n) = 5 + 1 x 4 x 10 = 45 against B just above, at and just below it."""
+    runs = pd.DataFrame([run("norm", 10.0, seed, "completed", 40.0, "sample") for seed in range(2)])
+    table = stability_table(runs, bound=bound).set_index(["method_label", "a0"])
+    assert table.loc[("norm τ=1 (sample)", 10.0), "implied_by_increments"] == implied
+
+
 def test_schedule_sum_matches_the_schedule():
     rm = pd.Series({"steps": 3, "schedule.name": "robbins_monro", "schedule.a0": 2.0, "schedule.n0": 1.0,
                     "schedule.power": 1.0})
