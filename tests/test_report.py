@@ -386,7 +386,10 @@ def test_a_point_whose_runs_did_not_converge_resolves_nothing(tmp_path):
     assert [r["verdict"] for r in a["sample"] if r["tau"] == 0.1] == ["untested"]
 
 
-def ode_rows(tmp_path, exponent, seeds=4, a0s=(0.1, 0.01, 0.001)):
+A0S = tuple(float(a0) for a0 in np.geomspace(0.1, 0.001, verdicts.MIN_A0))  # log-spaced, just enough
+
+
+def ode_rows(tmp_path, exponent, seeds=4, a0s=A0S):
     """Each seed's largest gap falls like a0^exponent."""
     pd.DataFrame([{"a0": a0, "seed": seed, "max_gap": 0.5 * (a0 / 0.1) ** exponent, "mean_gap": 0.1, "final_gap": 0.1,
                    "horizon": 6.0} for a0 in a0s for seed in range(seeds)]).to_csv(tmp_path / "ode_gaps.csv", index=False)
@@ -394,12 +397,12 @@ def ode_rows(tmp_path, exponent, seeds=4, a0s=(0.1, 0.01, 0.001)):
 
 
 @pytest.mark.parametrize("exponent, seeds, a0s, expected", [
-    (0.5, 4, (0.1, 0.01, 0.001), "holds"),
-    (-verdicts.FALLING_SLOPE + 1e-3, 4, (0.1, 0.01, 0.001), "holds"),    # just shrinking enough
-    (-verdicts.FALLING_SLOPE - 1e-3, 4, (0.1, 0.01, 0.001), "fails"),    # just not
-    (-0.2, 4, (0.1, 0.01, 0.001), "fails"),                              # the gap grows as a0 falls
-    (0.5, 3, (0.1, 0.01, 0.001), "untested"),                            # 3 of 3 cannot decide
-    (0.5, 4, (0.1, 0.01), "untested"),                                   # fewer than MIN_A0 values of a0
+    (0.5, 4, A0S, "holds"),
+    (-verdicts.FALLING_SLOPE + 1e-3, 4, A0S, "holds"),    # just shrinking enough
+    (-verdicts.FALLING_SLOPE - 1e-3, 4, A0S, "fails"),    # just not
+    (-0.2, 4, A0S, "fails"),                              # the gap grows as a0 falls
+    (0.5, 3, A0S, "untested"),                            # 3 of 3 cannot decide
+    (0.5, 4, A0S[:-1], "untested"),                       # one value of a0 fewer than MIN_A0
 ])
 def test_ode_tracking_verdicts(tmp_path, exponent, seeds, a0s, expected):
     a = ode_rows(tmp_path, exponent, seeds, a0s)
@@ -418,7 +421,7 @@ def test_ode_tracking_tells_the_clipped_ode_from_the_unclipped_flow(tmp_path, ap
     gradient flow decide, where the two flows lie RESOLVED x further apart than that gap."""
     rows = [{"a0": a0, "seed": seed, "max_gap": 0.5 * (a0 / 0.001) ** 0.5, "mean_gap": 0.1, "final_gap": 0.1,
              "horizon": 6.0, "max_gap_unclipped": (1.0 if seed < nearer else 0.1) * apart}
-            for a0 in (0.1, 0.01, 0.001) for seed in range(4)]
+            for a0 in A0S for seed in range(4)]
     pd.DataFrame(rows).to_csv(tmp_path / "ode_gaps.csv", index=False)
     pd.DataFrame({"t": [0.0, 1.0], "flows_apart": [0.0, apart]}).to_csv(tmp_path / "ode_solution.csv", index=False)
     a = verdicts.assess_ode_tracking(tmp_path)

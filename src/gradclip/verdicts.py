@@ -46,8 +46,9 @@ MIN_EVALUATIONS = 10
 # satisfy it lies wholly above this, and fails where it lies wholly below (most seeds must agree
 # and the seeds must be enough to say so: 4 of 4 decide, 3 of 3 do not).
 MOST = 0.5
-# ODE tracking: a seed's gap is judged over at least this many values of a0.
-MIN_A0 = 3
+# ODE tracking: a seed's gap is judged over at least this many values of a0, as every slope a
+# rule reads (its slope against log a0, like the others against log n).
+MIN_A0 = MIN_EVALUATIONS
 # A3, AGC's extra hypothesis, read as "the weights stay under control": it is not met in a setting
 # where more than half the seeds' ||theta|| ended more than this many times its start.
 A3_GROWTH = 2.0
