@@ -169,10 +169,11 @@ def render_convergence(a: dict) -> list[str]:
                          f"{g['falling']}/{g['seeds']} | {span(g['H_ratio'])} | {span(g['param_growth'])} | "
                          f"{g['verdict']}{': ' + g['why'] if g['why'] else ''} |")
         lines.append("")
-        for model, c in a["agc_condition"].items():
-            def at(values) -> str:
-                return f"at a0·λ ∈ {listed(values)}" if values else "at no a0·λ"
 
+        def at(values) -> str:
+            return f"at a0·λ ∈ {listed(values)}" if values else "at no a0·λ"
+
+        for model, c in a["agc_condition"].items():
             text = (f"- **{model}** (a0·λ ∈ {listed(c['a0_lambda_grid'])}): ‖H‖ still falling in most seeds (the "
                     f"rule above) {at(c['falling_most_seeds'])}; ended above its start in every seed "
                     f"{at(c['grew_every_seed'])}; ‖θ‖ grew past A3's {fmt(a['a3_growth'])}× "
