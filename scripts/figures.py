@@ -750,6 +750,11 @@ def main() -> None:
         names = sorted(names, key=COLLECT_ORDER.index)
     tasks = [(args.command, name, k) for name in names
              for k in range(1 if args.command == "collect" else len(PLOT[name]))]
+    # A stop signal ends this command as an exit (128 + its number), so that what it has begun
+    # cleans up after itself (gradclip.collect's half-written tables).
+    stops = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    for signum in stops:
+        signal.signal(signum, lambda signum, frame: sys.exit(128 + signum))
     if args.jobs == 1 or len(tasks) == 1:
         for task in tasks:
             _do(task, args)
@@ -758,9 +763,6 @@ def main() -> None:
     # signal ends this command once the tasks under way are done, and starts no other; it is
     # held while the pool starts its processes and takes the tasks (an exit half-way through a
     # submit could leave a process waiting for work that never comes).
-    stops = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-    for signum in stops:
-        signal.signal(signum, lambda signum, frame: sys.exit(128 + signum))
     pool = None
     signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:

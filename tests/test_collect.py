@@ -55,6 +55,35 @@ def test_limit_set_distances_are_those_of_the_logged_theta(make_cfg, tmp_path):
     assert at_mean["root_to_mean"] == pytest.approx(abs(root - mean), rel=1e-6)
 
 
+def test_a_collect_that_stops_half_way_leaves_the_last_complete_tables(monkeypatch, tmp_path, capsys):
+    """collect moves an experiment's tables into results only once every one is written: one
+    that fails after its first table (a full disk, a signal's exit) leaves the tables of the last
+    complete collect, and no half-written file or folder beside them."""
+    import gradclip.collect as module
+
+    def two_tables(source, fail: bool) -> str:
+        pd.DataFrame({"x": [2]}).to_csv(Path(source.results) / "a.csv", index=False)
+        if fail:
+            raise SystemExit("no space left on device")
+        pd.DataFrame({"x": [2]}).to_csv(Path(source.results) / "b.csv", index=False)
+        return "2 runs"
+
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("a.csv", "b.csv"):
+        (results / name).write_text("x\n1\n")
+    monkeypatch.setitem(module.COLLECT, "limit_set", lambda source: two_tables(source, fail=True))
+    with pytest.raises(SystemExit, match="no space"):
+        collect("limit_set", Source(runs=tmp_path, results=results))
+    assert sorted(p.name for p in results.iterdir()) == ["a.csv", "b.csv"]
+    assert all((results / name).read_text() == "x\n1\n" for name in ("a.csv", "b.csv"))
+    monkeypatch.setitem(module.COLLECT, "limit_set", lambda source: two_tables(source, fail=False))
+    collect("limit_set", Source(runs=tmp_path, results=results))
+    assert sorted(p.name for p in results.iterdir()) == ["a.csv", "b.csv"]
+    assert all(pd.read_csv(results / name)["x"].tolist() == [2] for name in ("a.csv", "b.csv"))
+    assert capsys.readouterr().out == f"limit_set: 2 runs -> {results}/a.csv, b.csv\n"
+
+
 def test_ode_tables_compare_theta_n_with_the_ode_at_t_n(make_cfg, tmp_path):
     """A run whose logged theta_n is the ODE's solution at t(n) has gap 0 at every step; one
     whose theta_n is the solution at t(n+1) (off by one step) has gaps of about a ||H||."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +83,7 @@ def problem(runs: pd.DataFrame) -> pd.Series:
 DATA_LABEL = {"mnist1d": "MNIST-1D"}
 
 
-def collect_stability(source) -> None:
+def collect_stability(source) -> str:
     runs, metrics = load(source, "stability", keep_failed=True)
     runs["model.name"] = problem(runs)
     bounds = runs["divergence.max_norm"].unique()
@@ -106,11 +108,10 @@ def collect_stability(source) -> None:
     paths = trajectories(chosen, metrics, "train/param_norm", **{"schedule.a0": a0})
     paths = paths.assign(a0=a0, model=model)
     paths.drop(columns="run_id").to_csv(results / "stability_trajectories.csv", index=False)
-    print(f"stability: {len(runs)} runs -> {results}/stability.csv, agc_stability.csv, increments.csv, "
-          "stability_trajectories.csv")
+    return f"{len(runs)} runs"
 
 
-def collect_agc_small_weights(source) -> None:
+def collect_agc_small_weights(source) -> str:
     runs, _ = load(source, "agc_small_weights")
     runs = with_labels(runs)
     frames = []
@@ -137,11 +138,10 @@ def collect_agc_small_weights(source) -> None:
     unit_step_ratios(units, eps).to_csv(results / "agc_unit_ratios.csv", index=False)
     pd.DataFrame({"clip_factor": [lam], "eps": [eps], "large_from": [LARGE_FROM], "min_units": [MIN_UNITS],
                   "steps": [int(units["step"].max())], "lr": [float(units["lr"].iloc[0])]}).to_csv(results / "agc_settings.csv", index=False)
-    print(f"agc_small_weights: {len(runs)} runs, {len(units)} unit records -> {results}/agc_unit_ratios.csv, "
-          "agc_units_step1.csv, agc_settings.csv")
+    return f"{len(runs)} runs, {len(units)} unit records"
 
 
-def collect_convergence(source) -> None:
+def collect_convergence(source) -> str:
     runs, metrics = load(source, "convergence")
     runs["model"] = problem(runs)
     info = runs[["run_id", "model", "schedule.a0"]].rename(columns={"schedule.a0": "a0"})
@@ -153,7 +153,7 @@ def collect_convergence(source) -> None:
     results = Path(source.results)
     paths.drop(columns="run_id").to_csv(results / "convergence.csv", index=False)
     summary.drop(columns="run_id").to_csv(results / "convergence_summary.csv", index=False)
-    print(f"convergence: {len(runs)} runs -> {results}/convergence.csv, convergence_summary.csv")
+    return f"{len(runs)} runs"
 
 
 def step_size_problem(runs: pd.DataFrame) -> pd.Series:
@@ -165,7 +165,7 @@ def step_size_problem(runs: pd.DataFrame) -> pd.Series:
                      index=runs.index)
 
 
-def collect_step_sizes(source) -> None:
+def collect_step_sizes(source) -> str:
     runs, metrics = load(source, "step_sizes")
     runs["problem"] = step_size_problem(runs)
     info = runs[["run_id", "problem", "schedule.power", "schedule.a0"]].rename(
@@ -189,7 +189,7 @@ def collect_step_sizes(source) -> None:
     paths.drop(columns="run_id").to_csv(results / "step_sizes_paths.csv", index=False)
     distance.drop(columns=["run_id", "metric"]).to_csv(results / "step_sizes_distance.csv", index=False)
     summary.drop(columns="run_id").to_csv(results / "step_sizes.csv", index=False)
-    print(f"step_sizes: {len(runs)} runs -> {results}/step_sizes.csv, step_sizes_paths.csv, step_sizes_distance.csv")
+    return f"{len(runs)} runs"
 
 
 def needs_local_records(source, experiment: str) -> None:
@@ -226,7 +226,7 @@ def design(run_dir: str) -> tuple[np.ndarray, np.ndarray]:
 BATCH_ROOT_DRAWS = 400_000
 
 
-def collect_limit_set(source) -> None:
+def collect_limit_set(source) -> str:
     needs_local_records(source, "limit_set")
     runs, metrics = load(source, "limit_set")
     rows, roots, designs = [], {}, {}
@@ -258,10 +258,10 @@ def collect_limit_set(source) -> None:
     table = pd.DataFrame(rows).sort_values(["problem", "noise", "granularity", "tau", "seed"])
     results = Path(source.results)
     table.to_csv(results / "limit_set.csv", index=False)
-    print(f"limit_set: {len(table)} runs -> {results}/limit_set.csv")
+    return f"{len(table)} runs"
 
 
-def collect_clipping_bias(source) -> None:
+def collect_clipping_bias(source) -> str:
     runs, averaged = completed_with_averages(source, "clipping_bias")
     designs, candidates, rows = {}, {}, []
     for _, run in runs.iterrows():
@@ -282,7 +282,7 @@ def collect_clipping_bias(source) -> None:
     table = pd.DataFrame(rows).sort_values(["symmetric", "noise", "tau", "seed"], ascending=[False, True, True, True])
     results = Path(source.results)
     table.to_csv(results / "clipping_bias.csv", index=False)
-    print(f"clipping_bias: {len(table)} runs -> {results}/clipping_bias.csv")
+    return f"{len(table)} runs"
 
 
 def averaged_thetas(metrics: pd.DataFrame, runs: pd.DataFrame) -> dict[str, dict[str, np.ndarray | int]]:
@@ -342,7 +342,7 @@ def data_key(run: pd.Series) -> tuple:
 BATCH_FIXED_POINT_DRAWS = 100_000
 
 
-def collect_batch_fixed_point(source) -> None:
+def collect_batch_fixed_point(source) -> str:
     runs, averaged = completed_with_averages(source, "batch_fixed_point")
     designs, answers, rows = {}, {}, []
     for _, run in runs.iterrows():
@@ -375,10 +375,10 @@ def collect_batch_fixed_point(source) -> None:
     table = pd.DataFrame(rows).sort_values(["problem", "granularity", "batch_size", "seed"])
     results = Path(source.results)
     table.to_csv(results / "batch_fixed_point.csv", index=False)
-    print(f"batch_fixed_point: {len(table)} runs -> {results}/batch_fixed_point.csv")
+    return f"{len(table)} runs"
 
 
-def collect_ode_tracking(source) -> None:
+def collect_ode_tracking(source) -> str:
     needs_local_records(source, "ode_tracking")
     runs, metrics = load(source, "ode_tracking")
     runs = runs[runs["summary.status"] == "completed"]
@@ -428,11 +428,10 @@ def collect_ode_tracking(source) -> None:
         pd.DataFrame(unclipped, columns=[f"flow_{n}" for n in names])).assign(
         t=grid, tau=tau, flows_apart=np.linalg.norm(solution - unclipped, axis=1)).to_csv(
         results / "ode_solution.csv", index=False, float_format="%.7g")
-    print(f"ode_tracking: {len(runs)} runs -> {results}/ode_paths.csv, ode_gaps.csv, ode_seed_mean_gaps.csv, "
-          "ode_solution.csv")
+    return f"{len(runs)} runs"
 
 
-def collect_label_noise(source) -> None:
+def collect_label_noise(source) -> str:
     """Per run: the clean test accuracy (the runner's last evaluation), and, from the final theta
     (theta.npz) on the regenerated training set, the fit to each kind of label: ``clean_fit``,
     the share of correctly labelled examples predicted as labelled; ``memorised``, the share of
@@ -483,7 +482,7 @@ def collect_label_noise(source) -> None:
     table = pd.DataFrame(rows).sort_values(["imbalance", "label_noise", "method_label", "a0", "seed"])
     results = Path(source.results)
     table.to_csv(results / "label_noise.csv", index=False)
-    print(f"label_noise: {len(table)} runs -> {results}/label_noise.csv")
+    return f"{len(table)} runs"
 
 
 def _eq22_network_seed(task: dict) -> list[dict]:
@@ -590,12 +589,13 @@ BATCH_ZERO_FOUND = 1e-5
 
 
 def _eq22_network_minimum(task: dict) -> dict:
-    """The zeros computed once per loss minimum (in a worker process), in its canonical frame,
-    from its representative theta_L: for each tau of per-sample clipping, theta_H_flow, where the
-    mean-field ODE from theta_L ends (gradclip.netfield.zero_along_flow: the zero the ODE method
-    predicts for SGD started there, found without the runs); for each (tau, B) of batch clipping,
-    theta_B, the zero that the batch field's ODE from theta_L reaches, from each set of batches,
-    with the training and test accuracy there. The seeds of a minimum share these exactly: F_tau
+    """Zeros computed once per loss minimum (in a worker process), in its canonical frame, from
+    its representative theta_L (a task asks for some of them: ``taus``, ``batch_points``): for
+    each tau of per-sample clipping, theta_H_flow, where the mean-field ODE from theta_L ends
+    (gradclip.netfield.zero_along_flow: the zero the ODE method predicts for SGD started there,
+    found without the runs); for each (tau, B) of batch clipping, theta_B, the zero that the
+    batch field's ODE from theta_L reaches, from each set of batches, with the training and test
+    accuracy there. The seeds of a minimum share these exactly: F_tau
     and the batch field are equivariant under the order and signs of the hidden units."""
     import torch
 
@@ -666,18 +666,19 @@ def _position(theta: np.ndarray, theta_l: np.ndarray, theta_h: np.ndarray) -> fl
 
 def _pool_map(function, tasks: list) -> list:
     """``function`` over ``tasks`` in one worker process per core (spawned: each imports torch
-    once), or here for a single task (a process costs seconds to start)."""
+    once), a task at a time to whichever is free, or here for a single task (a process costs
+    seconds to start). Leaving early (an error, or a stop signal's exit in this process)
+    terminates the workers: the tasks they had are not finished in the background."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     workers = max(1, min(len(tasks), os.cpu_count() or 1))
     if workers == 1:
         return [function(task) for task in tasks]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(function, tasks))
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:  # (its exit terminates the workers)
+        return pool.map(function, tasks, chunksize=1)
 
 
-def collect_eq22_network(source) -> None:
+def collect_eq22_network(source) -> str:
     """Eq. (22) on a network (docs/CLAIMS.md, experiments 11 and 12): per run, its averaged
     iterate against theta_H, the zero of the clipped mean field F_tau = H + lambda theta near it,
     against theta_L, the minimum of the loss with weight decay that it started at, and, for batch
@@ -715,13 +716,23 @@ def collect_eq22_network(source) -> None:
     representatives = _number_minima(rows)
     first = next(iter(tasks.values()), None)
     done = [row for row in rows if "minimum" in row]
-    minimum_tasks = [{"minimum": m, "theta_L": theta, "data": first["data"], "width": first["width"],
-                      "weight_decay": first["weight_decay"],
-                      "taus": sorted({r["tau"] for r in done if r["minimum"] == m}),
-                      "batch_points": sorted({(r["tau"], r["batch_size"]) for r in done
-                                              if r["minimum"] == m and r["granularity"] == "batch"})}
-                     for m, theta in representatives.items()]
-    zeros = {result["minimum"]: result for result in _pool_map(_eq22_network_minimum, minimum_tasks)}
+    # One task per batch point of each minimum (the costliest: up to 17 s each at the full scale),
+    # then one for all its ODE zeros: tasks of a few seconds to a quarter minute, which two
+    # workers share evenly where one task a minimum left one worker idle at the end.
+    minimum_tasks = []
+    for m, theta in representatives.items():
+        mine = {"minimum": m, "theta_L": theta, "data": first["data"], "width": first["width"],
+                "weight_decay": first["weight_decay"]}
+        points = sorted({(r["tau"], r["batch_size"]) for r in done
+                         if r["minimum"] == m and r["granularity"] == "batch"})
+        minimum_tasks += [mine | {"taus": [], "batch_points": [point]} for point in points]
+        minimum_tasks.append(mine | {"taus": sorted({r["tau"] for r in done if r["minimum"] == m}), "batch_points": []})
+    minimum_tasks.sort(key=lambda task: not task["batch_points"])  # (the batch points first)
+    zeros: dict[int, dict] = {}
+    for result in _pool_map(_eq22_network_minimum, minimum_tasks):
+        mine = zeros.setdefault(result["minimum"], {"flows": {}, "batches": {}})
+        mine["flows"] |= result["flows"]
+        mine["batches"] |= result["batches"]
     for row in rows:
         if "minimum" not in row:
             continue
@@ -755,7 +766,7 @@ def collect_eq22_network(source) -> None:
                                            ascending=[True, True, False, True])
     results = Path(source.results)
     table.to_csv(results / "eq22_network.csv", index=False)
-    print(f"eq22_network: {len(table)} runs -> {results}/eq22_network.csv")
+    return f"{len(table)} runs"
 
 
 COLLECT = {"stability": collect_stability, "agc_small_weights": collect_agc_small_weights,
@@ -766,6 +777,20 @@ COLLECT = {"stability": collect_stability, "agc_small_weights": collect_agc_smal
 
 
 def collect(name: str, source) -> None:
-    """Write experiment ``name``'s tables into ``source.results``."""
-    Path(source.results).mkdir(parents=True, exist_ok=True)
-    COLLECT[name](source)
+    """Write experiment ``name``'s tables into ``source.results``, all at once: they are written
+    into a folder of their own inside it and moved in (os.replace, atomic) once every one is
+    complete. A collect that is stopped (a signal, a full disk, an error) leaves the tables of the
+    last complete one, never half a file or the tables of two collects side by side."""
+    results = Path(source.results)
+    results.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=results))
+    try:
+        counted = COLLECT[name](Source(runs=source.runs, results=staging, source=source.source,
+                                       entity=getattr(source, "entity", None),
+                                       project=getattr(source, "project", "gradclip")))
+        tables = sorted(staging.iterdir())
+        for table in tables:
+            os.replace(table, results / table.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"{name}: {counted} -> {results}/{', '.join(t.name for t in tables)}")
