@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from torch.func import functional_call, grad, vmap
 
 from gradclip.models import build_model
-from gradclip.netfield import NAMES, ZERO_TOLERANCE, TanhMLPField, minimum_near, zero_near
+from gradclip.netfield import JACOBIAN_CHUNK, NAMES, ZERO_TOLERANCE, TanhMLPField, jacobian, minimum_near, zero_near
 
 
 def small_problem(n=48, d=6, hidden=5, classes=3, seed=0):
@@ -48,6 +48,26 @@ def test_the_field_is_the_mean_of_the_models_own_clipped_per_example_gradients_p
         t = theta.clone().requires_grad_(True)
         field.objective(t).backward()
         torch.testing.assert_close(t.grad, field(theta, tau), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("tau", [0.5, math.inf])
+def test_the_chunked_jacobian_is_jacfwds_bit_for_bit_and_at_tau_inf_the_symmetric_hessian(tau):
+    """jacobian() pushes JACOBIAN_CHUNK tangents at a time (P = 73 here: a full chunk and a
+    part) and gives torch.func.jacfwd's entries exactly; at tau = inf, the Jacobian of the
+    gradient F_inf is the Hessian of L + lambda/2 ||theta||^2 (autograd's, independently)."""
+    from torch.func import hessian, jacfwd
+
+    x, y, model = small_problem(n=40, d=6, hidden=7, classes=3)
+    field = TanhMLPField(x.numpy(), y.numpy(), hidden=7, classes=3, lam=0.03)
+    theta = field.flatten({name: p.detach() for name, p in model.named_parameters()})
+    assert JACOBIAN_CHUNK < field.size < 2 * JACOBIAN_CHUNK
+    found = jacobian(lambda t: field(t, tau), theta)
+    assert torch.equal(found, jacfwd(lambda t: field(t, tau))(theta))
+    if tau == math.inf:
+        torch.testing.assert_close(found, hessian(field.objective)(theta), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(found, found.T, rtol=1e-10, atol=1e-12)
+    else:  # clipped, F_tau is not a gradient: its Jacobian is not symmetric
+        assert (found - found.T).abs().max() > 1e-3 * found.abs().max()
 
 
 def test_newton_finds_a_zero_of_the_clipped_field_and_lbfgs_a_minimum_of_the_loss_and_they_differ():

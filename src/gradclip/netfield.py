@@ -33,7 +33,7 @@ Zeros, all in float64 on the whole training set:
   (Euler steps to ||F|| <= 1e-3, then the same): the zero the ODE method predicts for SGD started
   there. F_tau can have several zeros (tests/test_netfield.py: the flow from theta_L and
   continuation in tau reach different ones), so which one is meant matters;
-- :func:`zero_near`, Newton's method with the exact Jacobian (forward-mode autodiff, jacfwd) and
+- :func:`zero_near`, Newton's method with the exact Jacobian (forward-mode autodiff, :func:`jacobian`) and
   backtracking on ||F||: the independent check of the two above, and their last resort. Near a
   zero of a weakly regularised network the Jacobian's condition number reaches 1e4 (the smallest
   eigenvalue of the Hessian of L + lambda/2 ||theta||^2 at theta_L was 1.8e-4 with lambda =
@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import jacfwd
+from torch.func import jvp, vmap
 
 from gradclip.start import lbfgs
 
@@ -72,6 +72,11 @@ NEWTON_FIRST_STEPS = 8
 # is_minimum's margin: the smallest Hessian eigenvalue must exceed this fraction of the largest, so
 # that rounding (~1e-13 relative in float64) cannot make a flat saddle pass as a minimum.
 MINIMUM_CURVATURE = 1e-9
+# jacobian() pushes this many tangents through F at a time: on the 40-16-10 MLP (P = 826) a
+# Jacobian took 0.79 s in chunks of 64 against 1.34 s in one pass of all P, whose intermediates
+# (P x n x width floats, 54 MB) the allocator maps and faults in afresh at every call; the
+# entries are the same bits either way (tests/test_netfield.py).
+JACOBIAN_CHUNK = 64
 # BatchClippedField gathers at most this many Gram entries at a time (32 MB of float64).
 GATHER_CHUNK = 4_000_000
 # The parameters of gradclip.models.MLP with depth 1, in its order (theta's layout).
@@ -225,14 +230,17 @@ class BatchClippedField:
             raise ValueError(f"{int((self.appearances == 0).sum())} examples are in none of the {self.draws} "
                              "batches: draw more")
         self.x_gram = field.x @ field.x.T + 1
+        # Each batch's B^2 entries of the flattened Gram matrix, indexed once (torch.take on them
+        # is twice as fast as indexing rows and columns at every evaluation, and sums the same
+        # numbers in the same order).
+        self.pairs = (self.batches[:, :, None] * field.n + self.batches[:, None, :]).reshape(self.draws, -1)
         self.chunk = max(1, GATHER_CHUNK // self.batch_size ** 2)  # batches gathered at a time
 
     def batch_norms(self, theta: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
         """||gbar_b|| of every batch, and the pieces h, d2, d1 of :meth:`TanhMLPField._pieces`."""
         h, d2, d1, _ = self.field._pieces(theta)
-        gram = (d2 @ d2.T) * (h @ h.T + 1) + (d1 @ d1.T) * self.x_gram
-        squared = torch.cat([gram[part[:, :, None], part[:, None, :]].sum((1, 2))
-                             for part in self.batches.split(self.chunk)])
+        gram = ((d2 @ d2.T) * (h @ h.T + 1) + (d1 @ d1.T) * self.x_gram).reshape(-1)
+        squared = torch.cat([gram.take(part).sum(1) for part in self.pairs.split(self.chunk)])
         return squared.clamp(min=0).sqrt() / self.batch_size, (h, d2, d1)
 
     def __call__(self, theta: Tensor, tau: float) -> Tensor:
@@ -243,11 +251,18 @@ class BatchClippedField:
         return self.field.weighted_sum(h, d2, d1, totals / self.appearances / self.field.n) + self.lam * theta
 
 
+def jacobian(function, theta: Tensor) -> Tensor:
+    """The Jacobian of ``function`` at theta by forward-mode autodiff (torch.func's jacfwd, in
+    chunks of JACOBIAN_CHUNK tangents: torch.func.vmap over jvp along the unit vectors)."""
+    basis = torch.eye(theta.numel(), dtype=theta.dtype)
+    return vmap(lambda tangent: jvp(function, (theta,), (tangent,))[1], chunk_size=JACOBIAN_CHUNK)(basis).T
+
+
 def zero_near(field: TanhMLPField, theta0: Tensor, tau: float, max_steps: int = 60) -> Zero:
     """The zero of F_tau that Newton's method reaches from theta0 (near a zero, the nearest one).
 
     Each step solves J d = -F with the exact Jacobian J (forward-mode autodiff of F, torch.func's
-    jacfwd: P Jacobian-vector products in one vectorised pass) by LU, then halves the step until
+    :func:`jacobian`: P Jacobian-vector products, vectorised) by LU, then halves the step until
     ||F|| falls by at least 1e-4 of the step's promise. A Jacobian is kept for the next steps
     while each cuts ||F|| at least fourfold (the chord method: near a zero that is most of
     Newton's gain for one LU instead of one per step); a step that does not descend with an old
@@ -255,13 +270,13 @@ def zero_near(field: TanhMLPField, theta0: Tensor, tau: float, max_steps: int = 
     theta = theta0.detach().to(torch.float64).clone()
     value = field(theta, tau)
     residual, step, products = value.norm().item(), 0, 0
-    jacobian, factors = jacfwd(lambda t: field(t, tau)), None
+    factors = None
     while residual > ZERO_TOLERANCE and step < max_steps:
         step += 1
         fresh = factors is None
         if fresh:
             products += field.size
-            factors = torch.linalg.lu_factor(jacobian(theta))
+            factors = torch.linalg.lu_factor(jacobian(lambda t: field(t, tau), theta))
         direction = torch.linalg.lu_solve(*factors, -value.unsqueeze(1)).squeeze(1)
         length = 1.0
         while True:
@@ -308,7 +323,7 @@ def is_minimum(field: TanhMLPField, theta: Tensor) -> bool:
     forward-mode autodiff, symmetric up to rounding) is positive definite, with a margin: its
     smallest eigenvalue above MINIMUM_CURVATURE of its largest (at the full scale's minima the
     smallest was about 1.8e-4; the saddle near one seed's start had -2.7e-5)."""
-    hessian = jacfwd(lambda t: field(t, math.inf))(theta.detach().to(torch.float64))
+    hessian = jacobian(lambda t: field(t, math.inf), theta.detach().to(torch.float64))
     eigenvalues = torch.linalg.eigvalsh((hessian + hessian.T) / 2)
     return bool(eigenvalues[0] > MINIMUM_CURVATURE * eigenvalues[-1].abs())
 
