@@ -307,24 +307,30 @@ class GhostClipping:
         clipper, members, batch = self.clipper, self.members, losses.shape[1]
         if clipper.method == "agc":
             unit_sq = [p.unit_sq_norms() for p in pieces]
-            sq_norms = torch.stack([u.sum(-1) for u in unit_sq]).sum(0)
-            scales, clipped_sq, clipped_units, units = [], torch.zeros_like(sq_norms), 0, 0
+            scales = []
             for k, (u, param) in enumerate(zip(unit_sq, members.views)):
                 if not self.agc_active[k]:
                     scales.append(None)
-                    clipped_sq = clipped_sq + u.sum(-1)
                     continue
                 weight_norms = unit_norms(param.detach(), lead=1).reshape(members.size, 1, -1)
-                scale = clipper.agc_scale(u.sqrt(), weight_norms)
-                scales.append(scale)
-                clipped_sq = clipped_sq + (scale.square() * u).sum(-1)
-                clipped_units = clipped_units + (scale < 1).flatten(1).sum(1)
-                units += scale[0].numel()
-            sample_norms = sq_norms.sqrt()
-            fraction = torch.as_tensor(clipped_units / max(units, 1), dtype=torch.float32)
-            factor = effective_factor(sample_norms, clipped_sq.sqrt())
+                scales.append(clipper.agc_scale(u.sqrt(), weight_norms))
             mean = [p.weighted_sum(s) for p, s in zip(pieces, scales)]
             torch._foreach_div_(mean, batch)
+            # The statistics below are read at logged steps only (ClipStats computes a function
+            # on first access): at every step they cost about a tenth of an AGC step.
+            sample_norms = lambda: torch.stack([u.sum(-1) for u in unit_sq]).sum(0).sqrt()  # noqa: E731
+
+            def fraction() -> Tensor:
+                active = [scale for scale in scales if scale is not None]
+                clipped = sum(((scale < 1).flatten(1).sum(1) for scale in active), 0)
+                return torch.as_tensor(clipped / max(sum(scale[0].numel() for scale in active), 1),
+                                       dtype=torch.float32)
+
+            def factor() -> Tensor:
+                clipped_sq = torch.zeros_like(unit_sq[0][..., 0])
+                for u, scale in zip(unit_sq, scales):
+                    clipped_sq = clipped_sq + (u.sum(-1) if scale is None else (scale.square() * u).sum(-1))
+                return effective_factor(stats.sample_grad_norm, clipped_sq.sqrt())
         else:
             sample_norms = torch.stack([p.sq_norm() for p in pieces]).sum(0).sqrt()
             scale = clipper.sample_scale(sample_norms)
@@ -332,7 +338,8 @@ class GhostClipping:
             folded = (scale / batch).unsqueeze(-1)  # the 1/B of the mean folded into the scales
             mean = [p.weighted_sum(folded) for p in pieces]
         before = lambda: member_norms([p.weighted_sum(None) for p in pieces]) / batch  # noqa: E731 - logged rows only
-        return mean, ClipStats(before, lambda: member_norms(mean), factor, fraction, sample_norms), losses
+        stats = ClipStats(before, lambda: member_norms(mean), factor, fraction, sample_norms)
+        return mean, stats, losses
 
 
 def linear_outputs(members, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
