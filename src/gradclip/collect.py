@@ -716,17 +716,25 @@ def collect_eq22_network(source) -> str:
     representatives = _number_minima(rows)
     first = next(iter(tasks.values()), None)
     done = [row for row in rows if "minimum" in row]
-    # One task per batch point of each minimum (the costliest: up to 17 s each at the full scale),
-    # then one for all its ODE zeros: tasks of a few seconds to a quarter minute, which two
-    # workers share evenly where one task a minimum left one worker idle at the end.
+    # Where there are batch points enough for every core twice, one task per batch point of each
+    # minimum (the costliest: up to 17 s each at the full scale), then one for all its ODE zeros:
+    # tasks of a few seconds to a quarter minute, which two workers share evenly where one task a
+    # minimum left one worker idle at the end (full scale: 7 minima, 28 points). With fewer, one
+    # task a minimum, so that a single minimum is done here, not in a pool of processes that
+    # each import torch (the smoke scale: one minimum, one point).
     minimum_tasks = []
+    points_of = {m: sorted({(r["tau"], r["batch_size"]) for r in done
+                            if r["minimum"] == m and r["granularity"] == "batch"}) for m in representatives}
+    split = sum(map(len, points_of.values())) >= 2 * (os.cpu_count() or 1)
     for m, theta in representatives.items():
         mine = {"minimum": m, "theta_L": theta, "data": first["data"], "width": first["width"],
                 "weight_decay": first["weight_decay"]}
-        points = sorted({(r["tau"], r["batch_size"]) for r in done
-                         if r["minimum"] == m and r["granularity"] == "batch"})
-        minimum_tasks += [mine | {"taus": [], "batch_points": [point]} for point in points]
-        minimum_tasks.append(mine | {"taus": sorted({r["tau"] for r in done if r["minimum"] == m}), "batch_points": []})
+        taus = sorted({r["tau"] for r in done if r["minimum"] == m})
+        if split:
+            minimum_tasks += [mine | {"taus": [], "batch_points": [point]} for point in points_of[m]]
+            minimum_tasks.append(mine | {"taus": taus, "batch_points": []})
+        else:
+            minimum_tasks.append(mine | {"taus": taus, "batch_points": points_of[m]})
     minimum_tasks.sort(key=lambda task: not task["batch_points"])  # (the batch points first)
     zeros: dict[int, dict] = {}
     for result in _pool_map(_eq22_network_minimum, minimum_tasks):
