@@ -84,6 +84,18 @@ def test_a_collect_that_stops_half_way_leaves_the_last_complete_tables(monkeypat
     assert capsys.readouterr().out == f"limit_set: 2 runs -> {results}/a.csv, b.csv\n"
 
 
+def test_a_task_that_exits_in_the_collects_pool_ends_the_collect_and_does_not_hang_it():
+    """eq22_network's pool (gradclip.collect._pool_map, two spawned processes) hands a task's
+    SystemExit (its "rerun=true trains it again" line) back to the collect; multiprocessing.Pool
+    would lose that task's result and wait for it for ever."""
+    import sys
+
+    from gradclip.collect import _pool_map
+
+    with pytest.raises(SystemExit, match="no initial theta"):
+        _pool_map(sys.exit, ["no initial theta", "no initial theta"])
+
+
 def test_ode_tables_compare_theta_n_with_the_ode_at_t_n(make_cfg, tmp_path):
     """A run whose logged theta_n is the ODE's solution at t(n) has gap 0 at every step; one
     whose theta_n is the solution at t(n+1) (off by one step) has gaps of about a ||H||."""

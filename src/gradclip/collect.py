@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -670,12 +672,22 @@ def _pool_map(function, tasks: list) -> list:
     seconds to start). Leaving early (an error, or a stop signal's exit in this process)
     terminates the workers: the tasks they had are not finished in the background."""
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     workers = max(1, min(len(tasks), os.cpu_count() or 1))
     if workers == 1:
         return [function(task) for task in tasks]
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:  # (its exit terminates the workers)
-        return pool.map(function, tasks, chunksize=1)
+    # (concurrent.futures, not multiprocessing.Pool: it hands a task's SystemExit back, and a
+    # worker that dies breaks the pool, where Pool waits for that task's result for ever)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        return list(pool.map(function, tasks))
+    except BaseException:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()  # the executor has no terminate of its own
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def collect_eq22_network(source) -> str:
@@ -784,11 +796,16 @@ COLLECT = {"stability": collect_stability, "agc_small_weights": collect_agc_smal
            "eq22_network": collect_eq22_network}
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
+
+
 def collect(name: str, source) -> None:
     """Write experiment ``name``'s tables into ``source.results``, all at once: they are written
-    into a folder of their own inside it and moved in (os.replace, atomic) once every one is
-    complete. A collect that is stopped (a signal, a full disk, an error) leaves the tables of the
-    last complete one, never half a file or the tables of two collects side by side."""
+    into a folder of their own inside it and moved in (os.replace, atomic each) once every one is
+    complete, with the stop signals held while they move. A collect that is stopped (a signal, a
+    full disk, an error) leaves the tables of the last complete one, never half a file or the
+    tables of two collects side by side (short of a rename that fails half-way through the moves,
+    or a SIGKILL, which leaves the hidden folder behind)."""
     results = Path(source.results)
     results.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=results))
@@ -797,8 +814,13 @@ def collect(name: str, source) -> None:
                                        entity=getattr(source, "entity", None),
                                        project=getattr(source, "project", "gradclip")))
         tables = sorted(staging.iterdir())
-        for table in tables:
-            os.replace(table, results / table.name)
+        held = _STOP_SIGNALS if threading.current_thread() is threading.main_thread() else set()
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)  # (a stop signal waits until all are in)
+        try:
+            for table in tables:
+                os.replace(table, results / table.name)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"{name}: {counted} -> {results}/{', '.join(t.name for t in tables)}")

@@ -317,8 +317,15 @@ class GhostClipping:
             mean = [p.weighted_sum(s) for p, s in zip(pieces, scales)]
             torch._foreach_div_(mean, batch)
             # The statistics below are read at logged steps only (ClipStats computes a function
-            # on first access): at every step they cost about a tenth of an AGC step.
-            sample_norms = lambda: torch.stack([u.sum(-1) for u in unit_sq]).sum(0).sqrt()  # noqa: E731
+            # on first access): at every step they cost about a tenth of an AGC step. (They refer
+            # to each other through ``norms``, not through the ClipStats that holds them: a cycle
+            # would keep each step's pieces alive until the garbage collector found it.)
+            norms: list[Tensor] = []
+
+            def sample_norms() -> Tensor:
+                if not norms:
+                    norms.append(torch.stack([u.sum(-1) for u in unit_sq]).sum(0).sqrt())
+                return norms[0]
 
             def fraction() -> Tensor:
                 active = [scale for scale in scales if scale is not None]
@@ -330,7 +337,7 @@ class GhostClipping:
                 clipped_sq = torch.zeros_like(unit_sq[0][..., 0])
                 for u, scale in zip(unit_sq, scales):
                     clipped_sq = clipped_sq + (u.sum(-1) if scale is None else (scale.square() * u).sum(-1))
-                return effective_factor(stats.sample_grad_norm, clipped_sq.sqrt())
+                return effective_factor(sample_norms(), clipped_sq.sqrt())
         else:
             sample_norms = torch.stack([p.sq_norm() for p in pieces]).sum(0).sqrt()
             scale = clipper.sample_scale(sample_norms)
@@ -338,8 +345,7 @@ class GhostClipping:
             folded = (scale / batch).unsqueeze(-1)  # the 1/B of the mean folded into the scales
             mean = [p.weighted_sum(folded) for p in pieces]
         before = lambda: member_norms([p.weighted_sum(None) for p in pieces]) / batch  # noqa: E731 - logged rows only
-        stats = ClipStats(before, lambda: member_norms(mean), factor, fraction, sample_norms)
-        return mean, stats, losses
+        return mean, ClipStats(before, lambda: member_norms(mean), factor, fraction, sample_norms), losses
 
 
 def linear_outputs(members, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
