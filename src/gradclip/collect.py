@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from gradclip import interrupts
 from gradclip.analysis import (
     LARGE_FROM, MIN_UNITS, agc_stability_limits, convergence_summary, eval_paths, freeze_table, increment_table,
     ode_gap_summary, ode_seed_mean_gap, stability_table, total_schedule_sum, trajectories, unit_step_ratios,
@@ -796,9 +797,6 @@ COLLECT = {"stability": collect_stability, "agc_small_weights": collect_agc_smal
            "eq22_network": collect_eq22_network}
 
 
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
-
-
 def collect(name: str, source) -> None:
     """Write experiment ``name``'s tables into ``source.results``, all at once: they are written
     into a folder of their own inside it and moved in (os.replace, atomic each) once every one is
@@ -814,7 +812,7 @@ def collect(name: str, source) -> None:
                                        entity=getattr(source, "entity", None),
                                        project=getattr(source, "project", "gradclip")))
         tables = sorted(staging.iterdir())
-        held = _STOP_SIGNALS if threading.current_thread() is threading.main_thread() else set()
+        held = interrupts.SIGNALS if threading.current_thread() is threading.main_thread() else ()
         signal.pthread_sigmask(signal.SIG_BLOCK, held)  # (a stop signal waits until all are in)
         try:
             for table in tables:

@@ -31,6 +31,7 @@ summary says which and why (``per_sample_gradients``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -318,14 +319,11 @@ class GhostClipping:
             torch._foreach_div_(mean, batch)
             # The statistics below are read at logged steps only (ClipStats computes a function
             # on first access): at every step they cost about a tenth of an AGC step. (They refer
-            # to each other through ``norms``, not through the ClipStats that holds them: a cycle
-            # would keep each step's pieces alive until the garbage collector found it.)
-            norms: list[Tensor] = []
-
+            # to each other, not through the ClipStats that holds them: a cycle would keep each
+            # step's pieces alive until the garbage collector found it.)
+            @functools.cache
             def sample_norms() -> Tensor:
-                if not norms:
-                    norms.append(torch.stack([u.sum(-1) for u in unit_sq]).sum(0).sqrt())
-                return norms[0]
+                return torch.stack([u.sum(-1) for u in unit_sq]).sum(0).sqrt()
 
             def fraction() -> Tensor:
                 active = [scale for scale in scales if scale is not None]
