@@ -25,11 +25,14 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP) ## Create .venv and install the pinned dependencies and gradclip
 	@echo "ready: source $(VENV)/bin/activate"
 
+# The tests not marked slow run in pytest-xdist processes, one a core; then the slow ones (real
+# sweeps, signals, `make reproduce`) one at a time, each with the machine to itself, since they
+# wait on processes of their own. Both halves always run; the target fails if either does.
 test: $(STAMP) ## Run the whole test suite (CPU, a few minutes)
-	$(PY) -m pytest
+	status=0; $(PY) -m pytest -m "not slow" -n auto || status=$$?; $(PY) -m pytest -m slow || status=$$?; exit $$status
 
 test-fast: $(STAMP) ## Run the tests that are not marked slow
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow" -n auto
 
 reproduce: $(STAMP) ## Run every experiment, then figures, tables and results/REPORT.md (SCALE=smoke|default|full, LOGGER=none|wandb)
 	$(PY) scripts/reproduce.py --scale $(SCALE) --logger $(LOGGER)
