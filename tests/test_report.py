@@ -171,6 +171,8 @@ FALLING, FLAT = [-0.3] * 4, [0.0] * 4
     (FLAT, [0.9] * 4, 1.0, "fails"),                        # ||H|| went flat in every seed
     (FALLING, [1.5] * 4, 1.0, "fails"),                     # falling at the end, but above its start
     (FLAT, [3.0] * 4, 2.29, "untested"),                    # the training loss did not move: no progress
+    (FALLING, [0.999] * 4, 1.0, "holds"),                   # falling, and just below its start
+    (FALLING, [1.001] * 4, 1.0, "fails"),                   # falling, but just above its start
 ])
 def test_convergence_verdicts(tmp_path, slopes, ratios, final_loss, expected):
     assert convergence_verdict(tmp_path, convergence_rows(slopes, ratios, final_loss=final_loss))["verdict"] == expected
@@ -254,6 +256,19 @@ def test_agc_grid_names_the_a0_lambda_where_H_falls_and_where_it_grows(tmp_path)
     assert c["falling_most_seeds"] == [0.03] and c["grew_every_seed"] == [0.03, 0.3, 3.0] and not c["separated"]
 
 
+@pytest.mark.parametrize("other_growth, named", [(1.1, True), (1.2, False)])
+def test_agc_settings_of_one_a0_lambda_that_ran_alike_are_named_one_experiment(tmp_path, other_growth, named):
+    """lambda = 0.001 at a0 = 30 and lambda = 0.01 at a0 = 3 (a0 * lambda = 0.03 both): the report says
+    they are one experiment where their ratios agree to a part in a thousand, and not otherwise."""
+    rows = [convergence_rows([0.1] * 4, [1.5] * 4, label=f"agc λ={lam:g} (sample, head clipped)",
+                             growth=growth).assign(a0=a0) for lam, a0, growth in [(0.001, 30.0, 1.1), (0.01, 3.0, other_growth)]]
+    pd.concat(rows).to_csv(tmp_path / "convergence_summary.csv", index=False)
+    assessed = verdicts.plain(verdicts.assess_convergence(tmp_path))
+    text = "\n".join(report.render_convergence(json.loads(json.dumps(assessed))))
+    assert ("The rows of MLP at a0·λ = 0.03 (λ = 0.001 at a0 = 30 and λ = 0.01 at a0 = 3) agree" in text) == named
+    assert ("one experiment, not two" in text) == named
+
+
 def step_size_rows(tmp_path, constant_final, frozen_final, frozen_displacement=0.5, noise_drop=1.5, seeds=4,
                    slope=0.0, points=12):
     """A regression whose A1 schedules end at ||H|| = 0.01; ||H|| is flat (late slope ``slope``)
@@ -295,6 +310,8 @@ def test_step_size_verdicts(tmp_path, constant, frozen, displacement, noise_drop
     ({"slope": -verdicts.FALLING_SLOPE + 1e-3}, "partly"),               # rising: a floor, but not frozen
     ({"frozen_final": 0.01 * verdicts.ABOVE_BEST * 1.001}, "holds"),     # just above 2x: frozen short
     ({"frozen_final": 0.01 * verdicts.ABOVE_BEST * 0.999}, "partly"),    # just below: not frozen
+    ({"frozen_displacement": 2.6 * 0.999}, "holds"),                     # moved just less than tau x sum a(n)
+    ({"frozen_displacement": 2.6 * 1.001}, "partly"),                    # just more: not frozen by the bound
 ])
 def test_step_size_rules_at_their_boundaries(tmp_path, change, expected):
     """Each threshold of prediction 4's per-seed rules, from both sides (both rules share the
@@ -362,6 +379,20 @@ def test_limit_set_rules_at_their_boundaries(tmp_path, change, expected):
     from the nearer one; there the seeds nearer the root decide through the Wilson interval."""
     limit_rows(**{"dist_to_root": 0.01, "dist_to_mean": 0.49} | change).to_csv(tmp_path / "limit_set.csv", index=False)
     assert verdicts.assess_limit_set(tmp_path)["verdict"] == expected
+
+
+@pytest.mark.parametrize("factor, converged", [(0.999, True), (1.001, False)])
+def test_a_limit_set_point_far_from_both_candidates_has_not_converged(tmp_path, factor, converged):
+    """A point whose iterate lies RESOLVED x the median point's distance from the nearer of the
+    root and the mean, or more, had not converged and is untested; just inside, it is judged."""
+    error = 0.01 * verdicts.RESOLVED * factor  # three points 0.01 from the root: the median distance is 0.01
+    near = [limit_rows(0.01, 0.99, root_to_mean=1.0).assign(tau=tau) for tau in (1.0, 3.0, 10.0)]
+    far = limit_rows(error, 1.0 - error, root_to_mean=1.0).assign(tau=0.1)
+    pd.concat([*near, far]).to_csv(tmp_path / "limit_set.csv", index=False)
+    a = verdicts.assess_limit_set(tmp_path)
+    point = {p["tau"]: p for p in a["sample"]}[0.1]
+    assert point["resolved"] == converged and point["verdict"] == ("holds" if converged else "untested")
+    assert [p["tau"] for p in a["unconverged"]] == ([] if converged else [0.1])
 
 
 def test_a_point_that_ends_at_the_mean_fails_among_points_that_end_at_the_root(tmp_path):
@@ -533,6 +564,8 @@ def test_the_repository_cites_only_its_own_files_for_what_it_tests():
 @pytest.mark.parametrize("batch_root, expected_resolved", [
     (0.1, 1),     # 0.1 from the mean and 0.4 from the root, the iterate 0.002 from it: resolved from both
     (0.005, 0),   # as near the mean as the iterate is (within 5x): it cannot be told from the mean
+    (5 * 0.002 * 1.001, 1),  # just more than 5x the iterate's 0.002 from it: resolved
+    (5 * 0.002 * 0.999, 0),  # just less: not
 ])
 def test_batch_clipping_fixed_point_must_stand_apart_from_the_root_and_the_mean(tmp_path, batch_root, expected_resolved):
     """Batch clipping's fixed point is judged only where the runs can tell it from the root of
@@ -649,6 +682,25 @@ def test_batch_fixed_point_too_near_the_mean_is_untested(tmp_path):
     assert a["parts"]["batch: its own fixed point, not the mean"] == "untested"  # 0.02 < 5 x 0.005 (to the mean: 0.015)
     a = batch_rows(tmp_path, 0.2 - error, batch_root_position=0.2)
     assert a["parts"]["batch: its own fixed point, not the mean"] == "holds"
+
+
+@pytest.mark.parametrize("factor, near, error", [(1.001, 0.01, 0.0), (0.999, 0.01, 0.0),      # against the runs
+                                                (1.001, 0.001, 0.01), (0.999, 0.001, 0.01)])  # the answer's error
+def test_a_closed_form_comparison_is_resolved_past_the_runs_distance_and_the_answers_error(factor, near, error):
+    """Two candidates are told apart where they lie RESOLVED x further apart than the median seed
+    lies from the nearer one and than the candidate's own numerical error, not at the boundary."""
+    apart = factor * verdicts.RESOLVED * max(near, error)
+    r = verdicts._nearer(pd.Series([near] * 4), pd.Series([apart] * 4), apart, error)
+    assert r["resolved"] == (factor > 1) and r["verdict"] == ("holds" if factor > 1 else "untested")
+
+
+@pytest.mark.parametrize("factor", [1.001, 0.999])
+def test_batch_fixed_point_near_the_mean_is_judged_only_past_its_monte_carlo_error(tmp_path, factor):
+    """Runs at batch clipping's own fixed point (distance 0), which lies RESOLVED x its Monte Carlo
+    error (0.001) from the mean, times ``factor``: told from the mean only beyond that."""
+    a = batch_rows(tmp_path, 0.005 * factor, batch_root_position=0.005 * factor)
+    assert a["parts"]["batch: its own fixed point, not the root"] == "holds"
+    assert a["parts"]["batch: its own fixed point, not the mean"] == ("holds" if factor > 1 else "untested")
 
 
 @pytest.mark.parametrize("drift, resolved", [(0.49 * TOL, True), (0.51 * TOL, False)])
