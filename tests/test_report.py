@@ -219,14 +219,38 @@ def test_agc_whose_weights_grow_past_a3_is_no_test_of_the_claim(tmp_path, label,
     assert a["verdict"] == expected  # and a part whose hypothesis is not met is not a failure of the claim
 
 
-@pytest.mark.parametrize("growth, expected", [
-    ([1.0, 1.9, 2.2, 2.2], "fails"),                # half the seeds past 2x (median 2.05): not most
-    ([1.5, 2.5, 2.5, 2.5], "hypothesis not met"),   # most seeds past 2x
-    ([2.5, 2.5, 2.5, float("nan")], "untested"),    # a seed without ||theta||: A3 cannot be checked
+@pytest.mark.parametrize("grown, expected", [
+    (8, "hypothesis not met"), (7, "hypothesis not met"),  # 7 of 8 past 2x: Wilson [0.53, 0.98], above one half
+    (6, "untested"), (2, "untested"),   # 6/8 [0.41, 0.93] and 2/8 [0.07, 0.59]: the seeds cannot tell
+    (1, "fails"), (0, "fails"),         # 1/8 [0.02, 0.47]: A3 holds, so the claim is tested (||H|| is flat)
 ])
-def test_a3_is_judged_on_most_seeds(tmp_path, growth, expected):
-    rows = convergence_rows(FLAT, [3.0] * 4, label="agc λ=0.1 (sample, head clipped)", growth=growth)
-    assert convergence_verdict(tmp_path, rows)["verdict"] == expected
+def test_a3_is_decided_per_seed(tmp_path, grown, expected):
+    rows = convergence_rows(FLAT * 2, [3.0] * 8, label="agc λ=0.1 (sample, head clipped)",
+                            growth=[verdicts.A3_GROWTH * 1.01] * grown + [verdicts.A3_GROWTH * 0.99] * (8 - grown))
+    group = convergence_verdict(tmp_path, rows)
+    assert group["verdict"] == expected
+    assert (group["why"] == "too few seeds to tell whether A3 holds") == (grown in (2, 6))
+
+
+def test_a3_unrecorded_in_one_seed_cannot_be_checked(tmp_path):
+    rows = convergence_rows(FLAT, [3.0] * 4, label="agc λ=0.1 (sample, head clipped)", growth=[2.5, 2.5, 2.5, math.nan])
+    assert convergence_verdict(tmp_path, rows)["verdict"] == "untested"
+
+
+@pytest.mark.parametrize("idle, expected, why", [
+    (8, "untested", "no progress"), (7, "untested", "no progress"),
+    (6, "untested", "too few seeds to tell whether it progressed"),
+    (2, "untested", "too few seeds to tell whether it progressed"),
+    (1, "holds", ""), (0, "holds", ""),
+])
+def test_no_progress_is_decided_per_seed(tmp_path, idle, expected, why):
+    """``idle`` of 8 seeds whose training loss fell by just less than NO_PROGRESS (the others by
+    just more); every seed's ||H|| is falling."""
+    rows = convergence_rows(FALLING * 2, [0.1] * 8)
+    idle_loss, moved_loss = (2.3 * (1 - verdicts.NO_PROGRESS * f) for f in (0.99, 1.01))
+    rows["train_loss_final"] = [idle_loss] * idle + [moved_loss] * (8 - idle)
+    group = convergence_verdict(tmp_path, rows)
+    assert (group["verdict"], group["why"]) == (expected, why)
 
 
 def test_parts_whose_hypothesis_is_not_met_do_not_count_against_tested_ones():
@@ -342,6 +366,22 @@ def test_a_constant_step_whose_noise_vanished_is_untested(tmp_path):
     step_size_rows(tmp_path, 0.05, 0.1, noise_drop=verdicts.NOISE_VANISHED)  # (at the threshold itself)
     constant = verdicts.assess_step_sizes(tmp_path)["problems"][0]["constant"]
     assert constant["verdict"] == "untested" and constant["why"] == "the noise vanished"
+
+
+@pytest.mark.parametrize("vanished, why", [(8, "the noise vanished"), (7, "the noise vanished"),
+                                          (6, "too few seeds to tell whether the noise vanished"),
+                                          (2, "too few seeds to tell whether the noise vanished"), (1, ""), (0, "")])
+def test_vanished_noise_is_decided_per_seed(tmp_path, vanished, why):
+    """``vanished`` of 8 seeds whose constant-step run's per-example gradients shrank just past
+    NOISE_VANISHED-fold (the others just short of it)."""
+    step_size_rows(tmp_path, 0.05, 0.1, seeds=8)
+    table = pd.read_csv(tmp_path / "step_sizes.csv")
+    constant = table.index[table["power"] == 0]
+    drops = [verdicts.NOISE_VANISHED * 1.01] * vanished + [verdicts.NOISE_VANISHED * 0.99] * (8 - vanished)
+    table.loc[constant, "sample_grad_final"] = table.loc[constant, "sample_grad_initial"] / drops
+    table.to_csv(tmp_path / "step_sizes.csv", index=False)
+    c = verdicts.assess_step_sizes(tmp_path)["problems"][0]["constant"]
+    assert (c["verdict"], c["why"]) == ("untested" if why else "holds", why)
 
 
 def limit_rows(dist_to_root, dist_to_mean, root_to_mean=0.5, seeds=4, nearer=None):
