@@ -25,9 +25,9 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP) ## Create .venv and install the pinned dependencies and gradclip
 	@echo "ready: source $(VENV)/bin/activate"
 
-# The tests not marked slow run in pytest-xdist processes, one a core; then the slow ones (real
-# sweeps, signals, `make reproduce`) one at a time, each with the machine to itself, since they
-# wait on processes of their own. Both halves always run; the target fails if either does.
+# The tests not marked slow run in pytest-xdist processes, one a core; then the slow ones (the
+# end-to-end checks: `make reproduce`, sweeps through the command line, faults, Ctrl-C) one at a
+# time, each with the machine to itself. Both halves always run; the target fails if either does.
 test: $(STAMP) ## Run the whole test suite (CPU, a few minutes)
 	status=0; $(PY) -m pytest -m "not slow" -n auto || status=$$?; $(PY) -m pytest -m slow || status=$$?; exit $$status
 

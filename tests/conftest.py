@@ -13,9 +13,9 @@ TINY = ["steps=30", "batch_size=16", "log_every=5", "eval_every=10", "eval_chunk
 
 
 def pytest_configure(config):
-    """`make test` runs the tests not marked slow in two pytest-xdist processes (each gets a core
-    of this project's two): torch's own threads in each would then only compete, and did (the
-    two processes of two threads took 117 s, against 130 s serial; of one thread each, 86 s).
+    """`make test` runs the tests not marked slow in pytest-xdist processes, one a core: torch's
+    own threads in each would then only compete, and did (on this project's 2 cores, two
+    processes of two threads took 117 s, against 130 s serial; of one thread each, 86 s).
     The processes the tests launch (sweeps, workers) set their threads themselves."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch

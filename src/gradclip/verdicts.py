@@ -116,13 +116,18 @@ def seeds_verdict(satisfied: int, seeds: int) -> tuple[str, list[float]]:
     return verdict, [low, high]
 
 
-def _gate(applies: pd.Series) -> str:
+def _gate(values: pd.Series, applies) -> str:
     """A condition that sets a setting aside (its runs made no progress, broke A3, lost their
-    noise), decided per seed like every rule: "yes" where the Wilson interval on the fraction of
-    seeds it applies to lies above MOST, "no" where it lies below, and "undecided" otherwise (the
-    setting is then untested: its seeds cannot say whether it is a test of the claim)."""
-    verdict = seeds_verdict(int(applies.sum()), len(applies))[0]
-    return {"holds": "yes", "fails": "no"}.get(verdict, "undecided")
+    noise), ``applies`` to each seed's value, decided per seed like every rule: "yes" where the
+    Wilson interval on the fraction of seeds it applies to lies above MOST, "no" where it lies
+    below or where it applies to no seed (so that a setting of too few seeds to decide anything
+    says so, not this), and "undecided" otherwise (the setting is then untested: its seeds
+    cannot say whether it is a test of the claim). A seed without a value (NaN) is left out, as
+    a median leaves it out."""
+    values = values[values.notna()]
+    hits = int(applies(values).sum())
+    verdict = seeds_verdict(hits, len(values))[0]
+    return "no" if hits == 0 else {"holds": "yes", "fails": "no"}.get(verdict, "undecided")
 
 
 def tally(verdicts) -> dict[str, int]:
@@ -250,12 +255,12 @@ def falling_verdict(rows: pd.DataFrame) -> tuple[str, str, list[float]]:
         growth = rows["param_norm_final"] / rows["param_norm_initial"]
         if growth.isna().any():
             return UNTESTED, "‖θ‖ not recorded (A3 cannot be checked)", interval
-        broken = _gate(growth > A3_GROWTH)
+        broken = _gate(growth, lambda g: g > A3_GROWTH)
         if broken == "yes":
             return HYPOTHESIS_NOT_MET, f"‖θ‖ grew past {A3_GROWTH:g}× (A3)", interval
         if broken == "undecided":
             return UNTESTED, "too few seeds to tell whether A3 holds", interval
-    progress = _gate(rows["train_loss_final"] / rows["train_loss_initial"] > 1 - NO_PROGRESS)
+    progress = _gate(rows["train_loss_final"] / rows["train_loss_initial"], lambda r: r > 1 - NO_PROGRESS)
     if progress != "no":
         return UNTESTED, "no progress" if progress == "yes" else UNDECIDED_PROGRESS, interval
     return verdict, why, interval
@@ -288,8 +293,8 @@ def assess_convergence(results: Path) -> dict:
         product = float(f"{g['a0'] * lam:.6g}")  # 3 x 0.1 is 0.30000000000000004 in floats
         grid.append({"model": g["model"], "method_label": g["method_label"], "lambda": lam, "a0": g["a0"],
                      "a0_lambda": product, "falling": g["falling"], "seeds": g["seeds"], "verdict": g["verdict"],
-                     "why": g["why"], "grew": g["why"] != "no progress" and g["H_ratio"][0] > 1, "H_ratio": g["H_ratio"],
-                     "param_growth": g["param_growth"]})
+                     "why": g["why"], "grew": g["why"] not in ("no progress", UNDECIDED_PROGRESS) and g["H_ratio"][0] > 1,
+                     "H_ratio": g["H_ratio"], "param_growth": g["param_growth"]})
     grid.sort(key=lambda g: (g["model"], g["a0_lambda"], g["lambda"]))
     condition = {}
     for model in sorted({g["model"] for g in grid}):
@@ -339,7 +344,7 @@ def assess_step_sizes(results: Path) -> dict:
             noise_drop = float(drops.median())
             floor = (constant["H_final"] > ABOVE_BEST * best_a1) & (constant["H_slope"] >= FALLING_SLOPE)
             verdict, why, interval = _per_seed(floor, constant)
-            vanished = _gate(drops >= NOISE_VANISHED)
+            vanished = _gate(drops, lambda d: d >= NOISE_VANISHED)
             if vanished != "no":
                 verdict, why = UNTESTED, ("the noise vanished" if vanished == "yes"
                                           else "too few seeds to tell whether the noise vanished")
