@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from gradclip.verdicts import (A3_GROWTH, IMPLIED, MIN_EVALUATIONS, MOST, NO_PROGRESS, NOISE_VANISHED,
@@ -171,10 +170,14 @@ def render_convergence(a: dict) -> list[str]:
                          f"{g['falling']}/{g['seeds']} | {span(g['H_ratio'])} | {span(g['param_growth'])} | "
                          f"{g['verdict']}{': ' + g['why'] if g['why'] else ''} |")
         lines.append("")
-        if same := _same_a0_lambda(a["agc_grid"]):
+        if a["agc_alike"]:
+            same = [f"{p['model']} at a0·λ = {fmt(p['a0_lambda'])} ("
+                    + " and ".join(f"λ = {fmt(x['lambda'])} at a0 = {fmt(x['a0'])}" for x in p["settings"]) + ")"
+                    for p in a["agc_alike"]]
             lines += ["Where AGC clips every unit at every step, its step is a(n)·λ·max(‖W_i‖, ε)·G_i/‖G_i‖ for each "
-                      "unit i, so settings of one model with the same a0·λ follow one trajectory up to rounding. The rows of "
-                      + "; ".join(same) + " agree to a part in a thousand: one experiment, not two.", ""]
+                      "unit i, so settings of one model with the same a0·λ follow one trajectory up to rounding. The "
+                      f"rows of {'; '.join(same)} agree to a part in {1 / a['same_trajectory']:,.0f}: one experiment, "
+                      "not two.", ""]
 
         def at(values) -> str:
             return f"at a0·λ ∈ {listed(values)}" if values else "at no a0·λ"
@@ -195,23 +198,6 @@ def render_convergence(a: dict) -> list[str]:
                 text += " The two sets are not separated by one a0·λ on this grid: no condition on a0·λ alone."
             lines.append(text)
     return lines
-
-
-def _same_a0_lambda(grid: list[dict]) -> list[str]:
-    """The settings of AGC's grid, of one model and one a0·λ, whose ‖H‖ and ‖θ‖ ratios agree to a part
-    in a thousand at both ends of their ranges over seeds, in words ('MLP at a0·λ = 0.03 (λ = 0.001 at a0 = 30 and λ = 0.01
-    at a0 = 3)')."""
-    def alike(g: dict, h: dict) -> bool:
-        return all(math.isclose(x, y, rel_tol=1e-3) for key in ("H_ratio", "param_growth")
-                   for x, y in zip(g[key], h[key]))
-
-    same = []
-    for i, g in enumerate(grid):
-        for h in grid[i + 1:]:
-            if (g["model"], g["a0_lambda"]) == (h["model"], h["a0_lambda"]) and alike(g, h):
-                same.append(f"{g['model']} at a0·λ = {fmt(g['a0_lambda'])} (λ = {fmt(g['lambda'])} at a0 = "
-                            f"{fmt(g['a0'])} and λ = {fmt(h['lambda'])} at a0 = {fmt(h['a0'])})")
-    return same
 
 
 # -- prediction 4 -------------------------------------------------------------------------------------

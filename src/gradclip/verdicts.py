@@ -240,6 +240,11 @@ def is_falling(rows: pd.DataFrame) -> pd.Series:
 
 
 UNDECIDED_PROGRESS = "too few seeds to tell whether it progressed"
+IDLE = ("no progress", UNDECIDED_PROGRESS)  # the reasons of a setting untested for its progress
+# AGC settings of one model and one a0*lambda are one experiment where their ||H|| and ||theta||
+# ratios agree to this relative tolerance at both ends of their ranges over seeds (AGC that clips
+# every unit at every step moves by a0*lambda alone).
+SAME_TRAJECTORY = 1e-3
 
 
 def falling_verdict(rows: pd.DataFrame) -> tuple[str, str, list[float]]:
@@ -293,7 +298,7 @@ def assess_convergence(results: Path) -> dict:
         product = float(f"{g['a0'] * lam:.6g}")  # 3 x 0.1 is 0.30000000000000004 in floats
         grid.append({"model": g["model"], "method_label": g["method_label"], "lambda": lam, "a0": g["a0"],
                      "a0_lambda": product, "falling": g["falling"], "seeds": g["seeds"], "verdict": g["verdict"],
-                     "why": g["why"], "grew": g["why"] not in ("no progress", UNDECIDED_PROGRESS) and g["H_ratio"][0] > 1,
+                     "why": g["why"], "grew": g["why"] not in IDLE and g["H_ratio"][0] > 1,
                      "H_ratio": g["H_ratio"], "param_growth": g["param_growth"]})
     grid.sort(key=lambda g: (g["model"], g["a0_lambda"], g["lambda"]))
     condition = {}
@@ -301,7 +306,7 @@ def assess_convergence(results: Path) -> dict:
         mine = [g for g in grid if g["model"] == model]
         falling = sorted({g["a0_lambda"] for g in mine if g["verdict"] == "holds"})
         grew = sorted({g["a0_lambda"] for g in mine if g["grew"]})
-        idle = sorted({g["a0_lambda"] for g in mine if g["why"] in ("no progress", UNDECIDED_PROGRESS)})
+        idle = sorted({g["a0_lambda"] for g in mine if g["why"] in IDLE})
         uncontrolled = sorted({g["a0_lambda"] for g in mine if g["verdict"] == HYPOTHESIS_NOT_MET})
         condition[model] = {"a0_lambda_grid": sorted({g["a0_lambda"] for g in mine}),
                             "falling_most_seeds": falling, "grew_every_seed": grew, "no_progress": idle,
@@ -312,7 +317,21 @@ def assess_convergence(results: Path) -> dict:
             "min_evaluations": MIN_EVALUATIONS, "most": MOST, "a3_growth": A3_GROWTH, "no_progress": NO_PROGRESS,
             "data": first["data"], "n0": first["n0"], "power": first["power"],
             "horizons": {m: int(rows["last_step"].max()) for m, rows in table.groupby("model")},
-            "groups": groups, "agc_grid": grid, "agc_condition": condition}
+            "groups": groups, "agc_grid": grid, "agc_condition": condition, "same_trajectory": SAME_TRAJECTORY,
+            "agc_alike": _alike_settings(grid)}
+
+
+def _alike_settings(grid: list[dict]) -> list[dict]:
+    """The pairs of AGC settings of one model and one a0*lambda whose ||H|| and ||theta|| ratios
+    agree to SAME_TRAJECTORY at both ends of their ranges over seeds: one experiment, not two."""
+    def alike(g: dict, h: dict) -> bool:
+        return all(math.isclose(x, y, rel_tol=SAME_TRAJECTORY) for key in ("H_ratio", "param_growth")
+                   for x, y in zip(g[key], h[key]))
+
+    return [{"model": g["model"], "a0_lambda": g["a0_lambda"],
+             "settings": [{"lambda": g["lambda"], "a0": g["a0"]}, {"lambda": h["lambda"], "a0": h["a0"]}]}
+            for i, g in enumerate(grid) for h in grid[i + 1:]
+            if (g["model"], g["a0_lambda"]) == (h["model"], h["a0_lambda"]) and alike(g, h)]
 
 
 # -- prediction 4 -------------------------------------------------------------------------------------
